@@ -1,0 +1,40 @@
+"""The interface every importance criterion implements.
+
+A criterion turns a model (plus calibration batches and a loss where it needs them) into
+*element-wise* scores: one tensor per parameter, the parameter's shape, higher = more
+important. Granularities aggregate these over their units; allocators decide how many units
+go. A criterion never decides ratios and never changes the model: scoring is pure.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+
+import torch
+from torch import nn
+
+from ..errors import PrunekitError
+
+
+class Criterion(ABC):
+    """Base class. Subclasses set `name`, `needs_data`, and implement `scores`."""
+
+    name = "criterion"
+    needs_data = False  # True: calibration batches (and a loss) are required
+
+    @abstractmethod
+    def scores(self, model: nn.Module, params: Mapping[str, nn.Parameter], *,
+               batches: Iterable | None = None, loss_fn=None) -> dict[str, torch.Tensor]:
+        """{canonical parameter name: element-wise score tensor of the parameter's shape}."""
+
+    def require_data(self, batches, loss_fn=None, needs_loss: bool = True):
+        if batches is None:
+            raise PrunekitError(f"Criterion '{self.name}' needs calibration data: pass batches=[(x, y), ...] "
+                                "(a DataLoader works).")
+        if needs_loss and loss_fn is None:
+            raise PrunekitError(f"Criterion '{self.name}' needs a loss: pass loss_fn=torch.nn.functional.cross_entropy "
+                                "or your own (outputs, targets) → scalar.")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"

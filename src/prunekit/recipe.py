@@ -1,0 +1,202 @@
+"""Declarative recipes: a YAML file → a validated, fully resolved Recipe.
+
+    name: demo
+    seed: 0
+    data: {name: mnist1d}
+    model: {name: mnist1d_cnn}
+    train: {optimizer: adam, lr: 0.01, steps: 6000, batch_size: 100}
+    prune:
+      criterion: magnitude
+      scope: global                     # global | local
+      schedule: iterative               # iterative (cumulative rounds) | one_shot (each from dense)
+      sparsities: [0.5, 0.75, 0.9, 0.95]
+    finetune: {steps: 1500, lr_factor: 0.1}
+
+The schema is the dataclasses below: their fields are the only keys, their annotations the
+types, their defaults the values of omitted keys. A typo gets the closest valid key; a bad
+value gets the path of the key and what is allowed. Files are read with yaml.safe_load only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import PrunekitError, RecipeError, did_you_mean
+from .training import TrainConfig
+
+SCHEDULES = ("iterative", "one_shot")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    name: str = "mnist1d"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str = "mnist1d_cnn"
+    options: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PruneSpec:
+    criterion: str = "magnitude"
+    scope: str = "global"
+    schedule: str = "iterative"
+    sparsities: tuple[float, ...] = (0.5, 0.75, 0.9, 0.95)
+
+    def __post_init__(self):
+        from .criteria import CRITERIA
+        from .prune import SCOPES
+
+        if self.criterion not in CRITERIA:
+            raise PrunekitError(f"unknown criterion '{self.criterion}'.{did_you_mean(self.criterion, CRITERIA)} "
+                                f"Known: {', '.join(sorted(CRITERIA))}.")
+        if self.scope not in SCOPES:
+            raise PrunekitError(f"scope must be one of {SCOPES}.")
+        if self.schedule not in SCHEDULES:
+            raise PrunekitError(f"schedule must be one of {SCHEDULES}.{did_you_mean(self.schedule, SCHEDULES)}")
+        if not self.sparsities:
+            raise PrunekitError("sparsities must list at least one target, e.g. [0.5, 0.9].")
+        if any(not 0 <= s < 1 for s in self.sparsities):
+            raise PrunekitError(f"every sparsity must be in [0, 1); got {list(self.sparsities)}.")
+        if self.schedule == "iterative" and list(self.sparsities) != sorted(self.sparsities):
+            raise PrunekitError("iterative sparsities must increase (masks only shrink), "
+                                f"e.g. [0.5, 0.75, 0.9]; got {list(self.sparsities)}.")
+
+
+@dataclass(frozen=True)
+class FinetuneSpec:
+    steps: int = 1500
+    lr_factor: float = 0.1
+
+    def __post_init__(self):
+        if self.steps < 0:
+            raise PrunekitError("steps must be ≥ 0 (0 = no fine-tuning).")
+        if not 0 < self.lr_factor <= 1:
+            raise PrunekitError("lr_factor must be in (0, 1]; 0.1 = a tenth of the training learning rate.")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str = "run"
+    seed: int = 0
+    output_dir: str = "runs"
+    data: DataSpec = field(default_factory=DataSpec)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    prune: PruneSpec = field(default_factory=PruneSpec)
+    finetune: FinetuneSpec = field(default_factory=FinetuneSpec)
+
+    def to_dict(self) -> dict:
+        return _plain(dataclasses.asdict(self))
+
+    def settings(self) -> dict:
+        """What determines the results (hashed into the run folder's name): all but output_dir."""
+        return {k: v for k, v in self.to_dict().items() if k != "output_dir"}
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("NoneType", "null")
+
+
+def _convert(value, tp, where: str):
+    """Check `value` against annotation `tp`; return it converted (lists → tuples etc.)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _convert(value, option, where)
+            except RecipeError:
+                continue
+        raise RecipeError(f"{where}: expected {' or '.join(_type_name(o) for o in options)}, got {value!r}.")
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise RecipeError(f"{where}: expected a list, got {value!r}.")
+        item = typing.get_args(tp)[0]
+        return tuple(_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise RecipeError(f"{where}: expected a mapping, got {value!r}.")
+        return dict(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise RecipeError(f"{where}: expected a number, got {value!r}.")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise RecipeError(f"{where}: expected an integer, got {value!r}.")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise RecipeError(f"{where}: expected true or false, got {value!r}.")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise RecipeError(f"{where}: expected a string, got {value!r}.")
+        return value
+    raise RecipeError(f"{where}: unsupported schema type {tp!r}.")
+
+
+def _build(cls, data, where: str):
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"{where or 'recipe'}: expected a mapping of keys, got {data!r}.")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in known:
+            raise RecipeError(f"{where + '.' if where else ''}{key}: unknown key.{did_you_mean(key, known)} "
+                              f"Valid keys here: {', '.join(sorted(known))}.")
+    values = {k: _convert(v, hints[k], f"{where + '.' if where else ''}{k}") for k, v in data.items()}
+    try:
+        return cls(**values)
+    except PrunekitError as e:
+        if isinstance(e, RecipeError):
+            raise
+        raise RecipeError(f"{where or 'recipe'}: {e}") from None
+
+
+def recipe_from_dict(data: dict) -> Recipe:
+    return _build(Recipe, data, "")
+
+
+def load_recipe(path) -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"Recipe file {path} does not exist.")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{path} is not valid YAML: {e}") from None
+    return recipe_from_dict(data or {})
+
+
+def bundled_recipe(name: str) -> Path:
+    """Path of a recipe shipped inside the package (prunekit/recipes/<name>.yaml)."""
+    path = Path(__file__).parent / "recipes" / f"{name}.yaml"
+    if not path.is_file():
+        raise RecipeError(f"No bundled recipe '{name}'.")
+    return path

@@ -1,0 +1,172 @@
+"""Granularities: ways of grouping one weight tensor into prunable units.
+
+A granularity maps every element of a tensor to a unit id; a unit's score aggregates the
+element-wise criterion scores of its members; pruning a unit zeroes all of them.
+
+    element      every weight alone                                  any shape
+    kernel_row   one 1×k_w row of a kernel (vector level)            conv weight (O, I, k_h, k_w)
+    kernel_col   one k_h×1 column of a kernel                         conv weight (O, I, k_h, k_w)
+    kernel       the whole k_h×k_w kernel of one (output, input) pair conv weight (O, I, ...)
+    in_channel   everything that reads input channel i               weight (O, I, ...)
+    out_channel  filter o: everything that writes output channel o   weight (O, ...)
+    neuron       a Linear output neuron (a row of the weight)         weight (O, I)
+
+Aggregation of scores s over a unit U (`how`):
+    l1: Σ|s|     l2: (Σ s²)^½     lp: (Σ|s|^p)^(1/p)     sum: Σ s     mean: Σ s / |U|     max: max s
+
+These units live inside one tensor. Pruning a filter *together with* the BN channel and the
+consumer's input channel it feeds is the dependency graph's job (prunekit.graph).
+
+N:M sparsity keeps the N largest of every M consecutive weights along the input dimension
+(2:4 — two of every four weights are zero — is what sparse tensor cores accelerate).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from . import selection
+from .criteria import get_criterion
+from .errors import AmountError, PrunekitError, did_you_mean
+from .masks import MaskSet, apply_masks, get_masks, resolve_parameters
+
+GRANULARITIES = ("element", "kernel_row", "kernel_col", "kernel", "in_channel", "out_channel", "neuron")
+AGGREGATIONS = ("l1", "l2", "lp", "sum", "mean", "max")
+
+# The dimensions whose index identifies a unit, and the smallest rank the tensor must have.
+_KEY_DIMS = {
+    "kernel_row": ((0, 1, 2), 4),
+    "kernel_col": ((0, 1, 3), 4),
+    "kernel": ((0, 1), 3),
+    "in_channel": ((1,), 2),
+    "out_channel": ((0,), 1),
+    "neuron": ((0,), 2),
+}
+
+
+def check_granularity(granularity: str) -> None:
+    if granularity not in GRANULARITIES:
+        raise PrunekitError(f"Unknown granularity '{granularity}'.{did_you_mean(granularity, GRANULARITIES)} "
+                            f"Known: {', '.join(GRANULARITIES)}.")
+
+
+def unit_ids(shape, granularity: str, name: str = "tensor") -> tuple[torch.Tensor, int]:
+    """(ids, n_units): ids has `shape` and holds each element's unit index in [0, n_units)."""
+    check_granularity(granularity)
+    shape = tuple(shape)
+    numel = math.prod(shape)
+    if granularity == "element":
+        return torch.arange(numel).reshape(shape), numel
+    dims, min_rank = _KEY_DIMS[granularity]
+    if len(shape) < min_rank or (granularity == "neuron" and len(shape) != 2):
+        need = "a 2-D Linear weight" if granularity == "neuron" else f"a tensor of rank ≥ {min_rank}"
+        raise PrunekitError(f"Granularity '{granularity}' needs {need}, but '{name}' has shape {list(shape)}. "
+                            "Choose a granularity that fits, or restrict params= to suitable layers.")
+    grids = torch.meshgrid(*[torch.arange(shape[d]) for d in dims], indexing="ij")
+    ids = torch.zeros(tuple(shape[d] for d in dims), dtype=torch.long)
+    for d, grid in zip(dims, grids):
+        ids = ids * shape[d] + grid
+    # Broadcast the per-key ids over the remaining dimensions.
+    view = [shape[d] if d in dims else 1 for d in range(len(shape))]
+    return ids.reshape(view).expand(shape).contiguous(), math.prod(shape[d] for d in dims)
+
+
+def aggregate(scores: torch.Tensor, ids: torch.Tensor, n_units: int, how: str = "l2", p: float = 2.0) -> torch.Tensor:
+    """One score per unit from element scores (see the module docstring for the formulas)."""
+    if how not in AGGREGATIONS:
+        raise PrunekitError(f"Unknown aggregation '{how}'.{did_you_mean(how, AGGREGATIONS)} "
+                            f"Known: {', '.join(AGGREGATIONS)}.")
+    s, idx = scores.detach().double().reshape(-1), ids.reshape(-1)
+    if how == "max":
+        return torch.full((n_units,), -math.inf, dtype=s.dtype).scatter_reduce(0, idx, s, "amax")
+    power = {"l1": 1.0, "l2": 2.0, "lp": p}.get(how)
+    values = s.abs() ** power if power is not None else s
+    total = torch.zeros(n_units, dtype=s.dtype).index_add_(0, idx, values)
+    if how == "mean":
+        return total / torch.bincount(idx, minlength=n_units).clamp(min=1)
+    return total ** (1.0 / power) if power is not None else total
+
+
+def expand(unit_keep: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Element keep-mask from a per-unit keep vector."""
+    return unit_keep[ids]
+
+
+def unit_scores(scores: torch.Tensor, existing: torch.Tensor | None, granularity: str, how: str = "l2",
+                p: float = 2.0, name: str = "tensor") -> tuple[torch.Tensor, torch.Tensor]:
+    """(per-unit scores, ids). Pruned elements count as zero; fully pruned units rank lowest (−inf)."""
+    ids, n_units = unit_ids(scores.shape, granularity, name)
+    s = scores.detach().double()
+    if existing is not None:
+        s = torch.where(existing.to(s.device), s, torch.zeros((), dtype=s.dtype))
+    per_unit = aggregate(s, ids, n_units, how, p)
+    if existing is not None:
+        alive = torch.zeros(n_units, dtype=torch.long).index_add_(0, ids.reshape(-1), existing.reshape(-1).long().cpu())
+        per_unit[alive == 0] = -math.inf
+    return per_unit, ids
+
+
+def prune_granular(model: nn.Module, amount, granularity: str = "element", *, criterion="magnitude", how: str = "l2",
+                   p: float = 2.0, scope: str = "local", params=None, batches=None, loss_fn=None) -> MaskSet:
+    """Prune `amount` units (fraction or count of units, per tensor or across tensors) and install masks.
+
+    The new masks are intersected with the existing ones, so masks only shrink. On any error
+    the model is left unchanged.
+    """
+    if scope not in ("local", "global"):
+        raise PrunekitError(f"scope must be 'local' or 'global', not {scope!r}.")
+    chosen = resolve_parameters(model, params)
+    existing = get_masks(model)
+    raw = get_criterion(criterion).scores(model, chosen, batches=batches, loss_fn=loss_fn)
+    per_unit, ids = {}, {}
+    for name in chosen:
+        per_unit[name], ids[name] = unit_scores(raw[name], existing[name] if name in existing else None, granularity, how, p, name)
+    chooser = selection.local_masks if scope == "local" else selection.global_masks
+    unit_keep = chooser(per_unit, amount)
+    masks = {}
+    for name in chosen:
+        keep = expand(unit_keep[name].cpu(), ids[name])
+        masks[name] = keep & existing[name].cpu() if name in existing else keep
+    return apply_masks(model, masks)
+
+
+def nm_mask(scores: torch.Tensor, n: int, m: int, dim: int = 1, name: str = "tensor") -> torch.Tensor:
+    """Keep-mask keeping the n highest scores of every m consecutive entries along `dim`.
+
+    Exactly m − n zeros per group; ties go to the earlier position (pruned first).
+    """
+    if not (isinstance(n, int) and isinstance(m, int) and 0 < n < m):
+        raise AmountError(f"N:M needs integers 0 < N < M (e.g. 2:4), not {n}:{m}.")
+    if scores.dim() == 1:
+        dim = 0
+    size = scores.shape[dim]
+    if size % m:
+        raise AmountError(f"'{name}' has {size} entries along dim {dim}, not divisible by M={m}; "
+                          f"exclude it with params= or choose M dividing {size}.")
+    moved = scores.detach().movedim(dim, -1)
+    groups = moved.reshape(-1, m)
+    order = torch.argsort(groups.double(), dim=1, stable=True)
+    keep = torch.ones_like(groups, dtype=torch.bool)
+    keep.scatter_(1, order[:, : m - n], False)
+    return keep.reshape(moved.shape).movedim(-1, dim)
+
+
+def prune_nm(model: nn.Module, n: int = 2, m: int = 4, *, criterion="magnitude", params=None,
+             batches=None, loss_fn=None) -> MaskSet:
+    """N:M sparsity on every selected weight along its input dimension (dim 1; dim 0 for vectors).
+
+    Starting from dense weights each group of M keeps exactly N. Already pruned weights are
+    chosen first, so masks only shrink. On any error the model is left unchanged.
+    """
+    chosen = resolve_parameters(model, params)
+    existing = get_masks(model)
+    raw = get_criterion(criterion).scores(model, chosen, batches=batches, loss_fn=loss_fn)
+    ranked = selection.rank_existing_first(raw, existing)
+    masks = {}
+    for name in chosen:
+        keep = nm_mask(ranked[name], n, m, name=name)
+        masks[name] = keep & existing[name].to(keep.device) if name in existing else keep
+    return apply_masks(model, masks)

@@ -9,7 +9,8 @@
 | mnist1d_cnn  | three Conv1d(25 ch, k5/k3/k3, stride 2) + Linear(125, 10) | (40,)      | 5,210      |
 |              | (MNIST-1D's ConvBase)                                     |            |            |
 
-The counts are asserted in the tests. Every model takes `num_classes`.
+The counts are asserted in the tests. Every model takes `num_classes`; the two MLPs also take
+`dropout` (probability after each hidden ReLU, default 0: no Dropout layers at all).
 """
 
 from __future__ import annotations
@@ -19,11 +20,19 @@ from torch import nn
 from .errors import PrunekitError, did_you_mean
 
 
-def lenet300100(num_classes: int = 10, in_features: int = 784) -> nn.Module:
+def _dropout(p: float) -> list[nn.Module]:
+    """[Dropout(p)] after a hidden layer when p > 0; nothing otherwise, so that models built
+    without the option keep their layer indices (and checkpoint keys)."""
+    if not 0.0 <= p < 1.0:
+        raise PrunekitError(f"dropout must be a probability in [0, 1), not {p!r}.")
+    return [nn.Dropout(p)] if p > 0 else []
+
+
+def lenet300100(num_classes: int = 10, in_features: int = 784, dropout: float = 0.0) -> nn.Module:
     return nn.Sequential(
         nn.Flatten(),
-        nn.Linear(in_features, 300), nn.ReLU(),
-        nn.Linear(300, 100), nn.ReLU(),
+        nn.Linear(in_features, 300), nn.ReLU(), *_dropout(dropout),
+        nn.Linear(300, 100), nn.ReLU(), *_dropout(dropout),
         nn.Linear(100, num_classes),
     )
 
@@ -39,11 +48,11 @@ def lenet5(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
     )
 
 
-def mnist1d_mlp(num_classes: int = 10, in_features: int = 40, hidden: int = 100) -> nn.Module:
+def mnist1d_mlp(num_classes: int = 10, in_features: int = 40, hidden: int = 100, dropout: float = 0.0) -> nn.Module:
     return nn.Sequential(
         nn.Flatten(),
-        nn.Linear(in_features, hidden), nn.ReLU(),
-        nn.Linear(hidden, hidden), nn.ReLU(),
+        nn.Linear(in_features, hidden), nn.ReLU(), *_dropout(dropout),
+        nn.Linear(hidden, hidden), nn.ReLU(), *_dropout(dropout),
         nn.Linear(hidden, num_classes),
     )
 

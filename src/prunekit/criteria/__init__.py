@@ -4,10 +4,20 @@ from __future__ import annotations
 
 from ..errors import PrunekitError, did_you_mean
 from .base import Criterion
+from .grasp import GraSP
 from .magnitude import Magnitude
+from .obd import OBD
+from .random_scores import Random
+from .snip import SNIP
+from .taylor import Taylor
 
 CRITERIA: dict[str, type[Criterion]] = {
     "magnitude": Magnitude,
+    "random": Random,
+    "snip": SNIP,
+    "taylor": Taylor,
+    "grasp": GraSP,
+    "obd": OBD,
 }
 
 
@@ -21,4 +31,4 @@ def get_criterion(spec, **options) -> Criterion:
     return CRITERIA[spec](**options)
 
 
-__all__ = ["CRITERIA", "Criterion", "get_criterion", "Magnitude"]
+__all__ = ["CRITERIA", "Criterion", "get_criterion", "Magnitude", "Random", "SNIP", "Taylor", "GraSP", "OBD"]

@@ -6,8 +6,9 @@ import prunekit as pk
 from prunekit.data import _stratified_split
 from prunekit.models import MODELS, build_model
 
-EXPECTED_PARAMS = {"lenet300100": 266_610, "lenet5": 61_706, "mnist1d_mlp": 15_210, "mnist1d_cnn": 5_210}
-INPUTS = {"lenet300100": (1, 28, 28), "lenet5": (1, 28, 28), "mnist1d_mlp": (40,), "mnist1d_cnn": (40,)}
+EXPECTED_PARAMS = {"lenet300100": 266_610, "lenet5": 61_706, "mnist1d_mlp": 15_210, "mnist1d_cnn": 5_210,
+                   "vgg_small": 468_010}
+INPUTS = {"lenet300100": (1, 28, 28), "lenet5": (1, 28, 28), "mnist1d_mlp": (40,), "mnist1d_cnn": (40,), "vgg_small": (1, 28, 28)}
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

@@ -8,6 +8,9 @@
 | mnist1d_mlp  | 40-100-100-10 MLP, ReLU (MNIST-1D baseline)               | (40,)      | 15,210     |
 | mnist1d_cnn  | three Conv1d(25 ch, k5/k3/k3, stride 2) + Linear(125, 10) | (40,)      | 5,210      |
 |              | (MNIST-1D's ConvBase)                                     |            |            |
+| vgg_small    | conv3×3 32-32-pool-64-64-pool (BN, ReLU), fc 128-10       | (1,28,28)  | 468,010    |
+
+Larger image CNNs (ResNet-8/18, MobileNetV2) are in prunekit.cnn_models.
 
 The counts are asserted in the tests. Every model takes `num_classes`; the two MLPs also take
 `dropout` (probability after each hidden ReLU, default 0: no Dropout layers at all).
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from .cnn_models import vgg_small
 from .errors import PrunekitError, did_you_mean
 
 
@@ -81,7 +85,8 @@ def mnist1d_cnn(num_classes: int = 10, channels: int = 25) -> nn.Module:
     return MNIST1DCNN(num_classes, channels)
 
 
-MODELS = {"lenet300100": lenet300100, "lenet5": lenet5, "mnist1d_mlp": mnist1d_mlp, "mnist1d_cnn": mnist1d_cnn}
+MODELS = {"lenet300100": lenet300100, "lenet5": lenet5, "mnist1d_mlp": mnist1d_mlp, "mnist1d_cnn": mnist1d_cnn,
+          "vgg_small": vgg_small}
 
 
 def build_model(name: str, **options) -> nn.Module:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from ..errors import PrunekitError, did_you_mean
 from .base import Criterion
+from .apoz import APoZ
+from .bn_scale import BNScale
 from .grasp import GraSP
 from .magnitude import Magnitude
 from .obd import OBD
@@ -18,6 +20,8 @@ CRITERIA: dict[str, type[Criterion]] = {
     "taylor": Taylor,
     "grasp": GraSP,
     "obd": OBD,
+    "bn_scale": BNScale,
+    "apoz": APoZ,
 }
 
 
@@ -31,4 +35,4 @@ def get_criterion(spec, **options) -> Criterion:
     return CRITERIA[spec](**options)
 
 
-__all__ = ["CRITERIA", "Criterion", "get_criterion", "Magnitude", "Random", "SNIP", "Taylor", "GraSP", "OBD"]
+__all__ = ["CRITERIA", "Criterion", "get_criterion", "Magnitude", "Random", "SNIP", "Taylor", "GraSP", "OBD", "BNScale", "APoZ"]

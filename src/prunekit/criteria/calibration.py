@@ -25,9 +25,10 @@ from ..modes import evaluation_mode, training_mode
 MODES = ("eval", "train")
 
 
-def batch_list(batches, who: str, max_batches: int | None = None) -> list[tuple]:
+def batch_list(batches, who: str, max_batches: int | None = None, targets: bool = True) -> list[tuple]:
     """A reusable list of (inputs, targets) batches from a list, a DataLoader, an iterator or a
-    single (x, y) pair of tensors. Iterators without a length are read up to `max_batches`."""
+    single (x, y) pair of tensors. Iterators without a length are read up to `max_batches`.
+    With targets=False bare input tensors are accepted too (as (x,) tuples)."""
     if batches is None:
         raise PrunekitError(f"Criterion '{who}' needs calibration data: pass batches=[(x, y), ...] (a DataLoader works).")
     if isinstance(batches, tuple) and len(batches) == 2 and all(isinstance(t, torch.Tensor) for t in batches):
@@ -43,8 +44,10 @@ def batch_list(batches, who: str, max_batches: int | None = None) -> list[tuple]
                             "max_batches so it knows where to stop.")
     if not out:
         raise PrunekitError(f"Criterion '{who}' got no calibration batches; pass at least one (x, y).")
+    if not targets:
+        out = [(b,) if isinstance(b, torch.Tensor) else b for b in out]
     for b in out:
-        if not isinstance(b, (tuple, list)) or len(b) < 2:
+        if not isinstance(b, (tuple, list)) or len(b) < (2 if targets else 1):
             raise PrunekitError(f"Criterion '{who}': every batch must be an (inputs, targets) pair.")
     return out
 

@@ -8,9 +8,12 @@ Allocators: uniform, global (threshold), sensitivity, greedy, knapsack (DP or gr
 netadapt, amc. Each meets its budget to within one unit and says so (Allocation.met).
 """
 
+from .amc import AMC
 from .base import Allocation, Allocator, Layer, PruningProblem, fit_to_budget, resolve_target
 from .executor import get_executor
 from .greedy import GreedyAllocator
+from .latency import LatencyTable, layer_widths, measure_latency
+from .netadapt import NetAdapt
 from .knapsack import KnapsackAllocator, knapsack_bruteforce, knapsack_dp, knapsack_greedy
 from .problems import TableProblem, UnstructuredProblem
 from .sensitivity import SensitivityAllocator, SensitivityCurves, sensitivity_curves
@@ -22,9 +25,11 @@ ALLOCATORS = {
     "sensitivity": SensitivityAllocator,
     "greedy": GreedyAllocator,
     "knapsack": KnapsackAllocator,
+    "netadapt": NetAdapt,
+    "amc": AMC,
 }
 
-__all__ = ["ALLOCATORS", "Allocation", "Allocator", "GlobalThresholdAllocator", "GreedyAllocator",
+__all__ = ["ALLOCATORS", "AMC", "LatencyTable", "NetAdapt", "layer_widths", "measure_latency", "Allocation", "Allocator", "GlobalThresholdAllocator", "GreedyAllocator",
            "KnapsackAllocator", "Layer", "PruningProblem", "SensitivityAllocator", "SensitivityCurves",
            "TableProblem", "UniformAllocator", "UnstructuredProblem", "fit_to_budget", "get_executor",
            "knapsack_bruteforce", "knapsack_dp", "knapsack_greedy", "resolve_target", "sensitivity_curves"]

@@ -26,7 +26,7 @@ import json
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from torch import nn
@@ -70,6 +70,20 @@ class PruningProblem(ABC):
     def finetune(self, model: nn.Module, steps: int, seed: int = 0) -> nn.Module:
         """Train `model` briefly in place (masks hold); problems without data cannot."""
         raise PrunekitError(f"{type(self).__name__} cannot fine-tune; give it training data.")
+
+    def state(self, model) -> dict:
+        """What to checkpoint of a pruned model from `apply` (its state_dict)."""
+        return model.state_dict()
+
+    def restore(self, counts: Mapping[str, int], state: dict):
+        """Rebuild the model `state` was taken from: apply(counts), then load the weights."""
+        model = self.apply(counts)
+        model.load_state_dict(state)
+        return model
+
+    def measure(self, model) -> dict:
+        """Extra measurements of a pruned model (e.g. measured latency); none by default."""
+        return {}
 
     def unit_scores(self, name: str):
         """Scores of a layer's units in pruning order (ascending); needed by the global threshold."""
@@ -196,6 +210,7 @@ class Allocation:
     search_seconds: float = 0.0
     decisions: list[dict] = field(default_factory=list)  # the steps that led here
     details: dict = field(default_factory=dict)
+    model: object = field(default=None, repr=False, compare=False)  # the searched model, when a search trains one
 
     @property
     def met(self) -> bool:
@@ -211,7 +226,8 @@ class Allocation:
                 "search_seconds": round(self.search_seconds, 3)}
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "met": self.met}
+        out = {f: getattr(self, f) for f in self.__dataclass_fields__ if f != "model"}
+        return {**json.loads(json.dumps(out, default=float)), "met": self.met}
 
     def save(self, path) -> Path:
         path = Path(path)

@@ -142,6 +142,12 @@ class TableProblem(PruningProblem):
             drop += float(np.interp(model[l.name] / l.units, xs, ys))
         return self.base - drop
 
+    def state(self, model) -> dict:
+        return {}
+
+    def restore(self, counts, state):
+        return self.apply(counts)
+
     def finetune(self, model, steps, seed=0):
         return model  # tables have no weights: fine-tuning recovers nothing
 

@@ -1,0 +1,133 @@
+"""Measured latency, and a per-layer latency lookup table built on this machine (NetAdapt).
+
+measure_latency(model, x): the median wall time of `repeats` forward passes (after warm-up),
+in eval mode without gradients; the model's mode is restored.
+
+LatencyTable(model, x): for every Linear / Conv layer, the latency of that layer alone as a
+function of its (input, output) channel counts, measured by timing a fresh layer of that
+shape on an input of the shape it sees in the model, and cached. The model's latency with
+layer widths (c_in, c_out)_l is predicted as
+
+    T̂ = Σ_l t_l(c_in_l, c_out_l) + overhead,   overhead = T(dense) − Σ_l t_l(dense widths),
+
+the overhead being everything that is not a Linear/Conv (activations, pooling, reshapes,
+Python dispatch), taken as constant. `check(model_small, widths)` compares the prediction
+with a measurement of an actually smaller model and returns the relative error.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from ..errors import PrunekitError
+from ..modes import evaluation_mode
+
+_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _as_tuple(x):
+    return x if isinstance(x, tuple) else (x,)
+
+
+def measure_latency(model: nn.Module, example_input, *, repeats: int = 30, warmup: int = 5) -> float:
+    """Median seconds per forward pass on `example_input` (eval mode, no_grad)."""
+    inputs = _as_tuple(example_input)
+    times = []
+    with evaluation_mode(model), torch.no_grad():
+        for i in range(warmup + repeats):
+            start = time.perf_counter()
+            model(*inputs)
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _widths(module: nn.Module) -> tuple[int, int]:
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    return module.in_channels, module.out_channels
+
+
+def layer_widths(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """(input, output) channel counts of every Linear / Conv layer, by module name."""
+    return {n: _widths(m) for n, m in model.named_modules() if isinstance(m, _LAYERS)}
+
+
+class LatencyTable:
+    """Lookup table t_l(c_in, c_out), measured lazily and cached; see the module docstring."""
+
+    def __init__(self, model: nn.Module, example_input, *, repeats: int = 30, warmup: int = 5):
+        self.repeats, self.warmup = repeats, warmup
+        self.shapes: dict[str, tuple] = {}
+        self.modules: dict[str, nn.Module] = {}
+        handles = []
+        for name, module in model.named_modules():
+            if isinstance(module, _LAYERS):
+                if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d) and module.groups != 1:
+                    raise PrunekitError(f"layer '{name}' is a grouped convolution; the latency table times "
+                                        "ordinary Linear/Conv layers only.")
+                self.modules[name] = module
+                handles.append(module.register_forward_hook(self._recorder(name)))
+        if not self.modules:
+            raise PrunekitError("the model has no Linear or Conv layers to build a latency table for.")
+        try:
+            with evaluation_mode(model), torch.no_grad():
+                model(*_as_tuple(example_input))
+        finally:
+            for h in handles:
+                h.remove()
+        self.dense_widths = layer_widths(model)
+        self.dense_widths = {n: w for n, w in self.dense_widths.items() if n in self.modules}
+        self.entries: dict[tuple[str, int, int], float] = {}
+        self.measured_dense = measure_latency(model, example_input, repeats=repeats, warmup=warmup)
+        self.overhead = self.measured_dense - sum(self.lookup(n, *w) for n, w in self.dense_widths.items())
+
+    def _recorder(self, name):
+        def record(_module, inputs, _output):
+            self.shapes.setdefault(name, tuple(inputs[0].shape))  # returns None: output unchanged
+        return record
+
+    def _fresh(self, name: str, c_in: int, c_out: int) -> tuple[nn.Module, torch.Tensor]:
+        module, shape = self.modules[name], self.shapes[name]
+        if isinstance(module, nn.Linear):
+            layer = nn.Linear(c_in, c_out, bias=module.bias is not None)
+            x = torch.randn(*shape[:-1], c_in)
+        else:
+            layer = type(module)(c_in, c_out, module.kernel_size, stride=module.stride, padding=module.padding,
+                                 dilation=module.dilation, bias=module.bias is not None,
+                                 padding_mode=module.padding_mode)
+            x = torch.randn(shape[0], c_in, *shape[2:])
+        return layer, x
+
+    def lookup(self, name: str, c_in: int, c_out: int) -> float:
+        """Seconds for layer `name` with c_in inputs and c_out outputs (measured once, then cached)."""
+        if name not in self.modules:
+            raise PrunekitError(f"no Linear/Conv layer '{name}' in the latency table; known: {', '.join(self.modules)}.")
+        if c_in < 1 or c_out < 1:
+            raise PrunekitError(f"layer '{name}' needs at least one input and one output channel.")
+        key = (name, int(c_in), int(c_out))
+        if key not in self.entries:
+            layer, x = self._fresh(name, c_in, c_out)
+            self.entries[key] = measure_latency(layer, x, repeats=self.repeats, warmup=self.warmup)
+        return self.entries[key]
+
+    def predict(self, widths: Mapping[str, tuple[int, int]] | None = None) -> float:
+        """Predicted model latency with the given per-layer widths (missing layers: dense)."""
+        widths = {**self.dense_widths, **(widths or {})}
+        return self.overhead + sum(self.lookup(n, *widths[n]) for n in self.dense_widths)
+
+    def check(self, model: nn.Module, example_input, widths=None) -> dict:
+        """Prediction vs measurement for a (smaller) model; widths default to the model's own."""
+        widths = widths or {n: w for n, w in layer_widths(model).items() if n in self.dense_widths}
+        predicted = self.predict(widths)
+        measured = measure_latency(model, example_input, repeats=self.repeats, warmup=self.warmup)
+        return {"predicted_s": predicted, "measured_s": measured,
+                "relative_error": abs(predicted - measured) / measured}
+
+    def rows(self) -> list[dict]:
+        return [{"layer": n, "in": i, "out": o, "seconds": t} for (n, i, o), t in sorted(self.entries.items())]

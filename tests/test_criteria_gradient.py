@@ -10,6 +10,15 @@ from torch import nn
 from prunekit.criteria import OBD, SNIP, GraSP, Taylor
 from prunekit.masks import apply_masks, named_parameters, resolve_parameters
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one thread avoids oversubscription on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 
 def _net(seed=0):
     torch.manual_seed(seed)

@@ -34,16 +34,28 @@ def _as_tuple(x):
     return x if isinstance(x, tuple) else (x,)
 
 
-def measure_latency(model: nn.Module, example_input, *, repeats: int = 30, warmup: int = 5) -> float:
-    """Median seconds per forward pass on `example_input` (eval mode, no_grad)."""
+def measure_latency(model: nn.Module, example_input, *, repeats: int = 30, warmup: int = 5,
+                    threads: int | None = 1) -> float:
+    """Median seconds per forward pass on `example_input` (eval mode, no_grad).
+
+    Timed with `threads` intra-op threads (then restored; None: leave as is). One thread by
+    default: on a shared machine, small layers timed with several threads measure mostly
+    contention between them, not the layer.
+    """
     inputs = _as_tuple(example_input)
     times = []
-    with evaluation_mode(model), torch.no_grad():
-        for i in range(warmup + repeats):
-            start = time.perf_counter()
-            model(*inputs)
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        with evaluation_mode(model), torch.no_grad():
+            for i in range(warmup + repeats):
+                start = time.perf_counter()
+                model(*inputs)
+                if i >= warmup:
+                    times.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(before)
     return statistics.median(times)
 
 
@@ -61,8 +73,9 @@ def layer_widths(model: nn.Module) -> dict[str, tuple[int, int]]:
 class LatencyTable:
     """Lookup table t_l(c_in, c_out), measured lazily and cached; see the module docstring."""
 
-    def __init__(self, model: nn.Module, example_input, *, repeats: int = 30, warmup: int = 5):
-        self.repeats, self.warmup = repeats, warmup
+    def __init__(self, model: nn.Module, example_input, *, repeats: int = 30, warmup: int = 5,
+                 threads: int | None = 1):
+        self.repeats, self.warmup, self.threads = repeats, warmup, threads
         self.shapes: dict[str, tuple] = {}
         self.modules: dict[str, nn.Module] = {}
         handles = []
@@ -84,7 +97,7 @@ class LatencyTable:
         self.dense_widths = layer_widths(model)
         self.dense_widths = {n: w for n, w in self.dense_widths.items() if n in self.modules}
         self.entries: dict[tuple[str, int, int], float] = {}
-        self.measured_dense = measure_latency(model, example_input, repeats=repeats, warmup=warmup)
+        self.measured_dense = measure_latency(model, example_input, repeats=repeats, warmup=warmup, threads=threads)
         self.overhead = self.measured_dense - sum(self.lookup(n, *w) for n, w in self.dense_widths.items())
 
     def _recorder(self, name):
@@ -113,7 +126,8 @@ class LatencyTable:
         key = (name, int(c_in), int(c_out))
         if key not in self.entries:
             layer, x = self._fresh(name, c_in, c_out)
-            self.entries[key] = measure_latency(layer, x, repeats=self.repeats, warmup=self.warmup)
+            self.entries[key] = measure_latency(layer, x, repeats=self.repeats, warmup=self.warmup,
+                                   threads=self.threads)
         return self.entries[key]
 
     def predict(self, widths: Mapping[str, tuple[int, int]] | None = None) -> float:
@@ -125,7 +139,8 @@ class LatencyTable:
         """Prediction vs measurement for a (smaller) model; widths default to the model's own."""
         widths = widths or {n: w for n, w in layer_widths(model).items() if n in self.dense_widths}
         predicted = self.predict(widths)
-        measured = measure_latency(model, example_input, repeats=self.repeats, warmup=self.warmup)
+        measured = measure_latency(model, example_input, repeats=self.repeats, warmup=self.warmup,
+                                   threads=self.threads)
         return {"predicted_s": predicted, "measured_s": measured,
                 "relative_error": abs(predicted - measured) / measured}
 

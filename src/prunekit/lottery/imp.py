@@ -1,0 +1,183 @@
+"""Iterative magnitude pruning (IMP) with rewinding, and its controls.
+
+Round 0 trains the dense network from its initialisation w₀ for T steps, saving w_k (the
+rewind point) and any `keep_steps` on the way. Round r = 1 … R:
+
+  1. mask m_r: the p fraction of the *surviving* weights with the smallest |w| in the
+     round r−1 ticket after training is removed (globally or per tensor); m_r ⊆ m_{r−1};
+  2. ticket:  w ← w_k ⊙ m_r, trained for steps k+1 … T with the dense run's
+     hyper-parameters and batches;
+  3. controls, trained the same way: "reinit" — m_r with a fresh random initialisation;
+     "random" — a uniformly random mask with m_r's per-tensor counts on w_k.
+
+Each variant's row holds density, test accuracy and loss at T, and the early-stopping
+iteration (minimum validation loss) with the test accuracy there. Every round is
+checkpointed and marked done in the run folder (prunekit.runs.RunDir), so a killed run
+rerun with the same settings resumes after its last finished round and ends identical.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from ..data import load_dataset
+from ..masks import (MaskSet, apply_masks, default_prunable, get_masks, load_masked_state_dict,
+                     named_parameters)
+from ..models import build_model
+from ..runs import RunDir
+from ..selection import global_masks, local_masks, rank_existing_first
+from ..training import evaluate
+from ..augment import make_augmentation
+from .config import LotteryConfig
+from .trainer import train_segment
+
+VARIANTS = ("ticket", "reinit", "random")
+ROW_COLUMNS = ["round", "variant", "density", "accuracy", "test_loss", "es_step", "es_accuracy", "train_loss"]
+
+
+def split_validation(train: TensorDataset, size: int) -> tuple[TensorDataset, TensorDataset]:
+    """(fit, validation): the last `size` training samples are held out."""
+    x, y = train.tensors
+    if size >= len(x):
+        raise ValueError(f"validation size {size} leaves no training data (have {len(x)}).")
+    return TensorDataset(x[:-size], y[:-size]), TensorDataset(x[-size:], y[-size:])
+
+
+def build(config: LotteryConfig, num_classes: int, init_seed: int) -> nn.Module:
+    """A freshly initialised model; the caller's global RNG state is left as it was."""
+    with torch.random.fork_rng():
+        torch.manual_seed(init_seed)
+        return build_model(config.model, num_classes=num_classes, **config.model_options)
+
+
+def magnitude_masks(weights: dict[str, torch.Tensor], current: MaskSet, rate: float, scope: str) -> dict:
+    """Remove round(rate · survivors) more weights of smallest |w| (per tensor if scope="local")."""
+    scores = rank_existing_first({n: w.detach().abs() for n, w in weights.items()}, current)
+    if scope == "global":
+        kept = sum(int(current[n].sum()) for n in weights)
+        pruned_before = sum(current[n].numel() for n in weights) - kept
+        return global_masks(scores, pruned_before + round(rate * kept))
+    return {n: local_masks({n: s}, (s.numel() - int(current[n].sum())) + round(rate * int(current[n].sum())))[n]
+            for n, s in scores.items()}
+
+
+def random_masks(reference: MaskSet, generator: torch.Generator) -> dict:
+    """Uniformly random masks with the same number of kept entries per tensor as `reference`."""
+    out = {}
+    for name, mask in reference.items():
+        keep = torch.zeros(mask.numel(), dtype=torch.bool)
+        keep[torch.randperm(mask.numel(), generator=generator)[:int(mask.sum())]] = True
+        out[name] = keep.reshape(mask.shape)
+    return out
+
+
+def rewind(model: nn.Module, state: dict, masks) -> nn.Module:
+    """Load `state` (an unmasked state_dict, e.g. w_k) into a fresh model and install `masks`:
+    the forward pass then uses exactly state ⊙ mask."""
+    model.load_state_dict(state)
+    apply_masks(model, masks)
+    return model
+
+
+def _density(masks: MaskSet) -> float:
+    return masks.kept() / masks.numel()
+
+
+class Experiment:
+    """One IMP experiment in its run folder; `run()` does (or resumes) every round."""
+
+    def __init__(self, config: LotteryConfig, root: str | Path = "runs", *, log=print):
+        self.config = config
+        self.log = log
+        self.run_dir = RunDir.open(root, f"lottery-{config.model}-{config.dataset}", config.settings())
+        data = load_dataset(config.dataset)
+        self.num_classes = data.num_classes
+        self.fit, self.validation = split_validation(data.train, config.validation)
+        self.test = data.test
+        self.train_config = config.train_config()
+        self.augment = make_augmentation(config.augment, config.augment_strength)
+        self.prunable = default_prunable(self.fresh(config.seed))
+
+    # Pieces -----------------------------------------------------------------------------
+    def fresh(self, init_seed: int) -> nn.Module:
+        return build(self.config, self.num_classes, init_seed)
+
+    def _train(self, model: nn.Module, start: int, on_step=None) -> dict:
+        return train_segment(model, self.fit, self.train_config, start=start, validation=self.validation,
+                             test=self.test, eval_every=self.config.eval_every, augment=self.augment,
+                             on_step=on_step)
+
+    def _row(self, r: int, variant: str, model: nn.Module, result: dict, masks: MaskSet | None) -> dict:
+        final = evaluate(model, self.test)
+        return {"round": r, "variant": variant, "density": 1.0 if masks is None else _density(masks),
+                "accuracy": final["accuracy"], "test_loss": final["loss"], "es_step": result.get("es_step"),
+                "es_accuracy": result.get("es_accuracy"), "train_loss": result["train_loss"]}
+
+    def load_state(self, tag: str) -> nn.Module:
+        model = self.fresh(self.config.seed)
+        load_masked_state_dict(model, self.run_dir.load_checkpoint(tag))
+        return model
+
+    # Rounds -----------------------------------------------------------------------------
+    def dense(self) -> None:
+        run, cfg = self.run_dir, self.config
+        if run.is_done("round0"):
+            return
+        run.replace_rows([])
+        model = self.fresh(cfg.seed)
+        run.save_checkpoint("init", model.state_dict())
+        wanted = set(cfg.keep_steps) | {cfg.rewind_step}
+
+        def keep(step, m):
+            if step in wanted:
+                run.save_checkpoint(f"step{step}", {k: v.clone() for k, v in m.state_dict().items()})
+
+        if 0 in wanted:
+            keep(0, model)
+        result = self._train(model, 0, keep)
+        run.save_checkpoint("dense", model.state_dict())
+        run.record(self._row(0, "dense", model, result, None))
+        run.mark_done("round0")
+
+    def round(self, r: int) -> None:
+        run, cfg = self.run_dir, self.config
+        if run.is_done(f"round{r}"):
+            return
+        run.replace_rows([row for row in run.rows() if row["round"] < r])  # a killed round's leftovers
+        previous = self.load_state("dense" if r == 1 else f"round{r - 1}_ticket")
+        current = get_masks(previous) if r > 1 else MaskSet.ones_like({n: named_parameters(previous)[n]
+                                                                      for n in self.prunable})
+        weights = {n: named_parameters(previous)[n] for n in self.prunable}
+        masks = MaskSet(magnitude_masks(weights, current, cfg.rate, cfg.scope))
+        rewind_state = run.load_checkpoint(f"step{cfg.rewind_step}")
+        starts = {"ticket": (rewind_state, masks)}
+        if "reinit" in cfg.controls:
+            starts["reinit"] = (self.fresh(cfg.seed + 7919 * r + 1).state_dict(), masks)
+        if "random" in cfg.controls:
+            generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + r)
+            starts["random"] = (rewind_state, MaskSet(random_masks(masks, generator)))
+        for variant, (state, variant_masks) in starts.items():
+            model = rewind(self.fresh(cfg.seed), state, variant_masks)
+            result = self._train(model, cfg.rewind_step)
+            run.save_checkpoint(f"round{r}_{variant}", model.state_dict())
+            run.record(self._row(r, variant, model, result, variant_masks))
+        run.mark_done(f"round{r}")
+
+    def run(self) -> RunDir:
+        self.dense()
+        for r in range(1, self.config.rounds + 1):
+            self.round(r)
+            last = [row for row in self.run_dir.rows() if row["round"] == r]
+            self.log("  round {:2d}  density {:.4f}  ".format(r, last[0]["density"]) +
+                     "  ".join(f"{row['variant']} {row['accuracy']:.3f}" for row in last))
+        self.run_dir.mark_done("complete")
+        return self.run_dir
+
+
+def run_lottery(config: LotteryConfig, root: str | Path = "runs", *, log=print) -> RunDir:
+    """Run (or resume) the IMP experiment `config`; returns its run folder."""
+    return Experiment(config, root, log=log).run()

@@ -10,6 +10,7 @@ from .grasp import GraSP
 from .magnitude import Magnitude
 from .obd import OBD
 from .random_scores import Random
+from .regression import Regression
 from .snip import SNIP
 from .taylor import Taylor
 
@@ -22,6 +23,7 @@ CRITERIA: dict[str, type[Criterion]] = {
     "obd": OBD,
     "bn_scale": BNScale,
     "apoz": APoZ,
+    "regression": Regression,
 }
 
 
@@ -35,4 +37,4 @@ def get_criterion(spec, **options) -> Criterion:
     return CRITERIA[spec](**options)
 
 
-__all__ = ["CRITERIA", "Criterion", "get_criterion", "Magnitude", "Random", "SNIP", "Taylor", "GraSP", "OBD", "BNScale", "APoZ"]
+__all__ = ["CRITERIA", "Criterion", "get_criterion", "Magnitude", "Random", "SNIP", "Taylor", "GraSP", "OBD", "BNScale", "APoZ", "Regression"]

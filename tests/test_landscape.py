@@ -49,7 +49,10 @@ def test_restricted_eigenvalues_match_dense_eigendecomposition():
     problem = RestrictedLoss(model, x, y)
     assert problem.dim == truth.numel() == 43 - 10 - 8  # half of 20 and of 15 (rounded) pruned
     ritz = lanczos(problem.hvp, problem.dim, steps=problem.dim, dtype=torch.float64)
-    assert torch.allclose(ritz, truth, atol=1e-9)
+    # A Krylov space holds one copy of a repeated eigenvalue (several zeros here), so compare
+    # as sets: every Ritz value is an eigenvalue, and both extremes are found.
+    assert all((truth - r).abs().min() < 1e-9 for r in ritz)
+    assert ritz[0] == pytest.approx(truth[0].item(), abs=1e-9) and ritz[-1] == pytest.approx(truth[-1].item())
     spec = restricted_spectrum(model, x, y, steps=100)
     assert spec["lambda_max"] == pytest.approx(truth[-1].item(), rel=1e-9)
     assert spec["lambda_min"] == pytest.approx(truth[0].item(), rel=1e-6, abs=1e-9)

@@ -84,6 +84,34 @@ class FinetuneSpec:
 
 
 @dataclass(frozen=True)
+class AllocatorSpec:
+    """How much to prune where (prunekit.allocate): an allocator, its budget and options."""
+    name: str = "uniform"
+    budget: float | None = 0.5          # fraction of the dense cost (≤ 1) or an absolute cost
+    metric: str = "flops"               # params | flops | latency
+    threshold: float | None = None      # sensitivity: accepted accuracy drop (instead of a budget)
+    executor: str = "inprocess"         # inprocess | ray
+    options: dict = field(default_factory=dict)  # keyword arguments of the allocator
+
+    def __post_init__(self):
+        from .allocate import ALLOCATORS
+        from .allocate.executor import EXECUTORS
+
+        if self.name not in ALLOCATORS:
+            raise PrunekitError(f"unknown allocator '{self.name}'.{did_you_mean(self.name, ALLOCATORS)} "
+                                f"Known: {', '.join(ALLOCATORS)}.")
+        if self.executor not in EXECUTORS:
+            raise PrunekitError(f"executor must be one of {EXECUTORS}.{did_you_mean(self.executor, EXECUTORS)}")
+        if self.metric not in ("params", "flops", "latency"):
+            raise PrunekitError("metric must be params, flops or latency.")
+        if self.threshold is not None and (self.name != "sensitivity" or self.budget is not None):
+            raise PrunekitError("threshold (an accepted accuracy drop) is for the sensitivity allocator, "
+                                "with budget: null.")
+        if self.threshold is None and (self.budget is None or self.budget <= 0):
+            raise PrunekitError("budget must be a positive fraction of the dense cost (e.g. 0.5) or an absolute cost.")
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str = "run"
     seed: int = 0
@@ -93,13 +121,16 @@ class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
     prune: PruneSpec = field(default_factory=PruneSpec)
     finetune: FinetuneSpec = field(default_factory=FinetuneSpec)
+    allocator: AllocatorSpec | None = None
 
     def to_dict(self) -> dict:
         return _plain(dataclasses.asdict(self))
 
     def settings(self) -> dict:
         """What determines the results (hashed into the run folder's name): all but output_dir."""
-        return {k: v for k, v in self.to_dict().items() if k != "output_dir"}
+        # allocator left out when unset, so recipes without one keep their run folders' hashes
+        return {k: v for k, v in self.to_dict().items()
+                if k != "output_dir" and not (k == "allocator" and v is None)}
 
 
 def _plain(value):
@@ -121,6 +152,8 @@ def _convert(value, tp, where: str):
         options = typing.get_args(tp)
         if value is None and type(None) in options:
             return None
+        if len([o for o in options if o is not type(None)]) == 1:  # X | None: X's own message
+            return _convert(value, next(o for o in options if o is not type(None)), where)
         for option in options:
             if option is type(None):
                 continue

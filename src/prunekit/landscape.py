@@ -12,12 +12,11 @@ the principal submatrix H^m = H[m, m] of the full Hessian at w ⊙ m.
 
 Hessian-vector products come from `prunekit.hessian.hvp` (double backward), one forward
 pass each, so nothing of size dim² is ever formed. The model is never modified: the loss
-is evaluated with torch.func.functional_call on a masks-removed copy, in eval mode.
+is evaluated with torch.func.functional_call, which swaps tensors in for one call, in eval mode.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Mapping
 
@@ -28,7 +27,8 @@ from torch.func import functional_call
 
 from .errors import PrunekitError
 from .hessian import hvp
-from .masks import MaskSet, get_masks, named_parameters, remove_masks
+from .masks import MaskSet, canonical_name, effective_weight, get_masks, named_parameters
+from .modes import evaluation_mode
 
 
 class RestrictedLoss:
@@ -37,22 +37,25 @@ class RestrictedLoss:
     def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, masks: Mapping | None = None, *,
                  loss_fn=F.cross_entropy, params=None):
         masks = MaskSet(masks) if masks is not None else get_masks(model)
-        self.module = copy.deepcopy(model)
-        remove_masks(self.module)  # weights baked as w ⊙ m_model; the restriction uses `masks`
-        self.module.eval()
-        available = named_parameters(self.module)
+        self.model = model
+        # The model's own keys: 'a.parametrizations.weight.original' for a masked tensor. Its
+        # installed mask is overridden by all-ones, so only `masks` restricts the problem.
+        self.keys = {canonical_name(k): k for k, _ in model.named_parameters()}
+        self.overrides = {k.replace(".original", ".0.mask"): torch.ones_like(p, dtype=torch.bool)
+                          for k, p in model.named_parameters() if canonical_name(k) != k}
+        available = named_parameters(model)
         names = list(available) if params is None else list(params)
         unknown = [n for n in list(names) + list(masks) if n not in available]
         if unknown:
             raise PrunekitError(f"Unknown parameters {unknown[:3]}; see prunekit.named_parameters(model).")
         self.names = names
-        self.base = {n: p.detach().clone() for n, p in available.items()}
+        self.base = {n: effective_weight(model, n).detach().clone() for n in available}  # w ⊙ m_model
         self.index = {}
         for n in names:
             keep = masks[n].reshape(-1) if n in masks else torch.ones(available[n].numel(), dtype=torch.bool)
             self.index[n] = keep.nonzero().reshape(-1)
-            if n in masks:
-                self.base[n] = torch.where(masks[n], self.base[n], 0.0)  # evaluate at w ⊙ m
+        for n in masks:
+            self.base[n] = torch.where(masks[n], self.base[n], 0.0)  # evaluate at w ⊙ m
         self.x, self.y, self.loss_fn = x, y, loss_fn
         self.dim = sum(len(i) for i in self.index.values())
         if self.dim == 0:
@@ -69,7 +72,13 @@ class RestrictedLoss:
         return params
 
     def __call__(self, u: torch.Tensor) -> torch.Tensor:
-        return self.loss_fn(functional_call(self.module, self.embed(u), (self.x,)), self.y)
+        tensors = {self.keys[n]: t for n, t in self.embed(u).items()}
+        tensors.update(self.overrides)
+        # functional_call swaps the tensors in for this call only; evaluation_mode restores
+        # every train/eval flag afterwards.
+        with evaluation_mode(self.model):
+            out = functional_call(self.model, tensors, (self.x,))
+        return self.loss_fn(out, self.y)
 
     def hvp(self, v: torch.Tensor) -> torch.Tensor:
         """H^m v at `point`."""

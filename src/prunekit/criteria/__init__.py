@@ -7,6 +7,7 @@ from .base import Criterion
 from .apoz import APoZ
 from .bn_scale import BNScale
 from .grasp import GraSP
+from .heads import HeadImportance
 from .magnitude import Magnitude
 from .obd import OBD
 from .random_scores import Random
@@ -24,6 +25,7 @@ CRITERIA: dict[str, type[Criterion]] = {
     "bn_scale": BNScale,
     "apoz": APoZ,
     "regression": Regression,
+    "heads": HeadImportance,
 }
 
 
@@ -37,4 +39,4 @@ def get_criterion(spec, **options) -> Criterion:
     return CRITERIA[spec](**options)
 
 
-__all__ = ["CRITERIA", "Criterion", "get_criterion", "Magnitude", "Random", "SNIP", "Taylor", "GraSP", "OBD", "BNScale", "APoZ", "Regression"]
+__all__ = ["CRITERIA", "Criterion", "get_criterion", "Magnitude", "Random", "SNIP", "Taylor", "GraSP", "OBD", "BNScale", "APoZ", "Regression", "HeadImportance"]

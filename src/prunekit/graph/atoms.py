@@ -1,0 +1,117 @@
+"""Channel atoms and their union-find: the bookkeeping under the dependency graph.
+
+Every prunable position of an activation's channel axis (a conv filter's output, a Linear
+feature, an attention head) is an *atom*, a positive integer. The tracer labels each element
+of each activation with the atom it belongs to (0 = a constant that depends on no channel).
+Two atoms that must be removed together — the two sides of a residual add, a conv's output
+channel and the next conv's input channel — are merged here. After the forward pass, each
+connected component is one prunable *unit*.
+
+A component can be *blocked*: an operation the graph does not understand touched it, it
+reaches the model's output, or removing it would change a statistic (LayerNorm). A blocked
+component keeps every reason it was given, so the user learns which operation is at fault.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class AtomSet:
+    """Union-find over atom ids 1..n (0 is the constant label and never merges)."""
+
+    def __init__(self):
+        self._parent = [0]
+        self._size = [1]
+        self._reasons: dict[int, list[str]] = {}
+        self._tags: dict[int, set[str]] = {}
+
+    def __len__(self) -> int:
+        return len(self._parent) - 1
+
+    def new(self, n: int) -> torch.Tensor:
+        """n fresh atoms, as a LongTensor."""
+        start = len(self._parent)
+        self._parent.extend(range(start, start + n))
+        self._size.extend([1] * n)
+        return torch.arange(start, start + n, dtype=torch.long)
+
+    def find(self, a: int) -> int:
+        parent = self._parent
+        root = a
+        while parent[root] != root:
+            root = parent[root]
+        while parent[a] != root:  # path compression keeps later look-ups O(1)
+            parent[a], a = root, parent[a]
+        return root
+
+    def union(self, a: int, b: int) -> int:
+        if a == 0 or b == 0:
+            return self.find(a or b)
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return ra
+        if self._size[ra] < self._size[rb]:
+            ra, rb = rb, ra
+        self._parent[rb] = ra
+        self._size[ra] += self._size[rb]
+        if rb in self._reasons:
+            merged = self._reasons.setdefault(ra, [])
+            merged.extend(r for r in self._reasons.pop(rb) if r not in merged)
+        if rb in self._tags:
+            self._tags.setdefault(ra, set()).update(self._tags.pop(rb))
+        return ra
+
+    def union_pairs(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        """Merge a[i] with b[i] for every i (tensors of equal shape); duplicates are cheap."""
+        pairs = torch.stack([a.reshape(-1), b.reshape(-1)], 1)
+        pairs = pairs[(pairs[:, 0] != 0) & (pairs[:, 1] != 0) & (pairs[:, 0] != pairs[:, 1])]
+        if len(pairs):
+            for x, y in torch.unique(pairs, dim=0).tolist():
+                self.union(x, y)
+
+    def union_all(self, atoms) -> int:
+        """Merge every atom in `atoms` into one component; returns its root (0 if none)."""
+        values = [int(v) for v in torch.unique(torch.as_tensor(atoms)).tolist() if v != 0]
+        root = 0
+        for v in values:
+            root = self.union(root, v) if root else self.find(v)
+        return root
+
+    def block(self, atoms, reason: str) -> None:
+        for v in torch.unique(torch.as_tensor(atoms)).tolist():
+            if v != 0:
+                reasons = self._reasons.setdefault(self.find(v), [])
+                if reason not in reasons:
+                    reasons.append(reason)
+
+    def tag(self, atoms, tag: str) -> None:
+        for v in torch.unique(torch.as_tensor(atoms)).tolist():
+            if v != 0:
+                self._tags.setdefault(self.find(v), set()).add(tag)
+
+    def roots(self, atoms: torch.Tensor) -> torch.Tensor:
+        """The component root of every entry (0 stays 0), same shape."""
+        uniq, inverse = torch.unique(atoms, return_inverse=True)
+        mapped = torch.tensor([self.find(int(v)) for v in uniq.tolist()], dtype=torch.long)
+        return mapped[inverse]
+
+    def reasons(self, root: int) -> list[str]:
+        return list(self._reasons.get(self.find(root), []))
+
+    def tags(self, root: int) -> set[str]:
+        return set(self._tags.get(self.find(root), set()))
+
+    def component_size(self, a: int) -> int:
+        return self._size[self.find(a)]
+
+
+def varies_along(labels: torch.Tensor, dim: int) -> bool:
+    """True when the labels are not constant along `dim`, i.e. `dim` carries channels."""
+    if labels.dim() == 0 or labels.shape[dim] <= 1:
+        return False
+    return bool((labels != labels.narrow(dim, 0, 1)).any())
+
+
+def varying_dims(labels: torch.Tensor) -> list[int]:
+    return [d for d in range(labels.dim()) if varies_along(labels, d)]

@@ -1,0 +1,442 @@
+"""How each operation moves channel labels from its inputs to its outputs.
+
+Families (an operation is looked up by its name, with leading/trailing underscores and
+in-place suffixes stripped, so `torch.relu_`, `F.relu` and `x.relu()` are one entry):
+
+* elementwise (add, mul, activations, dropout, casts): the output element carries the
+  atoms of the input elements it was computed from; two atoms meeting at one element are
+  merged (that is how residual adds and squeeze-excitation couple channels).
+* movement (view, permute, cat, split, chunk, indexing, pad, flatten …): the operation is
+  run on the label tensor itself, so offsets and interleavings come out exactly. Where a
+  hard-coded size or position would be wrong after channels are removed (view(B, 64, -1),
+  x[:, :16], split([16, 16])) the channels are blocked, or merged so they can only go in
+  whole blocks (unflatten(-1, (-1, head_dim)) makes every head one unit).
+* reductions and softmax: fine over an axis without channels; over a channel axis the
+  result would change if a channel left, so those channels are blocked.
+* layers (layers.py): conv, linear, norms, embedding, attention — they also record which
+  parameter slices belong to which atom.
+
+Anything else that touches a channel blocks it, with the operation's name as the reason.
+`register_handler(ModuleType, fn)` lets users describe a custom layer as a whole.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import layers
+from .atoms import varies_along
+from .tracer import Trace
+
+ELEMENTWISE_NARY = {
+    "add", "radd", "iadd", "sub", "rsub", "isub", "subtract", "mul", "rmul", "imul", "multiply", "div", "rdiv",
+    "idiv", "truediv", "rtruediv", "itruediv", "divide", "true_divide", "pow", "rpow", "ipow", "maximum",
+    "minimum", "fmax", "fmin", "where", "masked_fill", "lerp", "addcmul", "addcdiv", "clamp", "clip",
+    "eq", "ne", "lt", "le", "gt", "ge", "logical_and", "logical_or", "logical_xor", "and", "or", "xor",
+    "hardtanh", "threshold", "copysign", "atan2", "floor_divide", "remainder", "fmod", "hypot",
+}
+ELEMENTWISE_UNARY = {
+    "relu", "relu6", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "leaky_relu", "elu",
+    "selu", "celu", "softplus", "softsign", "mish", "logsigmoid", "tanhshrink", "hardshrink", "softshrink",
+    "rrelu", "neg", "negative", "abs", "exp", "exp2", "expm1", "log", "log1p", "log2", "log10", "sqrt",
+    "rsqrt", "square", "reciprocal", "sin", "cos", "tan", "erf", "erfc", "erfinv", "sign", "sgn", "floor",
+    "ceil", "round", "trunc", "frac", "isnan", "isinf", "isfinite", "nan_to_num", "logical_not", "invert",
+    "bitwise_not", "clamp_min", "clamp_max", "pos", "to", "type", "type_as", "float", "double", "half",
+    "bfloat16", "contiguous", "clone", "detach", "requires_grad", "cpu", "cuda", "alias", "data", "dropout",
+    "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout", "feature_dropout",
+    "sigmoid_", "fill_diagonal", "retain_grad",
+}
+LIKE_FACTORIES = {"zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like",
+                  "randint_like", "new_zeros", "new_ones", "new_empty", "new_full", "new_tensor"}
+METADATA = {
+    "size", "dim", "shape", "numel", "dtype", "device", "is_floating_point", "is_complex", "is_contiguous",
+    "stride", "ndim", "ndimension", "nelement", "element_size", "data_ptr", "get_device", "is_cuda",
+    "is_sparse", "is_quantized", "is_meta", "layout", "names", "grad_fn", "version", "len", "hash",
+    "storage_offset", "untyped_storage", "output_nr", "base", "is_leaf", "grad", "register_hook",
+    "set_grad_enabled", "is_grad_enabled", "is_nested", "is_inference", "is_view", "is_mkldnn",
+    "dim_order", "is_signed", "requires_grad_", "has_names", "format", "repr", "str", "is_same_size",
+    "is_set_to", "is_shared", "is_pinned", "nbytes", "itemsize", "get_default_dtype", "is_tensor",
+    "broadcast_shapes", "result_type", "can_cast", "promote_types", "is_autocast_enabled",
+}
+REDUCTIONS = {"sum", "mean", "amax", "amin", "max", "min", "prod", "std", "var", "norm", "logsumexp",
+              "any", "all", "argmax", "argmin", "median", "nanmean", "nansum", "count_nonzero", "std_mean",
+              "var_mean", "aminmax", "mode"}
+ALONG_DIM = {"softmax", "log_softmax", "softmin", "cumsum", "cumprod", "cummax", "cummin", "normalize",
+             "sort", "argsort", "topk", "logcumsumexp"}
+SIZED_RESHAPE = {"view", "reshape", "unflatten", "expand"}
+FREE_MOVEMENT = {"permute", "transpose", "t", "T", "mT", "flatten", "squeeze", "unsqueeze", "movedim",
+                 "moveaxis", "swapaxes", "swapdims", "flip", "view_as", "reshape_as", "expand_as", "repeat",
+                 "repeat_interleave", "pixel_unshuffle", "broadcast_to", "ravel", "atleast_1d", "atleast_2d",
+                 "atleast_3d", "fliplr", "flipud", "tile"}
+CONCAT = {"cat", "concat", "concatenate", "stack", "hstack", "vstack", "dstack", "column_stack"}
+SPLIT = {"split", "chunk", "tensor_split", "unbind", "split_with_sizes", "hsplit", "vsplit", "dsplit"}
+INDEXING = {"getitem", "narrow", "select", "index_select"}
+
+_MODULE_HANDLERS: dict[type, object] = {}
+
+
+def register_handler(module_type: type, handler) -> None:
+    """Describe a custom layer as a whole: `handler(trace, module, name, args, kwargs, output)`.
+
+    While the module runs, its inner operations are not traced; the handler sets the output
+    labels (`trace.set_labels`) and couples parameter slices (`trace.couple(param_name, dim,
+    atoms)`), using `trace.labels(tensor)`, `trace.axis_atoms(labels, dim, op)` and `trace.new(n)`.
+    """
+    if not isinstance(module_type, type):
+        raise TypeError(f"register_handler needs a module class, not {module_type!r}.")
+    _MODULE_HANDLERS[module_type] = handler
+
+
+def module_handlers() -> dict:
+    return dict(_MODULE_HANDLERS)
+
+
+def op_name(func) -> str:
+    name = getattr(func, "__name__", None) or type(func).__name__
+    if name == "__get__":  # a Tensor property such as .T or .data
+        name = getattr(getattr(func, "__self__", None), "__name__", name)
+    name = name.strip("_")
+    return name[:-1] if name.endswith("_") and not name.endswith("__") else name
+
+
+def _flat(obj):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (tuple, list)):
+        for x in obj:
+            yield from _flat(x)
+    elif isinstance(obj, dict):
+        for x in obj.values():
+            yield from _flat(x)
+
+
+def dispatch(trace: Trace, func, args, kwargs, out) -> None:
+    name = op_name(func)
+    if name in METADATA:
+        return
+    handler = TABLE.get(name)
+    if handler is None:
+        if name in ELEMENTWISE_NARY:
+            handler = elementwise
+        elif name in ELEMENTWISE_UNARY:
+            handler = unary
+        elif name in LIKE_FACTORIES:
+            handler = constant
+        elif name in REDUCTIONS:
+            handler = reduction
+        elif name in ALONG_DIM:
+            handler = along_dim
+        elif name in SIZED_RESHAPE:
+            handler = sized_reshape
+        elif name in FREE_MOVEMENT:
+            handler = movement
+        elif name in CONCAT:
+            handler = movement
+        elif name in SPLIT:
+            handler = split
+        elif name in INDEXING:
+            handler = indexing
+        else:
+            handler = unknown
+    handler(trace, name, func, args, kwargs, out)
+
+
+# ----------------------------------------------------------------------------- generic families
+def unknown(trace: Trace, name, func, args, kwargs, out) -> None:
+    """Block everything the op touched; its outputs get one blocked atom."""
+    inputs = list(_flat((args, kwargs)))
+    touched = [t for t in inputs if trace.has_channels(t)]
+    outputs = [t for t in _flat(out) if all(t is not i for i in inputs)]
+    if not touched:
+        for t in outputs:
+            trace.set_labels(t, torch.zeros((), dtype=torch.long))
+        return
+    reason = f"'{name}' in {trace.where()} is not understood by prunekit (register a handler for its module)"
+    if reason not in trace.unsupported:
+        trace.unsupported.append(reason)
+    for t in touched:
+        trace.block(trace.labels(t), reason)
+        if trace.name_of(t) is not None:
+            trace.freeze(trace.name_of(t), reason)
+    opaque = trace.opaque(reason)
+    for t in outputs:
+        trace.set_labels(t, opaque)
+    for t in inputs:  # an in-place op may have changed one of its inputs
+        if t is out or (isinstance(out, (tuple, list)) and any(t is o for o in out)):
+            trace.set_labels(t, opaque)
+
+
+def constant(trace, name, func, args, kwargs, out) -> None:
+    for t in _flat(out):
+        trace.set_labels(t, torch.zeros((), dtype=torch.long))
+
+
+def unary(trace, name, func, args, kwargs, out) -> None:
+    if isinstance(out, torch.Tensor) and args and isinstance(args[0], torch.Tensor):
+        labels = trace.labels(args[0])
+        if labels.shape == out.shape:
+            trace.set_labels(out, labels)
+            return
+    unknown(trace, name, func, args, kwargs, out)
+
+
+def elementwise(trace, name, func, args, kwargs, out) -> None:
+    """Broadcast every operand's labels to the output; merge atoms that meet at one element."""
+    if not isinstance(out, torch.Tensor):
+        return unknown(trace, name, func, args, kwargs, out)
+    # A boolean condition that is the same everywhere (an attention or padding mask) selects
+    # values but carries no channel of its own.
+    operands = [t for t in _flat((args, kwargs))
+                if not (t.dtype == torch.bool and t is not out and not _varies(trace.labels(t)))]
+    try:
+        labels = [torch.broadcast_to(trace.labels(t), out.shape) for t in operands]
+    except RuntimeError:
+        return unknown(trace, name, func, args, kwargs, out)
+    varying = [{d for d in range(out.dim()) if varies_along(lab, d)} for lab in labels]
+    result = torch.zeros(out.shape, dtype=torch.long)
+    for i, (t, lab) in enumerate(zip(operands, labels)):
+        offset = out.dim() - t.dim()
+        spread = {d for d in range(out.dim()) if out.shape[d] > 1 and (d < offset or t.shape[d - offset] == 1)}
+        others = set().union(*(v for j, v in enumerate(varying) if j != i))
+        if spread & others:
+            # One value shared by every channel (a scalar gate, a 1-channel map): it couples none
+            # of them, and its own single position must never be removed.
+            trace.block(lab, f"'{name}' in {trace.where()} broadcasts it across a channel axis")
+            continue
+        trace.atoms.union_pairs(result, lab)
+        result = torch.where(result != 0, result, lab)
+    channel_dims = [d for d in range(out.dim()) if varies_along(result, d)]
+    for t, lab in zip(operands, labels):
+        # A fixed-size constant laid along a channel axis would no longer fit once channels go.
+        fixed = trace.name_of(t) is None and not bool((lab != 0).any()) and t.numel() > 1
+        offset = out.dim() - t.dim()
+        if fixed and any(d >= offset and t.shape[d - offset] > 1 for d in channel_dims):
+            trace.block(result, f"'{name}' in {trace.where()} combines channels with a constant tensor of fixed size")
+    trace.set_labels(out, result)
+
+
+def _varies(labels) -> bool:
+    return labels.numel() > 1 and bool((labels != labels.reshape(-1)[0]).any())
+
+
+def reduction(trace, name, func, args, kwargs, out) -> None:
+    x = args[0] if args else kwargs.get("input")
+    if not isinstance(x, torch.Tensor):
+        return unknown(trace, name, func, args, kwargs, out)
+    labels = trace.labels(x)
+    dims = kwargs.get("dim", args[1] if len(args) > 1 and not isinstance(args[1], torch.Tensor) else None)
+    if isinstance(dims, torch.Tensor):  # max(x, other) is elementwise
+        return elementwise(trace, name, func, args, kwargs, out)
+    keepdim = bool(kwargs.get("keepdim", args[2] if len(args) > 2 and isinstance(args[2], bool) else False))
+    if dims is None or (isinstance(dims, (tuple, list)) and len(dims) == 0):
+        dims = list(range(x.dim()))
+    dims = [d % max(1, x.dim()) for d in (dims if isinstance(dims, (tuple, list)) else [dims])]
+    if any(varies_along(labels, d) for d in dims):
+        trace.block(labels, f"'{name}' in {trace.where()} reduces over a channel axis")
+    reduced = labels.amax(dim=dims, keepdim=keepdim) if labels.dim() else labels
+    for t in _flat(out):
+        if t.dim() == reduced.dim():
+            trace.set_labels(t, reduced.reshape(t.shape) if reduced.numel() == t.numel() else reduced.max())
+        else:
+            trace.set_labels(t, reduced.max() if reduced.numel() else torch.zeros((), dtype=torch.long))
+
+
+def along_dim(trace, name, func, args, kwargs, out) -> None:
+    """softmax, cumsum, sort …: keep the shape, mix along one dim (fine unless it carries channels)."""
+    x = args[0] if args else kwargs.get("input")
+    dim = kwargs.get("dim", args[1] if len(args) > 1 and isinstance(args[1], int) else -1)
+    if not isinstance(x, torch.Tensor) or not isinstance(dim, int):
+        return unknown(trace, name, func, args, kwargs, out)
+    labels = trace.labels(x)
+    if varies_along(labels, dim):
+        trace.block(labels, f"'{name}' in {trace.where()} mixes values along a channel axis")
+    for t in _flat(out):
+        trace.set_labels(t, labels if t.shape == labels.shape else trace.opaque(f"'{name}' output"))
+
+
+def _run_on_labels(trace, func, args, kwargs):
+    """Call the movement op with every data tensor replaced by its labels."""
+    def swap(obj):
+        if isinstance(obj, torch.Tensor):
+            return trace.labels(obj)
+        if isinstance(obj, (tuple, list)) and obj and all(isinstance(o, torch.Tensor) for o in obj):
+            return type(obj)(trace.labels(o) for o in obj) if isinstance(obj, list) else tuple(
+                trace.labels(o) for o in obj)
+        return obj
+    return func(swap(args[0]), *args[1:], **kwargs)
+
+
+def _assign(trace, out, labels) -> None:
+    if isinstance(out, torch.Tensor):
+        trace.set_labels(out, labels)
+    elif isinstance(out, (tuple, list)):
+        for o, lab in zip(out, labels):
+            _assign(trace, o, lab)
+
+
+def movement(trace, name, func, args, kwargs, out) -> None:
+    try:
+        labels = _run_on_labels(trace, func, args, kwargs)
+    except (RuntimeError, TypeError, ValueError, IndexError):
+        return unknown(trace, name, func, args, kwargs, out)
+    _assign(trace, out, labels)
+
+
+def _requested_sizes(name, x, args, kwargs):
+    """(output dim → requested size) for view/reshape/expand/unflatten; -1 means inferred."""
+    rest = args[1:]
+    if name == "unflatten":
+        dim = rest[0] if rest else kwargs["dim"]
+        sizes = list(rest[1] if len(rest) > 1 else kwargs["sizes"])
+        dim = dim % x.dim()
+        return {dim + i: s for i, s in enumerate(sizes)}
+    sizes = rest[0] if len(rest) == 1 and isinstance(rest[0], (tuple, list, torch.Size)) else rest
+    sizes = list(sizes or kwargs.get("shape", kwargs.get("size", ())))
+    return {i: s for i, s in enumerate(sizes)}
+
+
+def sized_reshape(trace, name, func, args, kwargs, out) -> None:
+    """view / reshape / unflatten / expand with sizes written in the code.
+
+    A channel axis whose size is written out would be wrong once channels go: if another
+    output axis that carries the same channels is inferred (-1), the channels are merged
+    along the written axis, so only whole blocks are removed (heads of size head_dim);
+    otherwise they are blocked.
+    """
+    x = args[0] if args else None
+    if not isinstance(x, torch.Tensor) or not isinstance(out, torch.Tensor):
+        return unknown(trace, name, func, args, kwargs, out)
+    if len(args) > 1 and isinstance(args[1], torch.dtype):  # view(dtype)
+        return unknown(trace, name, func, args, kwargs, out)
+    try:
+        labels = _run_on_labels(trace, func, args, kwargs)
+        requested = _requested_sizes(name, x, args, kwargs)
+    except (RuntimeError, TypeError, ValueError, KeyError, IndexError):
+        return unknown(trace, name, func, args, kwargs, out)
+    if name == "expand":
+        in_labels = trace.labels(x)
+        offset = out.dim() - x.dim()
+        if any(s != -1 and d >= offset and varies_along(in_labels, d - offset) for d, s in requested.items()):
+            trace.block(labels, f"'expand' in {trace.where()} writes a channel count")
+        trace.set_labels(out, labels)
+        return
+    written = [d for d, s in requested.items() if s != -1 and varies_along(labels, d)]
+    inferred = [d for d in range(labels.dim()) if varies_along(labels, d) and requested.get(d, -1) == -1]
+    if written and not inferred:
+        sizes = tuple(out.shape[d] for d in written)
+        trace.block(labels, f"'{name}' in {trace.where()} writes the channel count {sizes} into the code")
+    elif written:
+        for d in written:  # merge along the written axis: whole slices only
+            moved = labels.movedim(d, -1).reshape(-1, labels.shape[d])
+            for row in torch.unique(moved, dim=0):
+                trace.atoms.union_all(row)
+    trace.set_labels(out, labels)
+
+
+def split(trace, name, func, args, kwargs, out) -> None:
+    x = args[0] if args else kwargs.get("input")
+    if not isinstance(x, torch.Tensor):
+        return unknown(trace, name, func, args, kwargs, out)
+    labels = trace.labels(x)
+    dim = kwargs.get("dim", args[2] if len(args) > 2 else (0 if name != "unbind" else None))
+    if name == "unbind":
+        dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
+    if name in ("hsplit", "vsplit", "dsplit") or not isinstance(dim, int):
+        return movement(trace, name, func, args, kwargs, out) if not varies_along(labels, 0) else unknown(
+            trace, name, func, args, kwargs, out)
+    if varies_along(labels, dim):
+        pieces = len(out)
+        if name == "chunk" and labels.shape[dim] % pieces == 0:
+            # equal chunks stay equal only if every chunk loses the same positions
+            parts = labels.movedim(dim, 0).reshape(pieces, labels.shape[dim] // pieces, -1)
+            for i in range(1, pieces):
+                trace.atoms.union_pairs(parts[0], parts[i])
+        else:
+            trace.block(labels, f"'{name}' in {trace.where()} cuts a channel axis at fixed positions")
+    movement(trace, name, func, args, kwargs, out)
+
+
+def _index_dims(index, ndim):
+    """Which input dims a __getitem__ index restricts (not a full slice)."""
+    items = index if isinstance(index, tuple) else (index,)
+    consumed = sum(0 if i is None or i is Ellipsis else (i.dim() if isinstance(i, torch.Tensor)
+                                                         and i.dtype == torch.bool else 1) for i in items)
+    dims, d = [], 0
+    for i in items:
+        if i is None:
+            continue
+        if i is Ellipsis:
+            d += ndim - consumed
+            continue
+        width = i.dim() if isinstance(i, torch.Tensor) and i.dtype == torch.bool else 1
+        full = isinstance(i, slice) and i == slice(None)
+        if not full:
+            dims.extend(range(d, d + width))
+        d += width
+    return dims
+
+
+def indexing(trace, name, func, args, kwargs, out) -> None:
+    x = args[0]
+    if not isinstance(x, torch.Tensor):
+        return unknown(trace, name, func, args, kwargs, out)
+    labels = trace.labels(x)
+    try:
+        if name == "getitem":
+            dims = _index_dims(args[1], x.dim())
+        else:
+            dims = [kwargs.get("dim", args[1] if len(args) > 1 else 0) % x.dim()]
+    except (TypeError, AttributeError):
+        return unknown(trace, name, func, args, kwargs, out)
+    if any(varies_along(labels, d) for d in dims):
+        trace.block(labels, f"'{name}' in {trace.where()} picks fixed positions of a channel axis")
+    if name == "getitem":
+        try:
+            result = labels[args[1]]
+        except (IndexError, RuntimeError, TypeError):
+            return unknown(trace, name, func, args, kwargs, out)
+        trace.set_labels(out, result)
+    else:
+        movement(trace, name, func, args, kwargs, out)
+
+
+def pad(trace, name, func, args, kwargs, out) -> None:
+    x = args[0]
+    amounts = list(args[1] if len(args) > 1 else kwargs["pad"])
+    labels = trace.labels(x)
+    padded = [x.dim() - 1 - i // 2 for i, a in enumerate(amounts) if a != 0]
+    if any(varies_along(labels, d) for d in padded):
+        trace.block(labels, f"'pad' in {trace.where()} adds positions to a channel axis")
+    mode = kwargs.get("mode", args[2] if len(args) > 2 else "constant")
+    if mode == "constant":
+        result = F.pad(labels, amounts, value=0)
+    else:
+        result = F.pad(labels.double(), amounts, mode=mode).round().long()
+    trace.set_labels(out, result)
+
+
+def pixel_shuffle(trace, name, func, args, kwargs, out) -> None:
+    x, r = args[0], args[1] if len(args) > 1 else kwargs["upscale_factor"]
+    labels = trace.labels(x)
+    c = x.shape[-3]
+    block = labels.movedim(-3, 0).reshape(c // (r * r), r * r, -1)
+    for i in range(1, r * r):  # the r² channels that become one output channel go together
+        trace.atoms.union_pairs(block[:, 0], block[:, i])
+    movement(trace, name, func, args, kwargs, out)
+
+
+def item(trace, name, func, args, kwargs, out) -> None:
+    if isinstance(out, torch.Tensor):  # x.bool(), x.int(): casts
+        return unary(trace, name, func, args, kwargs, out)
+    x = args[0]
+    if trace.has_channels(x):
+        trace.block(trace.labels(x), f"'{name}' in {trace.where()} turns channel values into Python numbers")
+
+
+TABLE = {
+    "pad": pad,
+    "pixel_shuffle": pixel_shuffle,
+    "item": item, "tolist": item, "bool": item, "int": item, "long": item, "index": item, "float": item,
+    **layers.TABLE,
+}

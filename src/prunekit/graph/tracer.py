@@ -1,0 +1,233 @@
+"""Run one forward pass and label every activation with the channel atoms it carries.
+
+A `TorchFunctionMode` sees every torch function and Tensor method the model calls — at the
+level the Python code calls them (F.conv2d, torch.cat, x.view, x + y), so models that
+torch.fx cannot trace (data-dependent Python control flow, custom containers) still work.
+Next to each activation we keep an int64 *label tensor* of the same shape: which atom each
+element belongs to. Handlers (handlers.py) compute the output labels of each operation and
+record which slices of which parameters each atom touches (`couple`).
+
+The model is left as it was: eval mode and no_grad for the pass, then every module's own
+train/eval flag restored; the hooks used to name modules are removed; masked parameters are
+read through `parametrize.cached()` so the masked weight is recognised as its parameter.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+from torch.overrides import TorchFunctionMode
+
+from ..masks import canonical_name
+from ..modes import evaluation_mode
+from .atoms import AtomSet, varies_along
+
+SIZE_SUFFIX = ".<channels>"  # pseudo tensor: a module's channel count that no parameter dimension carries
+
+
+class Trace:
+    """Everything learnt during the forward pass; the API handlers use."""
+
+    def __init__(self, model: nn.Module):
+        self.atoms = AtomSet()
+        self._labels: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._names: dict[int, str] = {}
+        self.shapes: dict[str, tuple] = {}
+        self.kinds: dict[str, str] = {}     # name → "param" | "buffer" | "size"
+        self.float_names: set[str] = set()
+        self.coupled: dict[tuple[str, int], torch.Tensor] = {}
+        self.element_atoms: dict[str, torch.Tensor] = {}
+        self.frozen: dict[str, list[str]] = {}
+        self.module_stack: list[str] = []
+        self.module_handlers_active = 0
+        self.unsupported: list[str] = []
+        self.heads: list[tuple[torch.Tensor, torch.Tensor]] = []  # (poison atom, head atoms)
+        for name, p in model.named_parameters():
+            self._register(p, canonical_name(name), "param")
+        for name, b in model.named_buffers():
+            if not name.endswith(".mask") or ".parametrizations." not in name:
+                self._register(b, name, "buffer")
+
+    # ----------------------------------------------------------------- tensors and names
+    def _register(self, tensor: torch.Tensor, name: str, kind: str) -> None:
+        self._names[id(tensor)] = name
+        self.shapes[name] = tuple(tensor.shape)
+        self.kinds[name] = kind
+        if tensor.is_floating_point():
+            self.float_names.add(name)
+        self._labels.pop(id(tensor), None)
+
+    def alias(self, tensor: torch.Tensor, name: str) -> None:
+        """`tensor` is what the forward pass sees for parameter `name` (a masked weight)."""
+        self._names[id(tensor)] = name
+
+    def name_of(self, tensor) -> str | None:
+        return self._names.get(id(tensor)) if isinstance(tensor, torch.Tensor) else None
+
+    def where(self) -> str:
+        return self.module_stack[-1] if self.module_stack and self.module_stack[-1] else "the model's forward"
+
+    # ----------------------------------------------------------------- labels
+    def labels(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The atom of every element of `tensor` (0 = depends on no channel)."""
+        entry = self._labels.get(id(tensor))
+        if entry is not None and entry[0] is tensor and entry[1].shape == tensor.shape:
+            return entry[1]
+        name = self._names.get(id(tensor))
+        if name is not None:
+            # A parameter or buffer used directly by an elementwise or movement op (a layer
+            # scale, a class token): each element gets its own atom; groups.py later finds the
+            # dimension along which these atoms were merged with channels.
+            if name not in self.element_atoms:
+                self.element_atoms[name] = self.atoms.new(tensor.numel()).reshape(tensor.shape)
+            return self.element_atoms[name]
+        return torch.zeros(tensor.shape, dtype=torch.long)
+
+    def set_labels(self, tensor: torch.Tensor, labels: torch.Tensor) -> None:
+        if isinstance(tensor, torch.Tensor) and id(tensor) not in self._names:
+            self._labels[id(tensor)] = (tensor, labels.expand(tensor.shape).contiguous())
+
+    def has_channels(self, tensor) -> bool:
+        return isinstance(tensor, torch.Tensor) and (self.name_of(tensor) is not None
+                                                     or bool((self.labels(tensor) != 0).any()))
+
+    def new(self, n: int) -> torch.Tensor:
+        return self.atoms.new(n)
+
+    def axis_atoms(self, labels: torch.Tensor, dim: int, op: str) -> torch.Tensor:
+        """One atom per position of axis `dim`, for an op that reads that axis as features.
+
+        The labels must not vary along any other axis (then each feature is one channel);
+        if they do, the atoms are blocked rather than guessed.
+        """
+        if labels.dim() == 0:
+            return labels.reshape(1)
+        rows = labels.movedim(dim, -1).reshape(-1, labels.shape[dim])
+        rows = torch.unique(rows, dim=0) if rows.shape[0] > 1 else rows
+        first = rows.max(0).values
+        if rows.shape[0] > 1 and not bool(((rows == 0) | (rows == first)).all()):
+            self.block(labels, f"{op} in {self.where()} reads features whose channels differ along another axis")
+        return first
+
+    def couple(self, name: str | None, dim: int, atoms: torch.Tensor) -> None:
+        """Position i of dimension `dim` of tensor `name` belongs to atoms[i]."""
+        if name is None:
+            return
+        atoms = atoms.reshape(-1).to(torch.long)
+        key = (name, dim % max(1, len(self.shapes[name])))
+        if self.shapes[name][key[1]] != atoms.numel():
+            self.freeze(name, f"{name} is used with a shape prunekit did not expect in {self.where()}")
+            return
+        if key in self.coupled:
+            old = self.coupled[key]
+            self.atoms.union_pairs(old, atoms)
+            self.coupled[key] = torch.where(old != 0, old, atoms)
+        else:
+            self.coupled[key] = atoms.clone()
+
+    def couple_size(self, module: str, atoms: torch.Tensor) -> None:
+        """A module's channel count (conv input channels, norm features) follows `atoms`."""
+        name = module + SIZE_SUFFIX
+        if name not in self.shapes:
+            self.shapes[name], self.kinds[name] = (atoms.numel(),), "size"
+        self.couple(name, 0, atoms)
+
+    def block(self, labels, reason: str) -> None:
+        self.atoms.block(labels, reason)
+
+    def freeze(self, name: str, reason: str) -> None:
+        reasons = self.frozen.setdefault(name, [])
+        if reason not in reasons:
+            reasons.append(reason)
+
+    def opaque(self, reason: str) -> torch.Tensor:
+        """A fresh blocked atom: the label of an output prunekit cannot see through."""
+        atom = self.new(1)
+        self.block(atom, reason)
+        return atom.reshape(())
+
+
+class _Mode(TorchFunctionMode):
+    def __init__(self, trace: Trace, dispatch):
+        super().__init__()
+        self.trace, self.dispatch = trace, dispatch
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if not self.trace.module_handlers_active:
+            self.dispatch(self.trace, func, args, kwargs, out)
+        return out
+
+
+def _module_hooks(model: nn.Module, trace: Trace, module_handlers, stack: ExitStack) -> None:
+    """Keep a stack of module names (for messages) and run registered module handlers."""
+    for name, module in model.named_modules():
+        handler = next((h for t, h in module_handlers.items() if isinstance(module, t)), None)
+
+        def pre(mod, args, kwargs, name=name, handler=handler):
+            trace.module_stack.append(name)
+            if handler is not None:
+                trace.module_handlers_active += 1
+
+        def post(mod, args, kwargs, output, name=name, handler=handler):
+            trace.module_stack.pop()
+            if handler is not None:
+                trace.module_handlers_active -= 1
+                if not trace.module_handlers_active:
+                    handler(trace, mod, name, args, kwargs, output)
+
+        stack.callback(module.register_forward_pre_hook(pre, with_kwargs=True).remove)
+        stack.callback(module.register_forward_hook(post, with_kwargs=True, always_call=True).remove)
+
+
+def _tensors(obj):
+    """Every tensor inside nested tuples / lists / dicts (model outputs)."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (tuple, list)):
+        for item in obj:
+            yield from _tensors(item)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            yield from _tensors(item)
+
+
+def run_trace(model: nn.Module, example_inputs, dispatch, module_handlers) -> Trace:
+    """Trace one forward pass of `model` on `example_inputs` (a tensor, tuple, or dict of kwargs)."""
+    trace = Trace(model)
+    if isinstance(example_inputs, dict):
+        args, kwargs = (), dict(example_inputs)
+    else:
+        args, kwargs = (example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)), {}
+    for t in _tensors((args, kwargs)):
+        trace.set_labels(t, trace.opaque("the model's input (its channels cannot be removed)"))
+    with ExitStack() as stack:
+        stack.enter_context(evaluation_mode(model))
+        stack.enter_context(torch.no_grad())
+        stack.enter_context(parametrize.cached())
+        for module_name, module in model.named_modules():
+            if parametrize.is_parametrized(module):
+                for tensor_name in module.parametrizations:
+                    full = f"{module_name}.{tensor_name}" if module_name else tensor_name
+                    trace.alias(getattr(module, tensor_name), full)  # cached: the very object forward sees
+        _module_hooks(model, trace, module_handlers, stack)
+        with _Mode(trace, dispatch):
+            output = model(*args, **kwargs)
+    for t in _tensors(output):
+        trace.block(trace.labels(t), "the model's output (its size is fixed)")
+        name = trace.name_of(t)
+        if name is not None:
+            trace.freeze(name, "returned as the model's output")
+    used = {trace.atoms.find(int(a)) for atoms in trace.coupled.values() for a in torch.unique(atoms).tolist()}
+    for poison, heads in trace.heads:
+        p = int(poison)
+        if trace.atoms.component_size(p) > 1 or trace.atoms.reasons(p) or trace.atoms.find(p) in used:
+            trace.block(heads, "attention weights averaged over heads are used downstream")
+    return trace
+
+
+__all__ = ["Trace", "run_trace", "varies_along", "SIZE_SUFFIX"]

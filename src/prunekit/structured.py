@@ -1,0 +1,178 @@
+"""Structured pruning: remove whole channels / heads, following the dependency graph.
+
+    prune_structured(model, 0.5, x)                      # half the units of every group
+    prune_structured(model, 0.5, x, scope="global")      # one ranking over all groups
+    prune_structured(model, {"layer1.0.conv1:out": 0.25}, x, round_to=8)
+
+Score of a unit u of a group (how="l2"): s_u = ‖(e_i)_{i ∈ u}‖₂ over the element scores e of
+every ≥2-D parameter slice the unit owns (its filter, the consumer columns …); "l1" uses
+Σ|e_i|, "lp" (Σ|e_i|^p)^{1/p}, and "mean"/"sum"/"max" the obvious aggregates.
+Global scope ranks s_u / mean_{v ∈ group}(s_v), so wide and narrow layers compete fairly.
+Masks are installed on *every* coupled parameter — filter rows, biases, norm scales and
+shifts, consumer input columns — so a removed channel is exactly zero everywhere and
+compact() can delete it without changing any output. Running statistics are buffers: they
+are not masked (γ = β = 0 already silences the channel) and compact() drops them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from . import selection
+from .criteria import get_criterion
+from .errors import AmountError, GraphError, PrunekitError
+from .graph import DependencyGraph, build_graph
+from .masks import MaskSet, apply_masks, get_masks, named_parameters, resolve_parameters
+
+HOW = ("l1", "l2", "lp", "mean", "sum", "max")
+
+
+def _aggregate(values: torch.Tensor, how: str, p: float) -> torch.Tensor:
+    """values [units, n] → [units]."""
+    values = values.float()
+    if how == "l2":
+        return values.pow(2).sum(1).sqrt()
+    if how == "l1":
+        return values.abs().sum(1)
+    if how == "lp":
+        return values.abs().pow(p).sum(1).pow(1.0 / p)
+    if how == "mean":
+        return values.mean(1)
+    if how == "sum":
+        return values.sum(1)
+    return values.max(1).values
+
+
+def unit_values(tensor: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
+    """[units, n]: every entry of `tensor` each unit owns along `dim` (index: [units, k])."""
+    moved = tensor.movedim(dim, 0)
+    return moved[index.to(moved.device)].reshape(index.shape[0], -1)
+
+
+def group_scores(model: nn.Module, graph: DependencyGraph, element_scores: Mapping[str, torch.Tensor],
+                 how: str = "l2", p: float = 2.0, groups=None) -> dict[str, torch.Tensor]:
+    """{group name: Tensor[group.size]} from element-wise scores (any criterion's output).
+
+    Units that are already fully masked score −inf, so pruning again never revives them.
+    """
+    if how not in HOW:
+        raise PrunekitError(f"how must be one of {HOW}, not {how!r}.")
+    masks = get_masks(model)
+    out = {}
+    for group in (groups if groups is not None else graph.prunable()):
+        parts = [unit_values(element_scores[s.name].detach(), s.dim, s.index)
+                 for s in group.slices if s.kind == "param" and s.name in element_scores]
+        if not parts:
+            raise PrunekitError(f"No element scores for any tensor of group '{group.name}' "
+                                f"({[s.name for s in group.slices if s.kind == 'param']}).")
+        score = _aggregate(torch.cat([x.cpu() for x in parts], 1), how, p)
+        dead = _fully_masked(group, masks)
+        score[dead] = -math.inf
+        out[group.name] = score
+    return out
+
+
+def _fully_masked(group, masks) -> torch.Tensor:
+    """Units whose every parameter slice is masked out (removable by compact)."""
+    dead = torch.ones(group.size, dtype=torch.bool)
+    params = [s for s in group.slices if s.kind == "param"]
+    for s in params:
+        if s.name not in masks:
+            return torch.zeros(group.size, dtype=torch.bool)
+        dead &= ~unit_values(masks[s.name].cpu(), s.dim, s.index).any(1)
+    return dead if params else torch.zeros(group.size, dtype=torch.bool)
+
+
+def group_masks(graph: DependencyGraph, keep: Mapping[str, torch.Tensor]) -> MaskSet:
+    """A MaskSet over every parameter the given groups touch: False where a unit is removed."""
+    masks: dict[str, torch.Tensor] = {}
+    for name, kept in keep.items():
+        group = graph[name]
+        kept = torch.as_tensor(kept, dtype=torch.bool).cpu()
+        if kept.shape != (group.size,):
+            raise PrunekitError(f"Keep vector for '{name}' has shape {tuple(kept.shape)}; expected ({group.size},).")
+        for s in group.slices:
+            if s.kind != "param":
+                continue
+            mask = masks.setdefault(s.name, torch.ones(graph.shapes[s.name], dtype=torch.bool))
+            removed = s.index[~kept].reshape(-1)
+            if len(removed):
+                mask.index_fill_(s.dim, removed, False)
+    return MaskSet(masks)
+
+
+def _rounded_keep(size: int, keep: int, round_to: int) -> int:
+    """Units kept: at least one, a multiple of round_to where the group is that large."""
+    if size <= round_to:
+        return size if round_to > 1 else max(1, keep)
+    keep = max(1, keep)
+    return min(size, math.ceil(keep / round_to) * round_to)
+
+
+def _keep_lowest_out(score: torch.Tensor, n_keep: int) -> torch.Tensor:
+    return selection.prune_lowest(score, score.numel() - n_keep)
+
+
+def choose_units(scores: Mapping[str, torch.Tensor], amount, scope: str = "local",
+                 round_to: int = 1) -> dict[str, torch.Tensor]:
+    """{group: keep BoolTensor}: the lowest-scoring units go (ties: the earlier unit first)."""
+    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+        raise AmountError(f"round_to must be a positive int, not {round_to!r}.")
+    selection.check_scores({n: s.nan_to_num(neginf=0.0) for n, s in scores.items()})
+    if isinstance(amount, Mapping):
+        return {n: _keep_lowest_out(scores[n], _rounded_keep(
+            scores[n].numel(), scores[n].numel() - selection.resolve_amount(amount[n], scores[n].numel(),
+                                                                             f"units of '{n}'"), round_to))
+            for n in amount}
+    if scope == "local":
+        return {n: _keep_lowest_out(s, _rounded_keep(s.numel(), s.numel() - selection.resolve_amount(
+            amount, s.numel(), f"units of '{n}'"), round_to)) for n, s in scores.items()}
+    # global: rank units normalised by their group's mean live score
+    normalised = {}
+    for n, s in scores.items():
+        live = s[torch.isfinite(s)]
+        scale = live.abs().mean() if len(live) else torch.tensor(1.0)
+        normalised[n] = s / scale.clamp_min(1e-12)
+    chosen = selection.global_masks(normalised, amount)
+    return {n: _keep_lowest_out(scores[n], _rounded_keep(scores[n].numel(), int(k.sum()), round_to))
+            for n, k in chosen.items()}
+
+
+def prune_structured(model: nn.Module, amount, example_inputs, *, criterion="magnitude", how: str = "l2",
+                     p: float = 2.0, scope: str = "local", round_to: int = 1, batches=None, loss_fn=None,
+                     graph: DependencyGraph | None = None) -> MaskSet:
+    """Remove `amount` of the units of every prunable group (local) or of all of them (global).
+
+    `amount` is a fraction, a count, or {group name: fraction}. Returns the masks now on the
+    model. Validates everything before installing anything: on error the model is unchanged.
+    """
+    if scope not in ("local", "global"):
+        raise PrunekitError(f"scope must be 'local' or 'global', not {scope!r}.")
+    graph = graph if graph is not None else build_graph(model, example_inputs)
+    if isinstance(amount, Mapping):
+        groups = []
+        for name in amount:
+            group = graph[name]
+            if not group.prunable:
+                raise GraphError(f"Group '{name}' cannot be pruned: {group.reason}.")
+            groups.append(group)
+    else:
+        groups = graph.prunable()
+    if not groups:
+        why = "; ".join(graph.unsupported[:3]) or "; ".join(sorted({g.reason for g in graph.groups if g.reason}))
+        raise GraphError(f"No prunable group in this model ({why or 'no channel-coupled layers found'}).")
+    names = sorted({s.name for g in groups for s in g.slices if s.kind == "param"})
+    weights = [n for n in names if named_parameters(model)[n].dim() >= 2] or names
+    element = get_criterion(criterion).scores(model, resolve_parameters(model, weights), batches=batches,
+                                              loss_fn=loss_fn)
+    scores = group_scores(model, graph, element, how, p, groups)
+    keep = choose_units(scores, amount, scope, round_to)
+    new = group_masks(graph, keep)
+    return apply_masks(model, get_masks(model).intersect(new) if len(get_masks(model)) else new)
+
+
+__all__ = ["choose_units", "group_masks", "group_scores", "prune_structured", "unit_values"]

@@ -21,7 +21,7 @@ from .calibration import batch_list, per_channel
 from .channels import owner_name
 
 
-def entry_scores(gram: torch.Tensor, grid: int = 30, floor: float = 1e-3) -> torch.Tensor:
+def entry_scores(gram: torch.Tensor, grid: int = 20, floor: float = 1e-3, iters: int = 300) -> torch.Tensor:
     """λ_enter(c) / λ_max on the path from λ_max down to λ_max·floor (0 if never selected)."""
     lam_max = float(gram.sum(1).abs().max())
     scores = torch.zeros(gram.shape[0], dtype=gram.dtype)
@@ -30,7 +30,8 @@ def entry_scores(gram: torch.Tensor, grid: int = 30, floor: float = 1e-3) -> tor
     lipschitz = float(torch.linalg.eigvalsh(gram).max())
     beta = None
     for lam in torch.logspace(0, torch.log10(torch.tensor(floor)), grid, dtype=torch.float64):
-        beta = rc.lasso(gram, float(lam) * lam_max, beta=beta, lipschitz=lipschitz)
+        # warm-started along the path, so a few hundred proximal steps per λ suffice for the support
+        beta = rc.lasso(gram, float(lam) * lam_max, beta=beta, lipschitz=lipschitz, iters=iters, tol=1e-7)
         newly = (beta != 0) & (scores == 0)
         scores[newly] = float(lam)
     return scores
@@ -40,8 +41,8 @@ class Regression(Criterion):
     name = "regression"
     needs_data = True
 
-    def __init__(self, *, grid: int = 30, floor: float = 1e-3, max_batches: int | None = None):
-        self.grid, self.floor, self.max_batches = grid, floor, max_batches
+    def __init__(self, *, grid: int = 20, floor: float = 1e-3, iters: int = 300, max_batches: int | None = None):
+        self.grid, self.floor, self.iters, self.max_batches = grid, floor, iters, max_batches
 
     def scores(self, model, params, *, batches=None, loss_fn=None):
         batches = batch_list(batches, self.name, self.max_batches, targets=False)
@@ -55,7 +56,7 @@ class Regression(Criterion):
             rc.check_layer(layer, layer_name)
             moments = rc.input_moments(model, layer_name, batches)
             gram = rc.channel_gram(moments, rc.weight_matrix(layer), rc.group_size(layer))
-            out[name] = per_channel(entry_scores(gram, self.grid, self.floor), p.detach(), 1, name)
+            out[name] = per_channel(entry_scores(gram, self.grid, self.floor, self.iters), p.detach(), 1, name)
         return out
 
     def __repr__(self):

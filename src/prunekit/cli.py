@@ -9,7 +9,7 @@ import sys
 
 from .errors import PrunekitError
 
-COMMANDS = ["demo", "run"]
+COMMANDS = ["demo", "run", "sensitivity"]
 
 
 def build_parser() -> argparse.ArgumentParser:

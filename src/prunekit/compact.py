@@ -32,6 +32,7 @@ from torch.nn.utils import parametrize
 from .accounting import count_flops
 from .errors import GraphError, PrunekitError
 from .graph import SIZE_SUFFIX, DependencyGraph, build_graph
+from .graph.tracer import _canonical
 from .masks import get_masks
 from .modes import evaluation_mode
 from .structured import _fully_masked
@@ -275,10 +276,9 @@ def predicted_counts(model: nn.Module, example_inputs, *, graph: DependencyGraph
     """
     graph = graph if graph is not None else build_graph(model, example_inputs)
     record = make_record(model, graph, removable_units(model, graph))
-    from .masks import named_parameters
-
     params = 0
-    for name, p in named_parameters(model).items():
+    for raw, p in model.named_parameters():
+        name = _canonical(raw)
         params += math.prod(record.new_shape(name)) if name in record.kept else p.numel()
     return {"params": params, "flops": int(count_flops(model, example_inputs)["sparse_flops"])}
 

@@ -137,17 +137,23 @@ def build_groups(trace: Trace) -> DependencyGraph:
         if taken[name] > 1:
             name = f"{name}#{taken[name]}"
         groups.append(Group(name, len(roots), slices, "head" if is_head else "channel", not reasons,
-                            "; ".join(reasons), [s.name for s in slices if s.kind == "param"]))
+                            _summarise(reasons), [s.name for s in slices if s.kind == "param"]))
     groups.sort(key=lambda g: min(key_order[(s.name, s.dim)] for s in g.slices))
     return DependencyGraph(groups, list(trace.unsupported), dict(trace.shapes))
 
 
+def _summarise(reasons, limit: int = 3) -> str:
+    """The first few reasons, then how many more (LayerNorm blocks repeat once per layer)."""
+    shown = "; ".join(reasons[:limit])
+    return shown + (f"; and {len(reasons) - limit} more" if len(reasons) > limit else "")
+
+
 def _group_name(layout, is_head: bool, trace: Trace) -> str:
-    params = [(n, d) for (n, d), _ in layout if trace.kinds.get(n) == "param"]
-    name, dim = params[0] if params else layout[0][0]
-    if name.endswith(SIZE_SUFFIX):
-        return name[: -len(SIZE_SUFFIX)] + ":in"
-    module = name.rpartition(".")[0] or name
+    """'<module>:out' after the layer whose outputs the units are, '<module>:in' otherwise."""
+    keys = [key for key, _ in layout]
+    produced = [key for key in keys if key in trace.producers]
+    name, dim = (produced or [k for k in keys if trace.kinds.get(k[0]) == "param"] or keys)[0]
+    module = name[: -len(SIZE_SUFFIX)] if name.endswith(SIZE_SUFFIX) else (name.rpartition(".")[0] or name)
     if is_head:
         return f"{module}:heads"
-    return f"{module}:out" if dim == 0 else f"{module}:in" if dim == 1 else f"{module}:dim{dim}"
+    return f"{module}:out" if produced else f"{module}:in"

@@ -54,15 +54,6 @@ def _channel_labels(out: torch.Tensor, atoms: torch.Tensor, dim: int) -> torch.T
     return atoms.reshape(shape).expand(out.shape)
 
 
-def _fill_fresh(trace, atoms: torch.Tensor) -> torch.Tensor:
-    """Give constant positions (0) their own atom, so a layer fed by a constant still has units."""
-    missing = atoms == 0
-    if bool(missing.any()):
-        atoms = atoms.clone()
-        atoms[missing] = trace.new(int(missing.sum()))
-    return atoms
-
-
 def conv(trace, name, func, args, kwargs, out):
     x, w, b = args[0], _arg(args, kwargs, 1, "weight"), _arg(args, kwargs, 2, "bias")
     groups = _arg(args, kwargs, 6, "groups", 1)
@@ -70,12 +61,12 @@ def conv(trace, name, func, args, kwargs, out):
     if wname is None or (b is not None and trace.name_of(b) is None):
         return _weighted_unknown(trace, name, func, args, kwargs, out, "its weight is computed, not a parameter")
     cdim = 1 if x.dim() == w.dim() else 0
-    x_atoms = _fill_fresh(trace, trace.axis_atoms(trace.labels(x), cdim, name))
+    x_atoms = trace.axis_atoms(trace.labels(x), cdim, name)
     c_out, per_group = w.shape[0], w.shape[1]
     trace.couple_size(_module_of(wname), x_atoms)
     if groups == 1:
         trace.couple(wname, 1, x_atoms)
-        out_atoms = trace.new(c_out)
+        out_atoms = trace.new(c_out, producer=(wname, 0))
     elif per_group == 1:  # depthwise, possibly with a channel multiplier
         out_atoms = x_atoms.repeat_interleave(c_out // groups)
     else:
@@ -83,7 +74,7 @@ def conv(trace, name, func, args, kwargs, out):
         for g in range(1, groups):
             trace.atoms.union_pairs(by_group[0], by_group[g])
         trace.couple(wname, 1, by_group[0])
-        out_atoms = trace.new(c_out // groups).repeat(groups)
+        out_atoms = trace.new(c_out // groups, producer=(wname, 0)).repeat(groups)
     trace.couple(wname, 0, out_atoms)
     trace.couple(trace.name_of(b), 0, out_atoms)
     trace.set_labels(out, _channel_labels(out, out_atoms, cdim))
@@ -96,18 +87,18 @@ def conv_transpose(trace, name, func, args, kwargs, out):
     if wname is None or groups != 1:
         return _weighted_unknown(trace, name, func, args, kwargs, out, "computed weight or groups > 1")
     cdim = 1 if x.dim() == w.dim() else 0
-    x_atoms = _fill_fresh(trace, trace.axis_atoms(trace.labels(x), cdim, name))
+    x_atoms = trace.axis_atoms(trace.labels(x), cdim, name)
     trace.couple(wname, 0, x_atoms)
-    out_atoms = trace.new(w.shape[1])
+    out_atoms = trace.new(w.shape[1], producer=(wname, 1))
     trace.couple(wname, 1, out_atoms)
     trace.couple(trace.name_of(b), 0, out_atoms)
     trace.set_labels(out, _channel_labels(out, out_atoms, cdim))
 
 
 def _dense(trace, name, x, w_name, in_dim, out_dim, n_out, bias_name, out):
-    x_atoms = _fill_fresh(trace, trace.axis_atoms(trace.labels(x), -1, name))
+    x_atoms = trace.axis_atoms(trace.labels(x), -1, name)
     trace.couple(w_name, in_dim, x_atoms)
-    out_atoms = trace.new(n_out)
+    out_atoms = trace.new(n_out, producer=(w_name, out_dim))
     trace.couple(w_name, out_dim, out_atoms)
     trace.couple(bias_name, -1, out_atoms)
     trace.set_labels(out, _channel_labels(out, out_atoms, out.dim() - 1))
@@ -208,7 +199,7 @@ def embedding(trace, name, func, args, kwargs, out):
     w = _arg(args, kwargs, 1, "weight")
     if trace.name_of(w) is None:
         return _weighted_unknown(trace, name, func, args, kwargs, out, "its table is computed")
-    atoms = trace.new(w.shape[1])
+    atoms = trace.new(w.shape[1], producer=(trace.name_of(w), 1))
     trace.couple(trace.name_of(w), 1, atoms)
     trace.set_labels(out, _channel_labels(out, atoms, out.dim() - 1))
 
@@ -226,7 +217,7 @@ def multi_head_attention(trace, name, func, args, kwargs, out):
                                  "separate q/k/v projections, bias_k/bias_v or static keys are not supported")
     embed = w_in.shape[1]
     head_dim = embed // heads
-    q_atoms = _fill_fresh(trace, trace.axis_atoms(trace.labels(q), -1, name))
+    q_atoms = trace.axis_atoms(trace.labels(q), -1, name)
     for other in (k, v):
         if other is not q:
             trace.atoms.union_pairs(q_atoms, trace.axis_atoms(trace.labels(other), -1, name))

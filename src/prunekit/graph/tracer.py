@@ -28,6 +28,13 @@ from .atoms import AtomSet, varies_along
 SIZE_SUFFIX = ".<channels>"  # pseudo tensor: a module's channel count that no parameter dimension carries
 
 
+def _canonical(name: str) -> str:
+    """Canonical parameter name, also for a masked parameter of the root module."""
+    if name.startswith("parametrizations.") and name.endswith(".original"):
+        return name[len("parametrizations."): -len(".original")]
+    return canonical_name(name)
+
+
 class Trace:
     """Everything learnt during the forward pass; the API handlers use."""
 
@@ -44,9 +51,10 @@ class Trace:
         self.module_stack: list[str] = []
         self.module_handlers_active = 0
         self.unsupported: list[str] = []
+        self.producers: set[tuple[str, int]] = set()
         self.heads: list[tuple[torch.Tensor, torch.Tensor]] = []  # (poison atom, head atoms)
         for name, p in model.named_parameters():
-            self._register(p, canonical_name(name), "param")
+            self._register(p, _canonical(name), "param")
         for name, b in model.named_buffers():
             if not name.endswith(".mask") or ".parametrizations." not in name:
                 self._register(b, name, "buffer")
@@ -94,7 +102,10 @@ class Trace:
         return isinstance(tensor, torch.Tensor) and (self.name_of(tensor) is not None
                                                      or bool((self.labels(tensor) != 0).any()))
 
-    def new(self, n: int) -> torch.Tensor:
+    def new(self, n: int, producer: tuple[str, int] | None = None) -> torch.Tensor:
+        """n fresh atoms; `producer` = (tensor name, dim) whose positions create them (names groups)."""
+        if producer is not None and producer[0] is not None:
+            self.producers.add(producer)
         return self.atoms.new(n)
 
     def axis_atoms(self, labels: torch.Tensor, dim: int, op: str) -> torch.Tensor:

@@ -1,0 +1,252 @@
+"""Small hand-written architectures that exercise every coupling the graph must find.
+
+Each builder returns (model, example_input). Sizes are tiny so tests stay fast on 2 cores.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+# ------------------------------------------------------------------ ResNet with bottlenecks
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, cin, width, stride=1):
+        super().__init__()
+        cout = width * self.expansion
+        self.conv1, self.bn1 = nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width)
+        self.conv2, self.bn2 = nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width)
+        self.conv3, self.bn3 = nn.Conv2d(width, cout, 1, bias=False), nn.BatchNorm2d(cout)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return F.relu(out + identity)
+
+
+class BottleneckResNet(nn.Module):
+    def __init__(self, num_classes=10, widths=(8, 16), blocks=(2, 2)):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(inplace=True))
+        layers, cin = [], 16
+        for i, (w, n) in enumerate(zip(widths, blocks)):
+            for j in range(n):
+                layers.append(Bottleneck(cin, w, stride=2 if (i > 0 and j == 0) else 1))
+                cin = w * Bottleneck.expansion
+        self.layers = nn.Sequential(*layers)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x):
+        x = self.layers(self.stem(x))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def resnet_bottleneck():
+    return BottleneckResNet(), torch.randn(2, 3, 16, 16)
+
+
+# ------------------------------------------------------------------ DenseNet-style concat
+class DenseLayer(nn.Module):
+    def __init__(self, cin, growth):
+        super().__init__()
+        self.bn, self.conv = nn.BatchNorm2d(cin), nn.Conv2d(cin, growth, 3, padding=1, bias=False)
+
+    def forward(self, features):
+        return self.conv(F.relu(self.bn(torch.cat(features, 1))))
+
+
+class TinyDenseNet(nn.Module):
+    def __init__(self, num_classes=10, growth=6, layers=3):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.block = nn.ModuleList(DenseLayer(8 + i * growth, growth) for i in range(layers))
+        cout = 8 + layers * growth
+        self.transition = nn.Sequential(nn.BatchNorm2d(cout), nn.ReLU(), nn.Conv2d(cout, 12, 1), nn.AvgPool2d(2))
+        self.head = nn.Linear(12 * 4 * 4, num_classes)
+
+    def forward(self, x):
+        features = [self.stem(x)]
+        for layer in self.block:
+            features.append(layer(features))
+        x = self.transition(torch.cat(features, 1))
+        return self.head(x.flatten(1))
+
+
+def densenet():
+    return TinyDenseNet(), torch.randn(2, 3, 8, 8)
+
+
+# ------------------------------------------------------------------ MobileNetV2 with SE
+class SqueezeExcite(nn.Module):
+    def __init__(self, channels, reduced):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Conv2d(channels, reduced, 1), nn.Conv2d(reduced, channels, 1)
+
+    def forward(self, x):
+        s = F.adaptive_avg_pool2d(x, 1)
+        return x * F.hardsigmoid(self.fc2(F.relu(self.fc1(s))))
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, cin, cout, stride, expand):
+        super().__init__()
+        hidden = cin * expand
+        self.use_residual = stride == 1 and cin == cout
+        self.block = nn.Sequential(
+            nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True),
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden),
+            nn.ReLU6(inplace=True),
+            SqueezeExcite(hidden, max(2, hidden // 4)),
+            nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        return x + self.block(x) if self.use_residual else self.block(x)
+
+
+class TinyMobileNetV2(nn.Module):
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU6(inplace=True))
+        self.blocks = nn.Sequential(InvertedResidual(8, 8, 1, 3), InvertedResidual(8, 12, 2, 4),
+                                    InvertedResidual(12, 12, 1, 4))
+        self.head = nn.Sequential(nn.Conv2d(12, 32, 1), nn.BatchNorm2d(32), nn.Hardswish())
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(32, num_classes))
+
+    def forward(self, x):
+        x = self.head(self.blocks(self.stem(x)))
+        return self.classifier(x.mean((2, 3)))
+
+
+def mobilenet_v2():
+    return TinyMobileNetV2(), torch.randn(2, 3, 16, 16)
+
+
+# ------------------------------------------------------------------ transformer encoder
+class SelfAttention(nn.Module):
+    """Hand-written multi-head attention: the head count follows the weights' shapes."""
+
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.head_dim = dim // heads
+        self.q, self.k, self.v, self.out = (nn.Linear(dim, dim) for _ in range(4))
+
+    def forward(self, x):
+        def split(t):  # (B, T, H·d) → (B, H, T, d); H is inferred
+            return t.unflatten(-1, (-1, self.head_dim)).transpose(1, 2)
+        y = F.scaled_dot_product_attention(split(self.q(x)), split(self.k(x)), split(self.v(x)))
+        return self.out(y.transpose(1, 2).flatten(2))
+
+
+class EncoderBlock(nn.Module):
+    def __init__(self, dim, heads, hidden):
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(dim), SelfAttention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class TinyTransformer(nn.Module):
+    def __init__(self, vocab=50, dim=16, heads=4, hidden=32, depth=2, length=6, num_classes=5):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.pos = nn.Parameter(torch.randn(1, length, dim) * 0.02)
+        self.blocks = nn.ModuleList(EncoderBlock(dim, heads, hidden) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, tokens):
+        x = self.embed(tokens) + self.pos
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x).mean(1))
+
+
+def transformer():
+    return TinyTransformer(), torch.randint(0, 50, (2, 6))
+
+
+class MHAModel(nn.Module):
+    """nn.MultiheadAttention fed by a projection (no norm), so its heads can go."""
+
+    def __init__(self, dim=16, heads=4, num_classes=3):
+        super().__init__()
+        self.proj = nn.Linear(8, dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        h = self.proj(x)
+        a, _ = self.attn(h, h, h)
+        return self.head((h + a).mean(1))
+
+
+def mha_model():
+    return MHAModel(), torch.randn(2, 5, 8)
+
+
+def torch_encoder():
+    model = nn.Sequential(nn.Linear(8, 16), nn.TransformerEncoder(
+        nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True), 2, enable_nested_tensor=False))
+    return model, torch.randn(2, 5, 8)
+
+
+# ------------------------------------------------------------------ assorted couplings
+class Assorted(nn.Module):
+    """Grouped conv, GroupNorm, chunk, channel-multiplier depthwise, layer scale, transposed conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.gn = nn.GroupNorm(8, 16)
+        self.grouped = nn.Conv2d(16, 16, 3, padding=1, groups=2)
+        self.dw = nn.Conv2d(8, 16, 3, padding=1, groups=8)      # multiplier 2
+        self.scale = nn.Parameter(torch.rand(16, 1, 1) + 0.5)
+        self.up = nn.ConvTranspose2d(16, 6, 2, stride=2)
+        self.prelu = nn.PReLU(6)
+        self.head = nn.Linear(6, 4)
+
+    def forward(self, x):
+        x = F.silu(self.gn(self.conv1(x)))
+        x = self.grouped(x)
+        a, b = x.chunk(2, dim=1)
+        x = self.dw(a * torch.sigmoid(b)) * self.scale
+        x = self.prelu(self.up(F.max_pool2d(x, 2)))
+        return self.head(x.mean((2, 3)))
+
+
+def assorted():
+    return Assorted(), torch.randn(2, 3, 8, 8)
+
+
+class Untraceable(nn.Module):
+    """Mixes its channels with an FFT along the channel axis, which prunekit does not model."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x):
+        x = torch.fft.rfft(self.conv1(x), dim=1).abs()[:, :8]
+        x = F.pad(x, (0, 0, 0, 0, 0, 8 - x.shape[1]))
+        return self.fc(self.conv2(x).mean((2, 3)))
+
+
+def untraceable():
+    return Untraceable(), torch.randn(2, 3, 8, 8)
+
+
+ZOO = {"resnet_bottleneck": resnet_bottleneck, "densenet": densenet, "mobilenet_v2": mobilenet_v2,
+       "transformer": transformer, "mha_model": mha_model, "torch_encoder": torch_encoder, "assorted": assorted}

@@ -1,0 +1,221 @@
+"""The dependency graph: couplings found from one forward pass, blocked ops named, model untouched."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import prunekit as pk
+from prunekit.graph import build_graph, register_handler
+from prunekit.graph.handlers import _MODULE_HANDLERS
+from prunekit.structured import prune_structured
+
+from models_zoo import ZOO, densenet, mha_model, mobilenet_v2, resnet_bottleneck, transformer, untraceable
+
+
+def slices_of(group):
+    return {(s.name, s.dim): s.index for s in group.slices}
+
+
+def test_lenet5_chain_and_flatten_to_linear():
+    model = pk.models.build_model("lenet5")
+    graph = build_graph(model, torch.randn(2, 1, 28, 28))
+    conv1 = slices_of(graph["0:out"])
+    assert set(conv1) == {("0.weight", 0), ("0.bias", 0), ("3.weight", 1), ("3.<channels>", 0)}
+    assert torch.equal(conv1[("3.weight", 1)].flatten(), torch.arange(6))
+    conv2 = slices_of(graph["3:out"])
+    # flatten of (16, 5, 5): channel c owns the 25 input features c·25 … c·25+24 of the Linear
+    assert torch.equal(conv2[("7.weight", 1)], torch.arange(400).reshape(16, 25))
+    assert not graph["11:out"].prunable and "output" in graph["11:out"].reason
+    assert [g.name for g in graph.prunable()] == ["0:out", "3:out", "7:out", "9:out"]
+
+
+def test_residual_add_unites_every_branch():
+    model, x = resnet_bottleneck()
+    graph = build_graph(model, x)
+    group = next(g for g in graph.groups if ("layers.0.conv3.weight", 0) in slices_of(g))
+    found = slices_of(group)
+    for key in [("layers.0.downsample.0.weight", 0), ("layers.0.bn3.weight", 0), ("layers.0.bn3.running_var", 0),
+                ("layers.1.conv3.weight", 0), ("layers.1.conv1.weight", 1), ("layers.2.conv1.weight", 1),
+                ("layers.2.downsample.0.weight", 1)]:
+        assert key in found, key
+    assert group.prunable and group.size == 32
+    assert found[("layers.0.bn3.running_mean", 0)].shape == (32, 1)
+    kinds = {s.name: s.kind for s in group.slices}
+    assert kinds["layers.0.bn3.running_mean"] == "buffer" and kinds["layers.0.bn3.weight"] == "param"
+
+
+def test_concat_gives_offset_slices():
+    model, x = densenet()
+    graph = build_graph(model, x)
+    found = slices_of(graph["block.0.conv:out"])
+    # stem has 8 channels, so block.0's 6 new channels sit at 8 … 13 of every later concat
+    for key in [("block.1.conv.weight", 1), ("block.2.bn.weight", 0), ("transition.2.weight", 1)]:
+        assert torch.equal(found[key].flatten(), torch.arange(8, 14)), key
+    assert torch.equal(slices_of(graph["block.2.conv:out"])[("transition.0.weight", 0)].flatten(),
+                       torch.arange(20, 26))
+
+
+def test_depthwise_and_squeeze_excitation_follow_the_expansion():
+    model, x = mobilenet_v2()
+    graph = build_graph(model, x)
+    found = slices_of(graph["blocks.0.block.0:out"])
+    for key in [("blocks.0.block.3.weight", 0), ("blocks.0.block.4.weight", 0), ("blocks.0.block.6.fc1.weight", 1),
+                ("blocks.0.block.6.fc2.weight", 0), ("blocks.0.block.6.fc2.bias", 0),
+                ("blocks.0.block.7.weight", 1), ("blocks.0.block.3.<channels>", 0)]:
+        assert key in found, key
+    # the residual stream of block 0 joins the stem's output and block 0's projection
+    stem = slices_of(graph["stem.0:out"])
+    assert ("blocks.0.block.7.weight", 0) in stem and ("blocks.1.block.0.weight", 1) in stem
+
+
+def test_attention_heads_are_units():
+    model, x = transformer()
+    graph = build_graph(model, x)
+    heads = graph["blocks.0.attn.q:heads"]
+    assert heads.kind == "head" and heads.size == 4 and heads.prunable
+    found = slices_of(heads)
+    assert torch.equal(found[("blocks.0.attn.q.weight", 0)], torch.arange(16).reshape(4, 4))
+    assert torch.equal(found[("blocks.0.attn.out.weight", 1)], torch.arange(16).reshape(4, 4))
+    assert {("blocks.0.attn.k.bias", 0), ("blocks.0.attn.v.weight", 0)} <= set(found)
+    stream = graph["embed:out"]  # embedding → residual stream → LayerNorm: blocked, and said why
+    assert not stream.prunable and "layer_norm" in stream.reason
+    assert ("pos", 2) in slices_of(stream)  # the learned position table follows the embedding dim
+
+
+def test_multihead_attention_module_heads():
+    model, x = mha_model()
+    graph = build_graph(model, x)
+    heads = graph["proj:heads"]
+    found = slices_of(heads)
+    assert heads.size == 4 and heads.prunable
+    rows = found[("attn.in_proj_weight", 0)]
+    assert rows.shape == (4, 12) and set(rows[1].tolist()) == {4, 5, 6, 7, 20, 21, 22, 23, 36, 37, 38, 39}
+    assert ("attn.out_proj.weight", 1) in found and ("proj.weight", 0) in found
+
+
+def test_unknown_operation_is_named_and_blocks_only_what_it_touches():
+    model, x = untraceable()
+    graph = build_graph(model, x)
+    assert not graph["conv1:out"].prunable
+    assert "fft_rfft" in graph["conv1:out"].reason
+    assert graph["conv2:out"].prunable
+    assert any("fft_rfft" in u for u in graph.unsupported)
+
+
+def test_prune_structured_on_blocked_model_raises_naming_the_op():
+    class AllBlocked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3)
+
+        def forward(self, x):
+            return torch.fft.rfft(self.conv(x), dim=1).abs()
+
+    model, x = AllBlocked(), torch.randn(1, 3, 6, 6)
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(pk.GraphError, match="fft_rfft"):
+        prune_structured(model, 0.5, x)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not pk.get_masks(model)
+
+
+def test_failing_forward_is_a_graph_error():
+    model = nn.Linear(4, 2)
+    with pytest.raises(pk.GraphError, match="forward pass failed"):
+        build_graph(model, torch.randn(2, 5))
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_model_is_untouched(name):
+    torch.manual_seed(0)
+    model, x = ZOO[name]()
+    model.train()
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    state = copy.deepcopy(model.state_dict())
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    flags = {n: m.training for n, m in model.named_modules()}
+    build_graph(model, x)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert all(torch.equal(grads[n], p.grad) for n, p in model.named_parameters())
+    assert flags == {n: m.training for n, m in model.named_modules()}
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def test_hard_coded_channel_count_in_view_is_blocked():
+    class Hard(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 8, 3), nn.Linear(8 * 16, 2)
+
+        def forward(self, x):
+            return self.fc(self.conv(x).view(x.shape[0], 8 * 16))
+
+    graph = build_graph(Hard(), torch.randn(2, 3, 6, 6))
+    assert not graph["conv:out"].prunable and "'view'" in graph["conv:out"].reason
+
+
+def test_split_with_fixed_sizes_is_blocked_and_chunk_couples_halves():
+    class Splits(nn.Module):
+        def __init__(self, chunk):
+            super().__init__()
+            self.chunk = chunk
+            self.conv, self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(4, 2, 1), nn.Conv2d(4, 2, 1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            left, right = y.chunk(2, 1) if self.chunk else y.split([4, 4], 1)
+            return self.a(left) + self.b(right)
+
+    x = torch.randn(1, 3, 4, 4)
+    fixed = build_graph(Splits(False), x)
+    assert not fixed["conv:out"].prunable and "split" in fixed["conv:out"].reason
+    halves = build_graph(Splits(True), x)["conv:out"]
+    assert halves.prunable and halves.size == 4
+    assert torch.equal(slices_of(halves)[("conv.weight", 0)], torch.tensor([[0, 4], [1, 5], [2, 6], [3, 7]]))
+
+
+def test_custom_module_handler():
+    class Mystery(nn.Module):
+        """Per-channel, but through an operation prunekit does not know."""
+
+        def forward(self, x):
+            return torch.special.i0(x)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.odd, self.conv2 = nn.Conv2d(3, 6, 1), Mystery(), nn.Conv2d(6, 2, 1)
+
+        def forward(self, x):
+            return self.conv2(self.odd(self.conv1(x)))
+
+    x = torch.randn(1, 3, 4, 4)
+    assert not build_graph(Net(), x)["conv1:out"].prunable
+
+    def per_channel(trace, module, name, args, kwargs, output):
+        trace.set_labels(output, trace.labels(args[0]))
+
+    register_handler(Mystery, per_channel)
+    try:
+        assert build_graph(Net(), x)["conv1:out"].prunable
+    finally:
+        _MODULE_HANDLERS.pop(Mystery)
+
+
+def test_keyword_inputs_and_masked_model():
+    class KW(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(4, 6), nn.Linear(6, 2)
+
+        def forward(self, *, features):
+            return self.fc2(F.relu(self.fc1(features)))
+
+    model = KW()
+    pk.prune(model, 0.5)  # unstructured masks: the graph must see through the parametrization
+    graph = build_graph(model, {"features": torch.randn(3, 4)})
+    assert ("fc2.weight", 1) in slices_of(graph["fc1:out"])

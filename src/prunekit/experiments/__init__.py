@@ -1,0 +1,46 @@
+"""The source documents' experiments, one function each (a–e); `run_experiment(name)`.
+
+    a  tickets      winning ticket vs reinit vs random mask down to ≤ 2 % of the weights
+    b  rewind       rewinding to iteration k vs 0
+    c  augment      strong augmentation vs none: ticket's advantage over reinit
+    d  dropout      dropout-trained vs plain: accuracy drop after the same pruning
+    e  landscape    restricted-Hessian λmax and κ vs the rewinding point τ
+
+Each writes <out>/<folder>/table.md (+ csv/json) and plot.png, with mean ± std over the
+seeds (≥ 3 for the reported tables).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ..errors import PrunekitError, did_you_mean
+from .common import SCALES
+from .landscape_rewind import experiment_e
+from .robustness import experiment_d
+from .tickets import experiment_a, experiment_b, experiment_c
+
+EXPERIMENTS = {"a": experiment_a, "b": experiment_b, "c": experiment_c, "d": experiment_d, "e": experiment_e}
+ALIASES = {"tickets": "a", "rewind": "b", "augment": "c", "dropout": "d", "landscape": "e"}
+
+
+def run_experiment(name: str, out: str | Path = "runs/experiments", *, seeds=(0, 1, 2), scale: str = "full",
+                   log=print) -> str:
+    """Run (or resume) experiment `name` (a–e or its alias); returns its Markdown table."""
+    key = ALIASES.get(name, name)
+    if key not in EXPERIMENTS:
+        choices = list(EXPERIMENTS) + list(ALIASES)
+        raise PrunekitError(f"Unknown experiment '{name}'.{did_you_mean(name, choices)} "
+                            f"Choose one of {', '.join(choices)}.")
+    if scale not in SCALES:
+        raise PrunekitError(f"scale must be one of {SCALES}, not {scale!r}.")
+    if len(seeds) < 1:
+        raise PrunekitError("Give at least one seed (three or more for mean ± std).")
+    start = time.time()
+    text = EXPERIMENTS[key](Path(out), list(seeds), scale, log=log)
+    log(f"[experiment {key}] finished in {time.time() - start:.0f} s")
+    return text
+
+
+__all__ = ["ALIASES", "EXPERIMENTS", "run_experiment"]

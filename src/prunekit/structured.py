@@ -172,7 +172,9 @@ def prune_structured(model: nn.Module, amount, example_inputs, *, criterion="mag
     scores = group_scores(model, graph, element, how, p, groups)
     keep = choose_units(scores, amount, scope, round_to)
     new = group_masks(graph, keep)
-    return apply_masks(model, get_masks(model).intersect(new) if len(get_masks(model)) else new)
+    existing = get_masks(model)
+    apply_masks(model, existing.intersect(new) if len(existing) else new)
+    return get_masks(model)  # copies: the installed buffers keep changing on later pruning
 
 
 __all__ = ["choose_units", "group_masks", "group_scores", "prune_structured", "unit_values"]

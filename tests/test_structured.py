@@ -1,0 +1,112 @@
+"""Structured scores, masks and selection over coupled groups."""
+
+import copy
+
+import pytest
+import torch
+
+import prunekit as pk
+from prunekit.graph import build_graph
+from prunekit.compact import removable_units
+from prunekit.structured import choose_units, group_masks, group_scores, prune_structured, unit_values
+
+from models_zoo import mobilenet_v2, resnet_bottleneck
+
+
+def lenet5():
+    torch.manual_seed(0)
+    return pk.models.build_model("lenet5"), torch.randn(2, 1, 28, 28)
+
+
+def test_l2_group_score_is_the_norm_of_everything_the_unit_owns():
+    model, x = lenet5()
+    graph = build_graph(model, x)
+    weights = {n: p.detach().abs() for n, p in pk.named_parameters(model).items()}
+    scores = group_scores(model, graph, weights, how="l2")
+    w3, w7 = model[3].weight.detach(), model[7].weight.detach()
+    for c in range(16):  # conv2 filter c, its bias, and the 25 Linear columns its flattened map feeds
+        owned = torch.cat([w3[c].flatten(), model[3].bias.detach()[c:c + 1], w7[:, c * 25:(c + 1) * 25].flatten()])
+        assert torch.isclose(scores["3:out"][c], owned.norm(), rtol=1e-6)
+    l1 = group_scores(model, graph, weights, how="l1")["7:out"]
+    assert torch.allclose(l1, model[7].weight.detach().abs().sum(1) + model[7].bias.detach().abs()
+                          + model[9].weight.detach().abs().sum(0))
+
+
+def test_group_masks_cover_every_coupled_parameter():
+    model, x = resnet_bottleneck()
+    graph = build_graph(model, x)
+    group = next(g for g in graph.groups if ("layers.0.conv3.weight", 0) in {(s.name, s.dim) for s in g.slices})
+    keep = torch.ones(group.size, dtype=torch.bool)
+    keep[[3, 7]] = False
+    masks = group_masks(graph, {group.name: keep})
+    assert not masks["layers.0.conv3.weight"][3].any() and masks["layers.0.conv3.weight"][4].all()
+    assert not masks["layers.0.bn3.bias"][7] and not masks["layers.0.downsample.1.weight"][3]
+    assert not masks["layers.1.conv1.weight"][:, 3].any() and not masks["layers.2.conv1.weight"][:, 7].any()
+    assert "layers.0.bn3.running_mean" not in masks  # buffers are not masked; compaction drops them
+    removed = sum(int((~m).sum()) for m in masks.values())
+    assert removed == sum(s.index[~keep].numel() * (masks[s.name].numel() // masks[s.name].shape[s.dim])
+                          for s in group.slices if s.kind == "param")
+
+
+def test_local_pruning_removes_the_amount_of_every_group_and_the_lowest_units():
+    model, x = mobilenet_v2()
+    graph = build_graph(model, x)
+    element = {n: p.detach().abs() for n, p in pk.named_parameters(model).items() if p.dim() >= 2}
+    scores = group_scores(model, graph, element)
+    prune_structured(model, 0.5, x, graph=graph)
+    masks = pk.get_masks(model)
+    for group in graph.prunable():
+        s = next(s for s in group.slices if s.kind == "param")
+        alive = unit_values(masks[s.name], s.dim, s.index).any(1)
+        assert int((~alive).sum()) == round(0.5 * group.size)
+        worst_kept = scores[group.name][alive].min()
+        assert bool((scores[group.name][~alive] <= worst_kept).all())
+
+
+def test_round_to_keeps_multiples():
+    model, x = lenet5()
+    graph = build_graph(model, x)
+    keep = choose_units({g.name: torch.rand(g.size) for g in graph.prunable()}, 0.6, "local", round_to=8)
+    for name, k in keep.items():
+        size = graph[name].size
+        kept = int(k.sum())
+        assert kept % 8 == 0 or size <= 8, (name, kept)
+        assert kept >= size - round(0.6 * size)  # rounding keeps more, never less
+
+
+def test_global_pruning_removes_exactly_the_amount_overall():
+    model, x = lenet5()
+    graph = build_graph(model, x)
+    prune_structured(model, 0.3, x, scope="global", graph=graph)
+    removed = sum(int((~k).sum()) for k in removable_units(model, graph).values())
+    total = sum(g.size for g in graph.prunable())
+    assert removed == round(0.3 * total)
+
+
+def test_pruning_again_only_removes_more():
+    model, x = lenet5()
+    first = prune_structured(model, 0.3, x)
+    second = prune_structured(model, 0.6, x)
+    assert second.is_subset_of(first) and second.kept() < first.kept()
+
+
+def test_bad_requests_leave_the_model_untouched():
+    model, x = lenet5()
+    state = copy.deepcopy(model.state_dict())
+    with pytest.raises(pk.AmountError):
+        prune_structured(model, 1.5, x)
+    with pytest.raises(pk.GraphError, match="output"):
+        prune_structured(model, {"11:out": 0.5}, x)
+    with pytest.raises(pk.GraphError, match="Did you mean"):
+        prune_structured(model, {"3:outt": 0.5}, x)
+    with pytest.raises(pk.PrunekitError):
+        prune_structured(model, 0.5, x, scope="everywhere")
+    assert not pk.get_masks(model)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+def test_per_group_amounts():
+    model, x = lenet5()
+    masks = prune_structured(model, {"3:out": 4}, x)
+    assert int((~masks["3.weight"].flatten(1).any(1)).sum()) == 4
+    assert "0.weight" not in masks

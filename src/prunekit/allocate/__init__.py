@@ -10,6 +10,7 @@ netadapt, amc. Each meets its budget to within one unit and says so (Allocation.
 
 from .amc import AMC
 from .base import Allocation, Allocator, Layer, PruningProblem, fit_to_budget, resolve_target
+from .channels import ChannelProblem
 from .executor import get_executor
 from .greedy import GreedyAllocator
 from .latency import LatencyTable, layer_widths, measure_latency
@@ -29,7 +30,7 @@ ALLOCATORS = {
     "amc": AMC,
 }
 
-__all__ = ["ALLOCATORS", "AMC", "LatencyTable", "NetAdapt", "layer_widths", "measure_latency", "Allocation", "Allocator", "GlobalThresholdAllocator", "GreedyAllocator",
+__all__ = ["ALLOCATORS", "AMC", "ChannelProblem", "LatencyTable", "NetAdapt", "layer_widths", "measure_latency", "Allocation", "Allocator", "GlobalThresholdAllocator", "GreedyAllocator",
            "KnapsackAllocator", "Layer", "PruningProblem", "SensitivityAllocator", "SensitivityCurves",
            "TableProblem", "UniformAllocator", "UnstructuredProblem", "fit_to_budget", "get_executor",
            "knapsack_bruteforce", "knapsack_dp", "knapsack_greedy", "resolve_target", "sensitivity_curves"]

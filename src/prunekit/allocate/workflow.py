@@ -1,6 +1,7 @@
 """A recipe's allocator, end to end: train → allocate → prune → fine-tune → measure.
 
-    recipe.allocator = {name: greedy, budget: 0.5, metric: flops, executor: inprocess, options: {step: 0.05}}
+    recipe.allocator = {name: greedy, budget: 0.5, metric: flops, executor: inprocess,
+                        options: {step: 0.05, granularity: channel}}   # granularity: element | channel
     run, allocation = run_allocation(recipe)
 
 Allocation decisions are made on a validation split held out of the training data (the
@@ -25,6 +26,7 @@ from ..recipe import AllocatorSpec, Recipe
 from ..runs import RunDir
 from ..training import evaluate, train
 from .base import Allocator, PruningProblem
+from .channels import ChannelProblem
 from .problems import UnstructuredProblem
 
 VALIDATION_SHARE = 0.1
@@ -42,7 +44,7 @@ def make_allocator(spec: AllocatorSpec, run: RunDir | None = None) -> Allocator:
     from . import ALLOCATORS
 
     cls = ALLOCATORS[spec.name]
-    kwargs = dict(spec.options)
+    kwargs = {k: v for k, v in spec.options.items() if k != "granularity"}  # granularity is the problem's
     if spec.name in ("sensitivity", "greedy", "knapsack", "netadapt", "amc"):
         kwargs["executor"] = spec.executor
     if spec.name in ("sensitivity", "netadapt", "amc"):
@@ -55,11 +57,20 @@ def make_allocator(spec: AllocatorSpec, run: RunDir | None = None) -> Allocator:
         raise PrunekitError(f"allocator '{spec.name}' options {sorted(spec.options)}: {e}") from None
 
 
-def build_problem(model, val, example, *, metric: str, train_data=None, train_config=None,
-                  criterion: str = "magnitude") -> PruningProblem:
+GRANULARITIES = ("element", "channel")
+
+
+def build_problem(model, val, example, *, metric: str, granularity: str = "element", train_data=None,
+                  train_config=None, criterion: str = "magnitude") -> PruningProblem:
+    """Unstructured per-layer sparsity ("element") or channel pruning ("channel")."""
+    if granularity not in GRANULARITIES:
+        raise PrunekitError(f"granularity must be one of {GRANULARITIES}, not {granularity!r}.")
+    if granularity == "channel":
+        return ChannelProblem(model, val, example, metric=metric, criterion=criterion, train_data=train_data,
+                              train_config=train_config)
     if metric == "latency":
-        raise PrunekitError("metric 'latency' needs channel pruning (prunekit.structured); unstructured sparsity "
-                            "does not change dense latency. Use metric 'flops' or 'params'.")
+        raise PrunekitError("metric 'latency' needs granularity 'channel': unstructured sparsity does not change "
+                            "dense latency. Use options: {granularity: channel}, or metric 'flops' / 'params'.")
     return UnstructuredProblem(model, val, example, metric=metric, criterion=criterion,
                                train_data=train_data, train_config=train_config)
 
@@ -87,7 +98,8 @@ def run_allocation(recipe: Recipe, *, output_dir: str | Path | None = None, prog
     model = dense_model(recipe, run, train_data, dataset.num_classes, progress)
     example = dataset.example_input(1)
     spec = recipe.allocator
-    problem = build_problem(model, val, example, metric=spec.metric, train_data=train_data,
+    problem = build_problem(model, val, example, metric=spec.metric,
+                            granularity=spec.options.get("granularity", "element"), train_data=train_data,
                             train_config=recipe.train, criterion=recipe.prune.criterion)
     log(f"Allocating with {spec.name} ({spec.metric} budget {spec.budget}, threshold {spec.threshold})")
     allocation = make_allocator(spec, run).allocate(problem)

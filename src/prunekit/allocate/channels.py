@@ -1,0 +1,155 @@
+"""Channel pruning as a pruning problem: the real FLOPs and latency savings.
+
+Layers are the prunable groups of prunekit.graph (a conv's output channels together with
+its bias, norm and every consumer's input slice); units are channels, removed in ascending
+group score (prunekit.structured.group_scores of the criterion, ℓ2 over each unit's slices),
+so the removed set at k channels contains the one at k − 1.
+
+Costs are computed from the groups, without building the model:
+  * along every (tensor, dim) the kept fraction is f = 1 − Σ_g k_g · p_g / n, summed over the
+    groups g slicing it (p_g positions per unit, n the dim's size);
+  * params = Σ_tensors numel · Π_dims f — what compact() leaves;
+  * flops  = dense − Σ_layers 2·MACs_l · (1 − f_out · f_in): a conv / linear layer's MACs
+    are proportional to its output × input channels at fixed spatial size, so this equals
+    prunekit.compact.predicted_counts' FLOPs (and count_flops of the compacted model);
+  * latency = the LatencyTable prediction at the layers' kept (input, output) widths.
+
+`measure(model)` compacts a pruned model (prunekit.compact) and times it, so NetAdapt's front
+and the benchmarks report measured latency, not only predictions.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from ..accounting import count_flops
+from ..compact import compact
+from ..criteria import get_criterion
+from ..errors import PrunekitError
+from ..graph import build_graph
+from ..masks import apply_masks, named_parameters, resolve_parameters
+from ..structured import group_masks, group_scores
+from ..training import TrainConfig, evaluate, train
+from .base import Layer, PruningProblem
+from .latency import LatencyTable, measure_latency
+
+METRICS = ("params", "flops", "latency")
+
+
+class ChannelProblem(PruningProblem):
+    """Per-group channel pruning of `model`, evaluated on `val`; see the module docstring."""
+
+    def __init__(self, model: nn.Module, val, example_input, *, metric: str = "flops", criterion="magnitude",
+                 how: str = "l2", max_ratio: float = 0.9, latency_input=None, latency_table: LatencyTable | None = None,
+                 latency_grid: int = 6, train_data=None, train_config: TrainConfig | None = None, graph=None):
+        if metric not in METRICS:
+            raise PrunekitError(f"metric must be one of {METRICS}, not {metric!r}.")
+        if not 0 < max_ratio < 1:
+            raise PrunekitError(f"max_ratio must be in (0, 1), not {max_ratio}.")
+        self.model, self.val, self.example_input, self.metric = model, val, example_input, metric
+        self.train_data, self.train_config = train_data, train_config or TrainConfig()
+        self.graph = graph if graph is not None else build_graph(model, example_input)
+        groups = self.graph.prunable()
+        if not groups:
+            raise PrunekitError("the model has no prunable channel group; see prunekit.graph.build_graph(...).rows().")
+        names = sorted({s.name for g in groups for s in g.slices if s.kind == "param"})
+        params = named_parameters(model)
+        weights = [n for n in names if params[n].dim() >= 2]
+        element = get_criterion(criterion).scores(model, resolve_parameters(model, weights))
+        scores = group_scores(model, self.graph, element, how, groups=groups)
+        self._order = {g.name: torch.argsort(scores[g.name].float(), stable=True) for g in groups}
+        self._sorted = {g.name: scores[g.name].float()[self._order[g.name]] for g in groups}
+        self.layers = [Layer(g.name, g.size, min(g.size - 1, int(max_ratio * g.size))) for g in groups]
+        # (tensor, dim) → [(group, positions per unit)], for kept fractions
+        self._cuts: dict[tuple[str, int], list[tuple[str, int]]] = {}
+        for g in groups:
+            for s in g.slices:
+                if s.kind == "param":
+                    self._cuts.setdefault((s.name, s.dim), []).append((g.name, s.positions_per_unit))
+        self._shapes = {n: tuple(p.shape) for n, p in params.items()}
+        flops = count_flops(model, example_input)
+        self._dense_flops = float(flops["dense_flops"])
+        self._macs = {m: v["dense_macs"] for m, v in flops["layers"].items()}
+        self._modules = {m: dict(model.named_modules())[m] for m in self._macs}
+        self.latency_input = latency_input if latency_input is not None else example_input
+        self.table = latency_table
+        if metric == "latency" and self.table is None:
+            self.table = LatencyTable(model, self.latency_input, grid=latency_grid)
+
+    # Costs -----------------------------------------------------------------------------------
+    def _kept(self, name: str, dim: int, counts: Mapping[str, int]) -> float:
+        n = self._shapes[name][dim]
+        removed = sum(counts.get(g, 0) * ppu for g, ppu in self._cuts.get((name, dim), ()))
+        return 1.0 - removed / n
+
+    def widths(self, counts: Mapping[str, int]) -> dict[str, tuple[int, int]]:
+        """(input, output) channels of every Linear / Conv layer after pruning `counts`."""
+        out = {}
+        for m, module in self._modules.items():
+            w = f"{m}.weight" if m else "weight"
+            shape = self._shapes[w]
+            kept_in = round(shape[1] * self._kept(w, 1, counts)) * (getattr(module, "groups", 1) or 1)
+            out[m] = (max(1, kept_in), max(1, round(shape[0] * self._kept(w, 0, counts))))
+        return out
+
+    def cost(self, counts: Mapping[str, int]) -> float:
+        if self.metric == "params":
+            return float(sum(round(math.prod(shape) * math.prod(self._kept(n, d, counts) for d in range(len(shape))))
+                             for n, shape in self._shapes.items()))
+        if self.metric == "flops":
+            saved = 0.0
+            for m, macs in self._macs.items():
+                w = f"{m}.weight" if m else "weight"
+                saved += 2 * macs * (1 - self._kept(w, 0, counts) * self._kept(w, 1, counts))
+            return self._dense_flops - round(saved)
+        return self.table.predict(self.widths(counts))
+
+    # Models ----------------------------------------------------------------------------------
+    def masks(self, counts: Mapping[str, int]):
+        keep = {}
+        for layer in self.layers:
+            k = torch.ones(layer.units, dtype=torch.bool)
+            k[self._order[layer.name][:int(counts.get(layer.name, 0))]] = False
+            keep[layer.name] = k
+        return group_masks(self.graph, keep)
+
+    def apply(self, counts: Mapping[str, int], model: nn.Module | None = None) -> nn.Module:
+        counts = self.full(counts)
+        pruned = copy.deepcopy(model if model is not None else self.model)
+        apply_masks(pruned, self.masks(counts))
+        return pruned
+
+    def evaluate(self, model: nn.Module) -> float:
+        return evaluate(model, self.val)["accuracy"]
+
+    def finetune(self, model: nn.Module, steps: int, seed: int = 0) -> nn.Module:
+        if self.train_data is None:
+            return super().finetune(model, steps, seed)
+        if steps > 0:
+            train(model, self.train_data, self.train_config.for_finetuning(steps=steps, seed=seed), progress=False)
+        return model
+
+    def compact(self, model: nn.Module) -> nn.Module:
+        return compact(model, self.example_input, graph=self.graph)[0]
+
+    def measure(self, model: nn.Module) -> dict:
+        """Measured latency of the compacted model on `latency_input`."""
+        return {"latency_s": measure_latency(self.compact(model), self.latency_input)}
+
+    def unit_scores(self, name: str):
+        return self._sorted[name]
+
+    def features(self, name: str) -> list[float]:
+        group = self.graph[name]
+        producer = next((s.name for s in group.slices if s.kind == "param" and s.dim == 0
+                         and len(self._shapes[s.name]) >= 2), None)
+        shape = list(self._shapes[producer]) if producer else [group.size, 1]
+        shape += [1] * (4 - len(shape))
+        module = producer.rpartition(".")[0] if producer else None
+        return [float(shape[0]), float(shape[1]), float(math.prod(shape[2:])),
+                float(self._macs.get(module, 0)) * 2]

@@ -64,11 +64,13 @@ class AtomSet:
 
     def union_pairs(self, a: torch.Tensor, b: torch.Tensor) -> None:
         """Merge a[i] with b[i] for every i (tensors of equal shape); duplicates are cheap."""
-        pairs = torch.stack([a.reshape(-1), b.reshape(-1)], 1)
-        pairs = pairs[(pairs[:, 0] != 0) & (pairs[:, 1] != 0) & (pairs[:, 0] != pairs[:, 1])]
-        if len(pairs):
-            for x, y in torch.unique(pairs, dim=0).tolist():
-                self.union(x, y)
+        a, b = a.reshape(-1), b.reshape(-1)
+        keep = (a != 0) & (b != 0) & (a != b)
+        if not bool(keep.any()):
+            return
+        keys = torch.unique(a[keep] * (1 << 31) + b[keep])  # one int per pair: a fast 1-D unique
+        for key in keys.tolist():
+            self.union(key >> 31, key & ((1 << 31) - 1))
 
     def union_all(self, atoms) -> int:
         """Merge every atom in `atoms` into one component; returns its root (0 if none)."""

@@ -117,6 +117,8 @@ class Trace:
         if labels.dim() == 0:
             return labels.reshape(1)
         rows = labels.movedim(dim, -1).reshape(-1, labels.shape[dim])
+        if rows.shape[0] > 1 and bool((rows == rows[0]).all()):
+            return rows[0].clone()  # the usual case: every row the same
         rows = torch.unique(rows, dim=0) if rows.shape[0] > 1 else rows
         first = rows.max(0).values
         if rows.shape[0] > 1 and not bool(((rows == 0) | (rows == first)).all()):

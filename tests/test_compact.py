@@ -1,0 +1,178 @@
+"""Physical compaction: the smaller model computes exactly what the masked one did."""
+
+import copy
+import io
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+import prunekit as pk
+from prunekit.compact import CompactionRecord, apply_record, compact, predicted_counts, relative_error
+from prunekit.graph import build_graph
+from prunekit.structured import group_masks, prune_structured
+
+from models_zoo import ZOO, mha_model, resnet_bottleneck, transformer
+
+REFERENCE = {"lenet300100": (2, 1, 28, 28), "lenet5": (2, 1, 28, 28), "mnist1d_mlp": (2, 40),
+             "mnist1d_cnn": (2, 40)}
+# models whose FLOPs are all in conv / linear layers that count_flops prices exactly
+FLOPS_EXACT = set(REFERENCE) | {"resnet_bottleneck", "densenet", "mobilenet_v2"}
+
+
+def build(name):
+    torch.manual_seed(0)
+    if name in REFERENCE:
+        return pk.models.build_model(name), torch.randn(*REFERENCE[name])
+    return ZOO[name]()
+
+
+def randomise(model):
+    """Non-zero norm parameters and running statistics, so a dropped statistic would show."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+        for p in model.parameters():
+            if not p.any():  # biases that start at zero
+                p.uniform_(-0.5, 0.5)
+    return model
+
+
+@pytest.mark.parametrize("scope", ["local", "global"])
+@pytest.mark.parametrize("name", sorted(REFERENCE) + sorted(ZOO))
+def test_masked_equals_compacted(name, scope):
+    model, x = build(name)
+    randomise(model).eval()
+    graph = build_graph(model, x)
+    prune_structured(model, 0.5, x, scope=scope, graph=graph)
+    small, record = compact(model, x, graph=graph, check=False)
+    with torch.no_grad():
+        assert relative_error(model(x), small(x)) <= 1e-5
+    counts = pk.parameter_counts(small)
+    predicted = predicted_counts(model, x, graph=graph)
+    assert counts["total"] == predicted["params"] < pk.parameter_counts(model)["total"]
+    # every weight the masks kept is non-zero (random init), so the masked model's non-zero
+    # count is an independent prediction of the compacted size
+    assert counts["total"] == pk.parameter_counts(model)["nonzero"]
+    if name in FLOPS_EXACT:
+        assert pk.count_flops(small, x)["dense_flops"] == predicted["flops"]
+    assert pk.count_flops(small, x)["dense_flops"] < pk.count_flops(model, x)["dense_flops"]
+
+
+def test_train_mode_batch_norm_also_matches():
+    model, x = resnet_bottleneck()
+    randomise(model)
+    prune_structured(model, 0.5, x)
+    small, _ = compact(model, x)
+    model.train(), small.train()
+    assert relative_error(model(x), small(x)) <= 1e-5
+
+
+def test_compacted_model_is_plain_saves_loads_and_exports():
+    for builder in (resnet_bottleneck, transformer):
+        model, x = builder()
+        randomise(model)
+        prune_structured(model, 0.5, x)
+        small, _ = compact(model, x)
+        small.eval()
+        assert not any(parametrize.is_parametrized(m) for m in small.modules())
+        assert not any(type(m).__module__.startswith("prunekit") for m in small.modules())
+        buffer = io.BytesIO()
+        torch.save(small, buffer)
+        buffer.seek(0)
+        loaded = torch.load(buffer, weights_only=False)
+        exported = torch.export.export(small, (x,))
+        with torch.no_grad():
+            expected = small(x)
+            assert torch.equal(loaded(x), expected)
+            assert relative_error(exported.module()(x), expected) <= 1e-6
+
+
+def test_compacted_model_runs_without_prunekit(tmp_path):
+    model, x = build("lenet5")
+    prune_structured(model, 0.5, x)
+    small, _ = compact(model, x)
+    torch.save({"model": small, "x": x, "y": small(x).detach()}, tmp_path / "small.pt")
+    code = ("import sys; sys.modules['prunekit'] = None\n"  # any import of prunekit now fails
+            "import torch\n"
+            f"d = torch.load(r'{tmp_path / 'small.pt'}', weights_only=False)\n"
+            "assert torch.allclose(d['model'](d['x']), d['y'])\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_record_loads_a_compacted_checkpoint_into_a_fresh_instance(tmp_path):
+    model, x = build("mobilenet_v2")
+    randomise(model)
+    prune_structured(model, 0.5, x, round_to=4)
+    small, record = compact(model, x)
+    record.save(tmp_path / "pruned.rec")
+    with pytest.raises(pk.PrunekitError, match="exists"):
+        record.save(tmp_path / "pruned.rec")
+    torch.save(small.state_dict(), tmp_path / "pruned.pt")
+    fresh, _ = build("mobilenet_v2")
+    apply_record(fresh, CompactionRecord.load(tmp_path / "pruned.rec"))
+    fresh.load_state_dict(torch.load(tmp_path / "pruned.pt", weights_only=True))
+    small.eval(), fresh.eval()
+    with torch.no_grad():
+        assert torch.equal(small(x), fresh(x))
+    assert str(small) == str(fresh)  # module attributes (channels, groups …) were recorded too
+
+
+def test_apply_record_checks_before_changing():
+    model, x = build("lenet5")
+    prune_structured(model, 0.5, x)
+    _, record = compact(model, x)
+    other = pk.models.build_model("lenet300100")
+    state = copy.deepcopy(other.state_dict())
+    with pytest.raises(pk.PrunekitError, match="lacks"):
+        apply_record(other, record)
+    assert all(torch.equal(state[k], v) for k, v in other.state_dict().items())
+    twice = pk.models.build_model("lenet5")
+    apply_record(twice, record)
+    with pytest.raises(pk.PrunekitError, match="already compacted"):
+        apply_record(twice, record)
+
+
+def test_compact_leaves_the_masked_model_as_it_was():
+    model, x = build("lenet5")
+    prune_structured(model, 0.5, x)
+    masks, state = pk.get_masks(model), copy.deepcopy(model.state_dict())
+    compact(model, x)
+    assert pk.get_masks(model) == masks
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert model(x).shape == (2, 10)
+
+
+def test_a_fully_masked_group_keeps_one_zero_unit():
+    model, x = build("lenet300100")
+    graph = build_graph(model, x)
+    pk.apply_masks(model, group_masks(graph, {"1:out": torch.zeros(300, dtype=torch.bool)}))
+    small, _ = compact(model, x, graph=graph)
+    assert small[1].out_features == 1 and small[3].in_features == 1
+    assert relative_error(model(x), small(x)) <= 1e-6
+
+
+def test_unstructured_masks_are_not_compacted():
+    model, x = build("lenet300100")
+    pk.prune(model, 0.5)
+    small, record = compact(model, x)
+    assert not record.kept and pk.parameter_counts(small)["total"] == pk.parameter_counts(model)["total"]
+
+
+def test_heads_of_multihead_attention_are_removed():
+    model, x = mha_model()
+    graph = build_graph(model, x)
+    keep = torch.tensor([True, False, True, False])
+    pk.apply_masks(model, group_masks(graph, {"proj:heads": keep}))
+    small, _ = compact(model, x, graph=graph)
+    assert small.attn.num_heads == 2 and small.attn.embed_dim == 8 and small.attn.in_proj_weight.shape == (24, 8)
+    small.train(), model.train()  # the slow path, not the fused inference kernel
+    assert relative_error(model(x), small(x)) <= 1e-5

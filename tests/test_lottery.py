@@ -208,3 +208,33 @@ def test_augmentations():
     assert make_augmentation(None) is None
     with pytest.raises(PrunekitError):
         make_augmentation("flip")
+
+
+def test_cli_lottery_and_experiment_errors(tmp_path, capsys):
+    from prunekit.cli import main
+    code = main(["lottery", "--model", "mnist1d_mlp", "--dataset", "digits", "--rounds", "1", "--rate", "0.5",
+                 "--steps", "20", "--batch-size", "50", "--validation", "200", "--eval-every", "10",
+                 "--controls", "reinit", "--output-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "in_features=64" in err  # digits are 8×8; the default MLP expects 40 inputs
+    assert not any(tmp_path.iterdir())  # no run folder left behind
+    code = main(["experiment", "nope", "--output-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Unknown experiment" in err
+
+
+def test_cli_lottery_runs_and_resumes(tmp_path, capsys):
+    from prunekit.cli import main
+    argv = ["lottery", "--model", "mnist1d_mlp", "--dataset", "digits", "--model-option", "in_features=64",
+            "--model-option", "hidden=8", "--rounds", "2", "--rate", "0.5", "--steps", "20", "--batch-size", "50",
+            "--validation", "200", "--eval-every", "10", "--controls", "random", "--output-dir", str(tmp_path)]
+    assert main(argv) == 0
+    first = capsys.readouterr().out
+    folder = next(tmp_path.iterdir())
+    assert (folder / "table.md").is_file() and (folder / "plots" / "accuracy_vs_density.png").is_file()
+    import json
+    rows = json.loads((folder / "metrics.json").read_text())
+    assert [(r["round"], r["variant"]) for r in rows] == [(0, "dense"), (1, "random"), (2, "random")]
+    assert f"{rows[-1]['accuracy']:.4g}" in first
+    assert main(argv) == 0  # a rerun finds the finished folder and prints the same table
+    assert capsys.readouterr().out == first

@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from ..data import load_dataset
+from ..errors import PrunekitError
 from ..masks import (MaskSet, apply_masks, default_prunable, get_masks, load_masked_state_dict,
                      named_parameters)
 from ..models import build_model
@@ -33,6 +34,7 @@ from ..selection import global_masks, local_masks, rank_existing_first
 from ..training import evaluate
 from ..augment import make_augmentation
 from .config import LotteryConfig
+from .summary import write_summary
 from .trainer import train_segment
 
 VARIANTS = ("ticket", "reinit", "random")
@@ -93,14 +95,25 @@ class Experiment:
     def __init__(self, config: LotteryConfig, root: str | Path = "runs", *, log=print):
         self.config = config
         self.log = log
-        self.run_dir = RunDir.open(root, f"lottery-{config.model}-{config.dataset}", config.settings())
         data = load_dataset(config.dataset)
         self.num_classes = data.num_classes
+        if config.validation >= len(data.train):
+            raise PrunekitError(f"validation={config.validation} leaves no training data ({config.dataset} has "
+                                f"{len(data.train)} training samples); hold out fewer.")
         self.fit, self.validation = split_validation(data.train, config.validation)
         self.test = data.test
         self.train_config = config.train_config()
         self.augment = make_augmentation(config.augment, config.augment_strength)
-        self.prunable = default_prunable(self.fresh(config.seed))
+        model = self.fresh(config.seed)
+        try:  # fail before any folder is created when model and data do not fit together
+            with torch.no_grad():
+                model(data.example_input(2))
+        except RuntimeError as e:
+            raise PrunekitError(f"Model '{config.model}' does not accept {config.dataset} inputs of shape "
+                                f"{tuple(data.input_shape)} ({e}); pick a matching pair or set model_options "
+                                f"(e.g. in_features={data.example_input(1).numel()}).") from None
+        self.prunable = default_prunable(model)
+        self.run_dir = RunDir.open(root, f"lottery-{config.model}-{config.dataset}", config.settings())
 
     # Pieces -----------------------------------------------------------------------------
     def fresh(self, init_seed: int) -> nn.Module:
@@ -174,7 +187,7 @@ class Experiment:
             last = [row for row in self.run_dir.rows() if row["round"] == r]
             self.log("  round {:2d}  density {:.4f}  ".format(r, last[0]["density"]) +
                      "  ".join(f"{row['variant']} {row['accuracy']:.3f}" for row in last))
-        self.run_dir.mark_done("complete")
+        write_summary(self.run_dir)
         return self.run_dir
 
 

@@ -9,7 +9,7 @@ import sys
 
 from .errors import PrunekitError
 
-COMMANDS = ["demo", "run", "sensitivity"]
+COMMANDS = ["demo", "run", "sensitivity", "lottery", "experiment", "compact"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -46,8 +46,11 @@ def randomise(model):
     return model
 
 
-@pytest.mark.parametrize("scope", ["local", "global"])
-@pytest.mark.parametrize("name", sorted(REFERENCE) + sorted(ZOO))
+CASES = [(name, "local") for name in sorted(REFERENCE) + sorted(ZOO)] + [
+    (name, "global") for name in ("lenet5", "mnist1d_cnn", "resnet_bottleneck", "transformer")]
+
+
+@pytest.mark.parametrize("name,scope", CASES)
 def test_masked_equals_compacted(name, scope):
     model, x = build(name)
     randomise(model).eval()

@@ -1,0 +1,85 @@
+"""`prunekit compact CHECKPOINT --model NAME --out OUT`: a masked checkpoint in, a smaller one out.
+
+The checkpoint is a state_dict saved from a masked model (what `prunekit run` writes) or a
+plain one; `--prune` first removes that fraction of every prunable group's channels. Writes
+OUT (the compacted state_dict) and OUT.record (the CompactionRecord, to rebuild the shapes on
+a fresh instance with prunekit.compact.apply_record) and prints parameters and FLOPs before
+and after.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..accounting import count_flops, parameter_counts
+from ..compact import compact
+from ..errors import PrunekitError
+from ..masks import MaskSet, load_masked_state_dict
+from ..models import build_model
+from ..table import format_table
+
+INPUT_SHAPES = {"lenet300100": (1, 28, 28), "lenet5": (1, 28, 28), "mnist1d_mlp": (40,), "mnist1d_cnn": (40,)}
+
+
+def register(sub) -> None:
+    parser = sub.add_parser("compact", help="physically remove pruned channels from a checkpoint")
+    parser.add_argument("checkpoint", help="state_dict saved with torch.save (masked or plain)")
+    parser.add_argument("--model", required=True, help="architecture name (prunekit.models)")
+    parser.add_argument("--out", required=True, help="where the compacted state_dict goes")
+    parser.add_argument("--input-shape", default=None,
+                        help="one example's shape, comma-separated (default: the model's own, e.g. 1,28,28)")
+    parser.add_argument("--prune", type=float, default=None,
+                        help="first remove this fraction of every prunable channel group (magnitude, L2)")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT and OUT.record if they exist")
+    parser.set_defaults(func=run)
+
+
+def _input_shape(args) -> tuple:
+    if args.input_shape:
+        try:
+            return tuple(int(v) for v in args.input_shape.split(","))
+        except ValueError:
+            raise PrunekitError(f"--input-shape {args.input_shape!r} must be integers separated by commas, "
+                                "e.g. 1,28,28.") from None
+    if args.model not in INPUT_SHAPES:
+        raise PrunekitError(f"No default input shape for '{args.model}'; pass --input-shape.")
+    return INPUT_SHAPES[args.model]
+
+
+def run(args) -> int:
+    source, out = Path(args.checkpoint), Path(args.out)
+    record_path = out.with_name(out.name + ".record")
+    if not source.is_file():
+        raise PrunekitError(f"Checkpoint {source} does not exist.")
+    for path in (out, record_path):
+        if path.exists() and not args.overwrite:
+            raise PrunekitError(f"{path} exists; pass --overwrite to replace it or choose another --out.")
+    model = build_model(args.model)
+    state = torch.load(source, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise PrunekitError(f"{source} does not hold a state_dict.")
+    if len(MaskSet.from_state_dict(state)):
+        load_masked_state_dict(model, state)
+    else:
+        model.load_state_dict(state)
+    x = torch.randn(2, *_input_shape(args))
+    if args.prune is not None:
+        from ..structured import prune_structured
+
+        prune_structured(model, args.prune, x)
+    small, record = compact(model, x)
+    before, after = parameter_counts(model)["total"], parameter_counts(small)["total"]
+    flops_before, flops_after = count_flops(model, x)["dense_flops"], count_flops(small, x)["dense_flops"]
+    rows = [{"": "parameters", "before": before, "after": after, "ratio": round(before / max(after, 1), 3)},
+            {"": "FLOPs (batch 2)", "before": flops_before, "after": flops_after,
+             "ratio": round(flops_before / max(flops_after, 1), 3)}]
+    print(format_table(rows))
+    if not record.kept:
+        print("No whole channel or head is masked: nothing was removed (use --prune, or structured pruning).")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(small.state_dict(), out)
+    record.save(record_path, overwrite=True)
+    print(f"wrote {out} and {record_path}")
+    return 0

@@ -71,7 +71,7 @@ def _mkdir(path: Path) -> Path:
 
 def experiment_b(out: Path, seeds, scale: str = "full", log=print) -> str:
     folder = _mkdir(out / "b_rewind")
-    k = 100 if scale == "full" else 5
+    k = 50 if scale == "full" else 5
     zero = lottery_rows(lambda s: mnist1d_config(scale, s), seeds, out, log)  # shared with experiment a
     late = lottery_rows(lambda s: mnist1d_config(scale, s).replace(rewind_step=k, controls=()), seeds, out, log)
     acc0, acck = by_round(zero, "ticket"), by_round(late, "ticket")
@@ -99,7 +99,7 @@ def experiment_b(out: Path, seeds, scale: str = "full", log=print) -> str:
 def experiment_c(out: Path, seeds, scale: str = "full", log=print) -> str:
     folder = _mkdir(out / "c_augment")
     settings = [("MNIST-1D MLP", "shift", 8, mnist1d_config, 12 if scale == "full" else 2),
-                ("LeNet-300-100 on MNIST-5k", "rotate", 30.0, lenet_config, 5 if scale == "full" else 1)]
+                ("LeNet-300-100 on MNIST-5k", "rotate", 30.0, lenet_config, 4 if scale == "full" else 1)]
     texts, series, errors = [], {}, {}
     for label, augment, strength, factory, rounds in settings:
         plain = lottery_rows(lambda s: factory(scale, s), seeds, out, log)  # shared with experiment a

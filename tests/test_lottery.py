@@ -238,3 +238,14 @@ def test_cli_lottery_runs_and_resumes(tmp_path, capsys):
     assert f"{rows[-1]['accuracy']:.4g}" in first
     assert main(argv) == 0  # a rerun finds the finished folder and prints the same table
     assert capsys.readouterr().out == first
+
+
+@pytest.mark.slow
+def test_all_experiments_run_at_quick_scale(tmp_path):
+    from prunekit.experiments import EXPERIMENTS, run_experiment
+    for name in EXPERIMENTS:
+        text = run_experiment(name, tmp_path, seeds=(0, 1, 2), scale="quick", log=lambda *_: None)
+        assert "±" in text
+    folders = {p.name for p in tmp_path.iterdir()}
+    assert {"a_tickets", "b_rewind", "c_augment", "d_dropout", "e_landscape", "runs"} <= folders
+    assert all(any(p.glob("**/plot*.png")) for p in tmp_path.iterdir() if p.name != "runs")

@@ -179,3 +179,21 @@ def test_heads_of_multihead_attention_are_removed():
     assert small.attn.num_heads == 2 and small.attn.embed_dim == 8 and small.attn.in_proj_weight.shape == (24, 8)
     small.train(), model.train()  # the slow path, not the fused inference kernel
     assert relative_error(model(x), small(x)) <= 1e-5
+
+
+def test_compact_command(tmp_path, capsys):
+    from prunekit.cli import main
+
+    model, x = build("lenet5")
+    prune_structured(model, 0.5, x)
+    torch.save(model.state_dict(), tmp_path / "masked.pt")
+    out = tmp_path / "small.pt"
+    assert main([("compact"), str(tmp_path / "masked.pt"), "--model", "lenet5", "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "parameters" in table and "FLOPs" in table
+    expected, _ = compact(model, x)
+    fresh = apply_record(pk.models.build_model("lenet5"), CompactionRecord.load(str(out) + ".record"))
+    fresh.load_state_dict(torch.load(out, weights_only=True))
+    assert torch.equal(fresh(x), expected(x))
+    assert str(pk.parameter_counts(expected)["total"]) in table
+    assert main(["compact", str(tmp_path / "masked.pt"), "--model", "lenet5", "--out", str(out)]) == 2  # no overwrite

@@ -118,3 +118,31 @@ def test_regression_rejects_unsupported_layers_and_missing_data():
     with pytest.raises(PrunekitError, match="calibration data"):
         Regression().scores(model, resolve_parameters(model))
     assert not get_masks(model)
+
+
+def test_reconstruction_against_a_reference_network_equals_lstsq():
+    """Earlier layer already pruned: refit X'_S W_Sᵀ ≈ Z = X W_refᵀ from the unpruned network."""
+    import copy
+
+    from prunekit.masks import apply_masks
+    torch.manual_seed(0)
+    reference = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 4)).double()
+    model = copy.deepcopy(reference)
+    alive = torch.arange(8) >= 2  # neurons 0 and 1 removed (weights and bias): their outputs are 0
+    apply_masks(model, {"0.weight": alive.reshape(8, 1).expand(8, 6), "0.bias": alive})
+    x = torch.randn(50, 6, dtype=torch.float64)
+    w_ref = reference[2].weight.detach().clone()
+    result = rc.prune_layer_channels(model, "2", 3, [(x, None)], reference=reference)
+    with torch.no_grad():
+        x_now = model[1](model[0](x)).numpy()
+        z = (reference[1](reference[0](x)) @ w_ref.T).numpy()
+    keep = result.keep.numpy()
+    solution, *_ = np.linalg.lstsq(x_now[:, keep], z, rcond=None)
+    new = model[2].weight.detach().numpy()
+    np.testing.assert_allclose(new[:, keep], solution.T, rtol=1e-6, atol=1e-8)
+    direct = float(((z - x_now @ new.T) ** 2).sum())
+    dropped = float(((z - x_now @ (w_ref.numpy() * keep).T) ** 2).sum())
+    assert result.error_reconstructed == pytest.approx(direct, rel=1e-6, abs=1e-9)
+    assert result.error_dropped == pytest.approx(dropped, rel=1e-6)
+    assert result.error_reconstructed <= result.error_dropped
+    assert not keep[0] and not keep[1]  # the dead inputs are the first to go

@@ -15,6 +15,9 @@ solved by alternating two convex steps:
 2. least squares on the kept weights:  W_Sᵀ = argmin ‖Z − X_S W_Sᵀ‖_F², solved from the
    accumulated second moments XᵀX (equal to lstsq(X_S, Z) when X_S has full column rank).
 
+With `reference=` the unpruned network, Z is the reference layer's output while X' comes from
+the network being pruned (earlier layers already pruned), as in the paper's layer-by-layer
+procedure: the LASSO uses b_c = ⟨Z, X'_c W_cᵀ⟩ and the refit solves X'ᵀX' W_Sᵀ = X'ᵀX W_refᵀ.
 The reconstructed weights are written back into the layer, the dropped channels' weights are
 zeroed and masked; the bias is untouched (it does not depend on the inputs). Everything is
 computed in float64. Coupling the *previous* layer's output channels is the dependency graph's
@@ -101,6 +104,59 @@ def input_moments(model: nn.Module, layer_name: str, batches) -> torch.Tensor:
     return sum(moments)
 
 
+@dataclass(frozen=True)
+class Moments:
+    """Second moments of a layer's inputs: X' (what the layer sees in the model being pruned)
+    and X (what it sees in the reference, unpruned model): own = X'ᵀX', cross = X'ᵀX, ref = XᵀX."""
+    own: torch.Tensor
+    cross: torch.Tensor
+    ref: torch.Tensor
+
+    @classmethod
+    def single(cls, moments: torch.Tensor) -> "Moments":
+        return cls(moments, moments, moments)
+
+
+def paired_moments(model: nn.Module, reference: nn.Module, layer_name: str, batches) -> Moments:
+    """Moments of the layer's inputs in `model` (X') and in `reference` (X) on the same batches."""
+    layers = []
+    for net in (model, reference):
+        try:
+            layers.append(net.get_submodule(layer_name))
+        except AttributeError:
+            raise PrunekitError(f"Module '{layer_name}' is missing from the model or the reference.") from None
+        check_layer(layers[-1], layer_name)
+    captured: dict[int, torch.Tensor] = {}
+    handles = [layer.register_forward_pre_hook(lambda m, args, i=i: captured.__setitem__(i, design_matrix(m, args[0])))
+               for i, layer in enumerate(layers)]
+    own = cross = ref = None
+    try:
+        with evaluation_mode(model), evaluation_mode(reference), torch.no_grad():
+            for batch in batches:
+                x = batch[0] if isinstance(batch, (tuple, list)) else batch
+                captured.clear()
+                model(x)
+                reference(x)
+                if len(captured) < 2:
+                    raise PrunekitError(f"The forward pass never called '{layer_name}' in both networks.")
+                a, b = captured[0], captured[1]
+                own = a.T @ a if own is None else own + a.T @ a
+                cross = a.T @ b if cross is None else cross + a.T @ b
+                ref = b.T @ b if ref is None else ref + b.T @ b
+    finally:
+        for h in handles:
+            h.remove()
+    if own is None:
+        raise PrunekitError("No calibration batches were given.")
+    return Moments(own, cross, ref)
+
+
+def target_products(cross: torch.Tensor, weight: torch.Tensor, reference_weight: torch.Tensor, k: int) -> torch.Tensor:
+    """b_c = ⟨Z, X'_c W_cᵀ⟩_F with Z = X W_refᵀ: Σ over channel c's columns of (X'ᵀX W_refᵀ) ⊙ Wᵀ."""
+    per_column = ((cross @ reference_weight.T) * weight.T).sum(1)
+    return per_column.reshape(-1, k).sum(1)
+
+
 def channel_gram(moments: torch.Tensor, weight: torch.Tensor, k: int) -> torch.Tensor:
     """G_cd = ⟨X_c W_cᵀ, X_d W_dᵀ⟩_F = Σ over the k×k block (c, d) of (XᵀX) ⊙ (WᵀW)."""
     product = moments * (weight.T @ weight)
@@ -113,11 +169,12 @@ def channel_gram(moments: torch.Tensor, weight: torch.Tensor, k: int) -> torch.T
 # ---------------------------------------------------------------------------------------------
 
 def lasso(gram: torch.Tensor, lam: float, *, beta: torch.Tensor | None = None, iters: int = 3000,
-          tol: float = 1e-9, lipschitz: float | None = None) -> torch.Tensor:
+          tol: float = 1e-9, lipschitz: float | None = None, b: torch.Tensor | None = None) -> torch.Tensor:
     """argmin_β ½‖Z − Σ_c β_c A_c‖_F² + λ‖β‖₁, written with G and b = ⟨Z, A_·⟩ = G·1 (since Z = Σ_c A_c) as
-    ½βᵀGβ − bᵀβ + λ‖β‖₁ (+ const), by accelerated proximal gradient (FISTA):
+    ½βᵀGβ − bᵀβ + λ‖β‖₁ (+ const; pass b when Z is a reference output, see target_products),
+    by accelerated proximal gradient (FISTA):
     β ← soft(y − (G y − b)/L, λ/L) with L = the largest eigenvalue of G; soft() gives exact zeros."""
-    b = gram.sum(1)
+    b = gram.sum(1) if b is None else b
     if lipschitz is None:
         lipschitz = float(torch.linalg.eigvalsh(gram).max())
     if lipschitz <= 0:
@@ -136,7 +193,8 @@ def lasso(gram: torch.Tensor, lam: float, *, beta: torch.Tensor | None = None, i
     return beta
 
 
-def lasso_select(gram: torch.Tensor, n_keep: int, *, iters: int = 3000, steps: int = 40):
+def lasso_select(gram: torch.Tensor, n_keep: int, *, iters: int = 3000, steps: int = 40,
+                 b: torch.Tensor | None = None):
     """(keep, β, λ): the smallest-penalty LASSO solution with at most n_keep non-zero β, found by
     bisection on λ ∈ [0, max|b|]; keep marks the n_keep largest |β| (ties: earlier channel)."""
     n = gram.shape[0]
@@ -144,12 +202,13 @@ def lasso_select(gram: torch.Tensor, n_keep: int, *, iters: int = 3000, steps: i
         raise PrunekitError(f"Cannot keep {n_keep} of {n} channels.")
     if n_keep == n:
         return torch.ones(n, dtype=torch.bool), torch.ones(n, dtype=gram.dtype), 0.0
-    lo, hi = 0.0, float(gram.sum(1).abs().max()) + 1e-12
+    b = gram.sum(1) if b is None else b
+    lo, hi = 0.0, float(b.abs().max()) + 1e-12
     best_beta, best_lam = torch.zeros(n, dtype=gram.dtype), hi
     beta, lipschitz = None, float(torch.linalg.eigvalsh(gram).max())
     for _ in range(steps):
         mid = 0.5 * (lo + hi)
-        beta = lasso(gram, mid, beta=beta, iters=iters, lipschitz=lipschitz)
+        beta = lasso(gram, mid, beta=beta, iters=iters, lipschitz=lipschitz, b=b)
         count = int((beta != 0).sum())
         if count <= n_keep:
             hi, best_beta, best_lam = mid, beta.clone(), mid
@@ -171,17 +230,25 @@ def column_mask(keep: torch.Tensor, k: int) -> torch.Tensor:
     return keep.repeat_interleave(k)
 
 
-def least_squares(moments: torch.Tensor, weight: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """W_S minimising ‖X Wᵀ − X_S W_Sᵀ‖_F² from S = XᵀX: solve S_SS W_Sᵀ = S_S· Wᵀ (min-norm)."""
+def least_squares(moments: torch.Tensor, weight: torch.Tensor, cols: torch.Tensor,
+                  cross: torch.Tensor | None = None) -> torch.Tensor:
+    """W_S minimising ‖X Wᵀ − X'_S W_Sᵀ‖_F² from X'ᵀX' (`moments`) and X'ᵀX (`cross`, = moments
+    when X' = X): solve (X'ᵀX')_SS W_Sᵀ = (X'ᵀX)_S· Wᵀ, minimum-norm if rank-deficient."""
+    cross = moments if cross is None else cross
     lhs = moments[cols][:, cols]
-    rhs = moments[cols] @ weight.T
+    rhs = cross[cols] @ weight.T
     return torch.linalg.lstsq(lhs, rhs, driver="gelsd").solution.T
 
 
-def reconstruction_error(moments: torch.Tensor, weight: torch.Tensor, new_weight: torch.Tensor) -> float:
-    """‖X Wᵀ − X W'ᵀ‖_F² = tr(D S Dᵀ) with D = W − W'."""
-    d = weight - new_weight
-    return float(torch.einsum("oi,ij,oj->", d, moments, d))
+def reconstruction_error(moments, weight: torch.Tensor, new_weight: torch.Tensor) -> float:
+    """‖X Wᵀ − X' W'ᵀ‖_F² = tr(W XᵀX Wᵀ) − 2 tr(W' X'ᵀX Wᵀ) + tr(W' X'ᵀX' W'ᵀ); `moments` is a
+    Moments or, when X' = X, the single matrix XᵀX (then it is tr(D XᵀX Dᵀ), D = W − W')."""
+    if isinstance(moments, torch.Tensor):
+        d = weight - new_weight
+        return float(torch.einsum("oi,ij,oj->", d, moments, d))
+    return float(torch.einsum("oi,ij,oj->", weight, moments.ref, weight)
+                 - 2 * torch.einsum("oi,ij,oj->", new_weight, moments.cross, weight)
+                 + torch.einsum("oi,ij,oj->", new_weight, moments.own, new_weight))
 
 
 @dataclass(frozen=True)
@@ -195,10 +262,15 @@ class Reconstruction:
     output_energy: float  # ‖Z‖²
 
 
-def prune_layer_channels(model: nn.Module, layer_name: str, amount, batches, *, reconstruct: bool = True,
-                         apply: bool = True) -> Reconstruction:
+def prune_layer_channels(model: nn.Module, layer_name: str, amount, batches, *, reference: nn.Module | None = None,
+                         reconstruct: bool = True, apply: bool = True) -> Reconstruction:
     """Prune `amount` (fraction or count) of `layer_name`'s input channels by LASSO, refit the kept
-    weights by least squares and write them back (reconstruct/apply=False: only report)."""
+    weights by least squares and write them back (reconstruct/apply=False: only report).
+
+    With `reference` (the unpruned network, same layer names), the target is the reference
+    layer's output Z = X W_refᵀ while the inputs X' come from `model`, whose earlier layers may
+    already be pruned — He et al.'s layer-by-layer procedure. Without it, X' = X.
+    """
     try:
         layer = model.get_submodule(layer_name)
     except AttributeError:
@@ -209,18 +281,26 @@ def prune_layer_channels(model: nn.Module, layer_name: str, amount, batches, *, 
     channels = layer.weight.shape[1]
     n_drop = resolve_amount(amount, channels, f"input channels of '{layer_name}'")
     k = group_size(layer)
-    moments = input_moments(model, layer_name, batches)
     weight = weight_matrix(layer)
-    keep, beta, lam = lasso_select(channel_gram(moments, weight, k), channels - n_drop)
+    if reference is None:
+        moments, target = Moments.single(input_moments(model, layer_name, batches)), weight
+    else:
+        moments = paired_moments(model, reference, layer_name, batches)
+        target = weight_matrix(reference.get_submodule(layer_name))
+        if target.shape != weight.shape:
+            raise PrunekitError(f"'{layer_name}' has weight shape {tuple(layer.weight.shape)} in the model but "
+                                f"{tuple(reference.get_submodule(layer_name).weight.shape)} in the reference.")
+    b = target_products(moments.cross, weight, target, k)
+    keep, beta, lam = lasso_select(channel_gram(moments.own, weight, k), channels - n_drop, b=b)
     cols = column_mask(keep, k)
     dropped = weight * cols
     refit = torch.zeros_like(weight)
     if cols.any():
-        refit[:, cols] = least_squares(moments, weight, cols)
+        refit[:, cols] = least_squares(moments.own, target, cols, cross=moments.cross)
     new = refit if reconstruct else dropped
-    result = Reconstruction(layer_name, keep, beta, lam, reconstruction_error(moments, weight, dropped),
-                            reconstruction_error(moments, weight, refit), float(torch.einsum(
-                                "oi,ij,oj->", weight, moments, weight)))
+    result = Reconstruction(layer_name, keep, beta, lam, reconstruction_error(moments, target, dropped),
+                            reconstruction_error(moments, target, refit),
+                            float(torch.einsum("oi,ij,oj->", target, moments.ref, target)))
     if apply:
         name = f"{layer_name}.weight" if layer_name else "weight"
         mask = cols.reshape(1, -1).expand_as(weight).reshape(layer.weight.shape)
@@ -231,5 +311,6 @@ def prune_layer_channels(model: nn.Module, layer_name: str, amount, batches, *, 
     return result
 
 
-__all__ = ["prune_layer_channels", "Reconstruction", "lasso", "lasso_select", "least_squares", "channel_gram",
-           "design_matrix", "input_moments", "reconstruction_error", "check_layer"]
+__all__ = ["prune_layer_channels", "Reconstruction", "Moments", "paired_moments", "target_products", "lasso",
+           "lasso_select", "least_squares", "channel_gram", "design_matrix", "input_moments", "reconstruction_error",
+           "check_layer"]

@@ -120,3 +120,14 @@ def test_random_is_seeded():
     b = get_criterion("random", seed=3).scores(model, params)
     c = get_criterion("random", seed=4).scores(model, params)
     assert all(torch.equal(a[n], b[n]) for n in a) and not all(torch.equal(a[n], c[n]) for n in a)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, c in CRITERIA.items() if c.unit_dim is not None))
+def test_per_channel_criteria_are_constant_along_their_unit_slices(name):
+    model, names, batches = _setup(name)
+    crit = get_criterion(name)
+    params = resolve_parameters(model, names)
+    scores = crit.scores(model, params, batches=batches, loss_fn=F.cross_entropy)
+    for n, s in scores.items():
+        moved = s.movedim(crit.unit_dim, 0).reshape(s.shape[crit.unit_dim], -1)
+        assert torch.equal(moved, moved[:, :1].expand_as(moved)), n

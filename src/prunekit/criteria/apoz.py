@@ -30,6 +30,7 @@ from .channels import _NORMS, channel_dim, norms_after, owner_name
 class APoZ(Criterion):
     name = "apoz"
     needs_data = True
+    unit_dim = 0
 
     def __init__(self, *, activation=torch.relu, taps: dict[str, str] | None = None,
                  max_batches: int | None = None):

@@ -22,6 +22,10 @@ class Criterion(ABC):
 
     name = "criterion"
     needs_data = False  # True: calibration batches (and a loss) are required
+    # Per-channel criteria score one value per unit and broadcast it along this dimension of
+    # each parameter (0: output channels / rows, 1: input channels / columns); None when
+    # scores vary element by element. Aggregators can use it to read a unit's own slice only.
+    unit_dim: int | None = None
 
     @abstractmethod
     def scores(self, model: nn.Module, params: Mapping[str, nn.Parameter], *,

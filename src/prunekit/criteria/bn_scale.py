@@ -20,6 +20,7 @@ from .channels import _NORMS, norms_after, owner_name
 
 class BNScale(Criterion):
     name = "bn_scale"
+    unit_dim = 0
 
     def __init__(self, *, unmatched: str = "error"):
         if unmatched not in ("error", "keep"):

@@ -40,6 +40,7 @@ def entry_scores(gram: torch.Tensor, grid: int = 20, floor: float = 1e-3, iters:
 class Regression(Criterion):
     name = "regression"
     needs_data = True
+    unit_dim = 1
 
     def __init__(self, *, grid: int = 20, floor: float = 1e-3, iters: int = 300, max_batches: int | None = None):
         self.grid, self.floor, self.iters, self.max_batches = grid, floor, iters, max_batches

@@ -83,7 +83,8 @@ def build(name):
 def criteria_for(model_name):
     """{label: (criterion, which dense model it scores)}; 'slimming' scores the penalised one."""
     out = {
-        "magnitude": Magnitude(), "random": Random(seed=0), "snip": SNIP(), "taylor": Taylor(accumulate="squared"), "grasp": GraSP(),
+        "magnitude": Magnitude(), "random": Random(seed=0), "snip": SNIP(), "taylor": Taylor(accumulate="squared"),
+        "grasp": GraSP(),
         "obd (hutchinson)": OBD("hutchinson"), "obd (fisher)": OBD("fisher"), "apoz": APoZ(),
         "regression": Regression(),
     }

@@ -115,7 +115,8 @@ def test_apoz_equals_a_hand_count_on_fixed_activations():
     # Batch 2, 3 channels, 4×4 maps: the layer reproduces these activations exactly.
     g = torch.Generator().manual_seed(0)
     acts = torch.randn(2, 3, 4, 4, generator=g)
-    acts[:, 1] = acts[:, 1].abs() * torch.tensor([-1.0, 1.0]).repeat(8).reshape(4, 4)  # channel 1: half zeros after ReLU
+    # channel 1: exactly half zeros after ReLU
+    acts[:, 1] = acts[:, 1].abs() * torch.tensor([-1.0, 1.0]).repeat(8).reshape(4, 4)
     model = nn.Sequential(_identity_conv(3))
     zeros = [0, 0, 0]
     for n in range(2):

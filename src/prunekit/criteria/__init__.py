@@ -39,4 +39,5 @@ def get_criterion(spec, **options) -> Criterion:
     return CRITERIA[spec](**options)
 
 
-__all__ = ["CRITERIA", "Criterion", "get_criterion", "Magnitude", "Random", "SNIP", "Taylor", "GraSP", "OBD", "BNScale", "APoZ", "Regression", "HeadImportance"]
+__all__ = ["CRITERIA", "Criterion", "get_criterion", "Magnitude", "Random", "SNIP", "Taylor", "GraSP", "OBD",
+           "BNScale", "APoZ", "Regression", "HeadImportance"]

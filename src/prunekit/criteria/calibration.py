@@ -30,7 +30,8 @@ def batch_list(batches, who: str, max_batches: int | None = None, targets: bool 
     single (x, y) pair of tensors. Iterators without a length are read up to `max_batches`.
     With targets=False bare input tensors are accepted too (as (x,) tuples)."""
     if batches is None:
-        raise PrunekitError(f"Criterion '{who}' needs calibration data: pass batches=[(x, y), ...] (a DataLoader works).")
+        raise PrunekitError(f"Criterion '{who}' needs calibration data: pass batches=[(x, y), ...] "
+                            "(a DataLoader works).")
     if isinstance(batches, tuple) and len(batches) == 2 and all(isinstance(t, torch.Tensor) for t in batches):
         batches = [batches]
     if isinstance(batches, torch.Tensor):

@@ -214,7 +214,8 @@ def _attention_owner(model: nn.Module, name: str) -> tuple[str, str]:
                                                  nn.MultiheadAttention):
         return parent, f"out_proj.{tensor}"
     raise PrunekitError(f"'{name}' is not an attention-head parameter; head criteria score the parameters of "
-                        "nn.MultiheadAttention modules (select them with prunekit.criteria.heads.attention_parameters).")
+                        "nn.MultiheadAttention modules (select them with "
+                        "prunekit.criteria.heads.attention_parameters).")
 
 
 def attention_parameters(model: nn.Module) -> list[str]:

@@ -131,3 +131,15 @@ def test_per_channel_criteria_are_constant_along_their_unit_slices(name):
     for n, s in scores.items():
         moved = s.movedim(crit.unit_dim, 0).reshape(s.shape[crit.unit_dim], -1)
         assert torch.equal(moved, moved[:, :1].expand_as(moved)), n
+
+
+def test_channel_criteria_drive_granular_channel_pruning():
+    """Out-channel pruning by APoZ removes exactly the channels with the most zeros."""
+    from prunekit.granularity import prune_granular
+    model, _, batches = _setup("apoz")
+    with torch.no_grad():
+        model.bn.bias.copy_(torch.tensor([0.5, -3.0, 0.0, -1.0]))  # channel 1, then 3: mostly zero after ReLU
+    apoz = get_criterion("apoz").zero_fractions(model, ["bn"], batches)["bn"]
+    masks = prune_granular(model, 0.5, "out_channel", criterion="apoz", params=["conv.weight"], batches=batches)
+    kept = masks["conv.weight"].flatten(1).all(1)
+    assert set((~kept).nonzero().flatten().tolist()) == set(torch.argsort(apoz, descending=True)[:2].tolist())

@@ -25,26 +25,14 @@ from torch import nn
 from . import selection
 from .criteria import get_criterion
 from .errors import AmountError, GraphError, PrunekitError
+from .granularity import aggregate
 from .graph import DependencyGraph, build_graph
 from .masks import MaskSet, apply_masks, get_masks, named_parameters, resolve_parameters
 
-HOW = ("l1", "l2", "lp", "mean", "sum", "max")
-
-
 def _aggregate(values: torch.Tensor, how: str, p: float) -> torch.Tensor:
-    """values [units, n] → [units]."""
-    values = values.float()
-    if how == "l2":
-        return values.pow(2).sum(1).sqrt()
-    if how == "l1":
-        return values.abs().sum(1)
-    if how == "lp":
-        return values.abs().pow(p).sum(1).pow(1.0 / p)
-    if how == "mean":
-        return values.mean(1)
-    if how == "sum":
-        return values.sum(1)
-    return values.max(1).values
+    """values [units, n] → [units], with the same formulas as within-tensor granularities."""
+    ids = torch.arange(values.shape[0]).unsqueeze(1).expand(values.shape)
+    return aggregate(values, ids, values.shape[0], how, p).float()
 
 
 def unit_values(tensor: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
@@ -59,8 +47,6 @@ def group_scores(model: nn.Module, graph: DependencyGraph, element_scores: Mappi
 
     Units that are already fully masked score −inf, so pruning again never revives them.
     """
-    if how not in HOW:
-        raise PrunekitError(f"how must be one of {HOW}, not {how!r}.")
     masks = get_masks(model)
     out = {}
     for group in (groups if groups is not None else graph.prunable()):

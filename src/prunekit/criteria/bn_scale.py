@@ -28,7 +28,7 @@ class BNScale(Criterion):
         self.unmatched = unmatched
 
     def scores(self, model, params, *, batches=None, loss_fn=None):
-        example = batch_list(batches, self.name)[0][0] if batches is not None else None
+        example = batch_list(batches, self.name, targets=False)[0][0] if batches is not None else None
         following = norms_after(model, example)
         out = {}
         for name, p in params.items():

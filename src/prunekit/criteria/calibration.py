@@ -70,7 +70,7 @@ def raw_names(model: nn.Module) -> dict[str, str]:
 @contextmanager
 def pure(model: nn.Module, mode: str = "eval"):
     """Run scoring in `mode`; afterwards restore every module's train flag, every buffer
-    (BN running statistics move in train mode), and check that no hook was left behind."""
+    (BN running statistics move in train mode) and every parameter's `.grad` reference."""
     if mode not in MODES:
         raise PrunekitError(f"mode must be one of {MODES}, not {mode!r}.")
     buffers = {n: b.detach().clone() for n, b in model.named_buffers()}

@@ -60,6 +60,9 @@ def test_netadapt_resumes_from_checkpoint(problem, tmp_path):
     assert resumed.counts == straight.counts
     assert [r["accuracy"] for r in resumed.decisions] == [r["accuracy"] for r in straight.decisions]
     assert (run.path / "plots" / "netadapt_front.png").is_file()
+    last = len(resumed.decisions) - 1
+    point = run.load_checkpoint(f"netadapt-iteration{last}")  # each point of the front is a model
+    assert problem.evaluate(problem.restore(point["counts"], point["model"])) == resumed.decisions[-1]["accuracy"]
 
 
 @pytest.mark.parametrize("budget", [0.3, 0.6])

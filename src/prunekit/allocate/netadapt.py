@@ -7,7 +7,8 @@ For every layer l it proposes the least pruning of l alone that brings the cost 
 each proposal for `finetune_steps` (short-term fine-tuning) and keeps the most accurate
 one. It stops when the cost reaches the target; the last goal is the target itself, so the
 budget is met to within one unit. Every iteration's model is a point of the returned
-accuracy-vs-cost front (with measured latency when the problem measures it).
+accuracy-vs-cost front (with measured latency when the problem measures it); with a RunDir
+each iteration's model is saved as checkpoints/netadapt-iteration<i>.pt.
 
 Proposals of an iteration are independent and go through the executor. With a RunDir the
 search checkpoints after each iteration and resumes from there to the same result.
@@ -80,7 +81,9 @@ class NetAdapt(Allocator):
             history.append({"iteration": iteration, "layer": chosen, "count": counts[chosen], "goal": goal,
                             "cost": problem.cost(counts), "accuracy": accuracy,
                             "proposals": {n: o[0] for n, o in outcomes.items()}, **problem.measure(model)})
-            if self.run is not None:
+            if self.run is not None:  # every iteration's model is kept: the points of the front
+                self.run.save_checkpoint(f"netadapt-iteration{iteration}", {"counts": counts,
+                                                                            "model": problem.state(model)})
                 self.run.save_checkpoint("netadapt", {"counts": counts, "history": history,
                                                       "model": problem.state(model)})
         fitted = fit_to_budget(problem, counts, target, [l.name for l in problem.layers])

@@ -1,8 +1,9 @@
 """The two allocators without a search: uniform ratio and global threshold.
 
 Uniform: every layer loses the same fraction r of its units. With a budget, r is the
-smallest ratio whose cost fits (bisection: cost never increases with r), then single units
-are given back until one more would not fit (`fit_to_budget`).
+smallest ratio whose cost fits (bisection: cost never increases with r); rounding to whole
+units can leave slack, so single units are then given back, always to the layer with the
+highest ratio that can take one, until none fits.
 
 Global threshold: rank every unit of every layer by the criterion score in one list and
 prune the lowest-scored prefix; with a budget the prefix is the shortest whose cost fits
@@ -15,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import PrunekitError
-from .base import Allocation, Allocator, PruningProblem, fit_to_budget, resolve_target
+from .base import Allocation, Allocator, PruningProblem, resolve_target
 
 
 class UniformAllocator(Allocator):
@@ -40,11 +41,27 @@ class UniformAllocator(Allocator):
             else:
                 lo = mid
         counts = uniform(hi)
-        largest_first = sorted((l.name for l in problem.layers), key=lambda n: -problem.layer(n).units)
-        fitted = fit_to_budget(problem, counts, target, largest_first)
+        fitted = self._even_fill(problem, counts, target)
         return self._result(problem, fitted, target, details={"ratio": hi},
                             decisions=[{"ratio": hi, "cost": problem.cost(counts)},
                                        {"fit_to_budget": {n: fitted[n] - counts[n] for n in counts}}])
+
+    @staticmethod
+    def _even_fill(problem: PruningProblem, counts: dict, target: float) -> dict:
+        """Give units back one at a time, always to the layer with the highest ratio that can take
+        one, until none fits: the ratios stay as even as whole units allow, and the slack ends
+        below one unit (no layer can take a unit back)."""
+        counts = dict(counts)
+        while True:
+            ranked = sorted((l for l in problem.layers if counts[l.name] > 0),
+                            key=lambda l: (-counts[l.name] / l.units, -l.units, l.name))
+            for l in ranked:
+                trial = {**counts, l.name: counts[l.name] - 1}
+                if problem.cost(trial) <= target:
+                    counts = trial
+                    break
+            else:
+                return counts
 
 
 class GlobalThresholdAllocator(Allocator):

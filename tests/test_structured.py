@@ -110,3 +110,18 @@ def test_per_group_amounts():
     masks = prune_structured(model, {"3:out": 4}, x)
     assert int((~masks["3.weight"].flatten(1).any(1)).sum()) == 4
     assert "0.weight" not in masks
+
+
+@pytest.mark.parametrize("how", ["l1", "l2", "lp", "mean", "sum", "max"])
+def test_every_aggregation_matches_the_granularity_formula(how):
+    from prunekit.granularity import aggregate
+
+    model, x = lenet5()
+    graph = build_graph(model, x)
+    element = {n: torch.randn_like(p) for n, p in pk.named_parameters(model).items()}
+    scores = group_scores(model, graph, element, how=how, p=3.0)
+    for group in graph.prunable():
+        values = torch.cat([unit_values(element[s.name], s.dim, s.index) for s in group.slices
+                            if s.kind == "param"], 1)
+        ids = torch.arange(group.size).unsqueeze(1).expand(values.shape)
+        assert torch.allclose(scores[group.name].double(), aggregate(values, ids, group.size, how, 3.0), rtol=1e-5)

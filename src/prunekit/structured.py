@@ -24,15 +24,32 @@ from torch import nn
 
 from . import selection
 from .criteria import get_criterion
-from .errors import AmountError, GraphError, PrunekitError
-from .granularity import aggregate
+from .errors import AmountError, GraphError, PrunekitError, did_you_mean
+from .granularity import AGGREGATIONS
 from .graph import DependencyGraph, build_graph
 from .masks import MaskSet, apply_masks, get_masks, named_parameters, resolve_parameters
 
-def _aggregate(values: torch.Tensor, how: str, p: float) -> torch.Tensor:
-    """values [units, n] → [units], with the same formulas as within-tensor granularities."""
-    ids = torch.arange(values.shape[0]).unsqueeze(1).expand(values.shape)
-    return aggregate(values, ids, values.shape[0], how, p).float()
+def _partial(values: torch.Tensor, how: str, p: float) -> tuple[torch.Tensor, int]:
+    """Per-unit partial aggregate of one slice's values [units, n], and n."""
+    values = values.float()
+    if how == "max":
+        return values.amax(1), values.shape[1]
+    if how in ("sum", "mean"):
+        return values.sum(1), values.shape[1]
+    power = {"l1": 1.0, "l2": 2.0}.get(how, p)
+    return values.abs().pow(power).sum(1), values.shape[1]
+
+
+def _aggregate(parts: list[tuple[torch.Tensor, int]], how: str, p: float) -> torch.Tensor:
+    """Combine slice partials: the formulas of prunekit.granularity.aggregate over the union."""
+    if how == "max":
+        return torch.stack([v for v, _ in parts]).amax(0)
+    total = torch.stack([v for v, _ in parts]).sum(0)
+    if how == "sum":
+        return total
+    if how == "mean":
+        return total / sum(n for _, n in parts)
+    return total.pow(1.0 / {"l1": 1.0, "l2": 2.0}.get(how, p))
 
 
 def unit_values(tensor: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
@@ -47,15 +64,18 @@ def group_scores(model: nn.Module, graph: DependencyGraph, element_scores: Mappi
 
     Units that are already fully masked score −inf, so pruning again never revives them.
     """
+    if how not in AGGREGATIONS:
+        raise PrunekitError(f"Unknown aggregation '{how}'.{did_you_mean(how, AGGREGATIONS)} "
+                            f"Known: {', '.join(AGGREGATIONS)}.")
     masks = get_masks(model)
     out = {}
     for group in (groups if groups is not None else graph.prunable()):
-        parts = [unit_values(element_scores[s.name].detach(), s.dim, s.index)
+        parts = [_partial(unit_values(element_scores[s.name].detach(), s.dim, s.index).cpu(), how, p)
                  for s in group.slices if s.kind == "param" and s.name in element_scores]
         if not parts:
             raise PrunekitError(f"No element scores for any tensor of group '{group.name}' "
                                 f"({[s.name for s in group.slices if s.kind == 'param']}).")
-        score = _aggregate(torch.cat([x.cpu() for x in parts], 1), how, p)
+        score = _aggregate(parts, how, p)
         dead = _fully_masked(group, masks)
         score[dead] = -math.inf
         out[group.name] = score

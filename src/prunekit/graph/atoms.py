@@ -25,6 +25,7 @@ class AtomSet:
         self._size = [1]
         self._reasons: dict[int, list[str]] = {}
         self._tags: dict[int, set[str]] = {}
+        self._table: torch.Tensor | None = None  # root of every atom, rebuilt after a merge
 
     def __len__(self) -> int:
         return len(self._parent) - 1
@@ -54,6 +55,7 @@ class AtomSet:
         if self._size[ra] < self._size[rb]:
             ra, rb = rb, ra
         self._parent[rb] = ra
+        self._table = None
         self._size[ra] += self._size[rb]
         if rb in self._reasons:
             merged = self._reasons.setdefault(ra, [])
@@ -64,6 +66,7 @@ class AtomSet:
 
     def union_pairs(self, a: torch.Tensor, b: torch.Tensor) -> None:
         """Merge a[i] with b[i] for every i (tensors of equal shape); duplicates are cheap."""
+        a, b = squeeze_broadcast(*torch.broadcast_tensors(a, b))
         a, b = a.reshape(-1), b.reshape(-1)
         keep = (a != 0) & (b != 0) & (a != b)
         if not bool(keep.any()):
@@ -94,9 +97,9 @@ class AtomSet:
 
     def roots(self, atoms: torch.Tensor) -> torch.Tensor:
         """The component root of every entry (0 stays 0), same shape."""
-        uniq, inverse = torch.unique(atoms, return_inverse=True)
-        mapped = torch.tensor([self.find(int(v)) for v in uniq.tolist()], dtype=torch.long)
-        return mapped[inverse]
+        if self._table is None or len(self._table) != len(self._parent):
+            self._table = torch.tensor([self.find(a) for a in range(len(self._parent))], dtype=torch.long)
+        return self._table[atoms]
 
     def reasons(self, root: int) -> list[str]:
         return list(self._reasons.get(self.find(root), []))
@@ -110,10 +113,27 @@ class AtomSet:
 
 def varies_along(labels: torch.Tensor, dim: int) -> bool:
     """True when the labels are not constant along `dim`, i.e. `dim` carries channels."""
-    if labels.dim() == 0 or labels.shape[dim] <= 1:
+    if labels.dim() == 0 or labels.shape[dim] <= 1 or labels.stride(dim) == 0:
         return False
+    labels = squeeze_broadcast(labels, keep=dim)[0]
     return bool((labels != labels.narrow(dim, 0, 1)).any())
 
 
 def varying_dims(labels: torch.Tensor) -> list[int]:
     return [d for d in range(labels.dim()) if varies_along(labels, d)]
+
+
+def squeeze_broadcast(*tensors: torch.Tensor, keep: int | None = None) -> list[torch.Tensor]:
+    """Cut every dim along which all `tensors` (same shape) are broadcast (stride 0) to size 1.
+
+    Labels are mostly expanded views (one atom per channel spread over batch and space);
+    working on the cut tensors makes the bookkeeping cost O(channels), not O(activations).
+    """
+    if not tensors or tensors[0].dim() == 0:
+        return list(tensors)
+    ndim = tensors[0].dim()
+    keep = None if keep is None else keep % ndim
+    for d in range(ndim):
+        if d != keep and all(t.shape[d] > 1 and t.stride(d) == 0 for t in tensors):
+            tensors = tuple(t.narrow(d, 0, 1) for t in tensors)
+    return list(tensors)

@@ -104,40 +104,88 @@ def _resolve_elements(trace: Trace) -> None:
             trace.freeze(name, f"{name} meets channels along more than one of its dimensions")
 
 
+def _positions(trace: Trace):
+    """Every coupled position as sorted parallel tensors (root, key id, position).
+
+    Sorted by root, then key, then position, so each unit's positions in one tensor are a
+    contiguous run; returns those runs as (root, key id, count, start) tensors.
+    """
+    keys = list(trace.coupled)
+    roots, key_ids, positions = [], [], []
+    for i, key in enumerate(keys):
+        r = trace.atoms.roots(trace.coupled[key])
+        live = torch.nonzero(r).flatten()
+        roots.append(r[live])
+        positions.append(live)
+        key_ids.append(torch.full((len(live),), i, dtype=torch.long))
+    root, key_id, pos = torch.cat(roots), torch.cat(key_ids), torch.cat(positions)
+    order = torch.argsort(pos, stable=True)
+    for column in (key_id, root):  # lexicographic: root, then key, then position
+        order = order[torch.argsort(column[order], stable=True)]
+    root, key_id, pos = root[order], key_id[order], pos[order]
+    pair = root * len(keys) + key_id
+    _, counts = torch.unique_consecutive(pair, return_counts=True)
+    starts = torch.cumsum(counts, 0) - counts
+    return keys, pos, root[starts], key_id[starts], counts, starts
+
+
 def build_groups(trace: Trace) -> DependencyGraph:
     _resolve_elements(trace)
-    key_order = {key: i for i, key in enumerate(trace.coupled)}
-    units: dict[int, dict[tuple[str, int], list[int]]] = {}
-    for key, atoms in trace.coupled.items():
-        for pos, root in enumerate(trace.atoms.roots(atoms).tolist()):
-            if root:
-                units.setdefault(root, {}).setdefault(key, []).append(pos)
+    if not trace.coupled:
+        return DependencyGraph([], list(trace.unsupported), dict(trace.shapes))
+    keys, pos, run_root, run_key, run_count, run_start = _positions(trace)
+    bad_names = {name: list(trace.frozen.get(name, [])) + (
+        [f"{name} is not floating point"] if trace.kinds.get(name) == "param" and name not in trace.float_names
+        else []) for name, _ in keys}
 
-    families: dict[tuple, list[int]] = {}
-    for root, owned in units.items():
-        reasons = list(trace.atoms.reasons(root))
-        for name, _ in owned:
-            reasons += [r for r in trace.frozen.get(name, []) if r not in reasons]
-            if trace.kinds.get(name) == "param" and name not in trace.float_names:
-                reasons.append(f"{name} is not floating point")
-        signature = (tuple(sorted(((k, len(p)) for k, p in owned.items()), key=lambda kp: key_order[kp[0]])),
-                     tuple(dict.fromkeys(reasons)), "head" in trace.atoms.tags(root))
-        families.setdefault(signature, []).append(root)
+    # A unit's layout is its sequence of (tensor, positions) runs; units with identical
+    # layouts, reasons and head tag form one group. Found with one unique over a code matrix.
+    unit_roots, unit_of_run, runs_per_unit = torch.unique_consecutive(run_root, return_inverse=True,
+                                                                      return_counts=True)
+    first_run = torch.cumsum(runs_per_unit, 0) - runs_per_unit
+    within = torch.arange(len(run_root)) - first_run[unit_of_run]
+    width = int(runs_per_unit.max())
+    base = int(run_count.max()) + 1
+    codes = torch.full((len(unit_roots), width + 2), -1, dtype=torch.long)
+    codes[unit_of_run, within] = run_key * base + run_count
+    reason_ids: dict[tuple, int] = {(): 0}
+    for u, root in enumerate(unit_roots.tolist()):
+        reasons = trace.atoms.reasons(root)
+        if reasons:
+            codes[u, width] = reason_ids.setdefault(tuple(reasons), len(reason_ids))
+        if "head" in trace.atoms.tags(root):
+            codes[u, width + 1] = 1
+    reason_of = {i: r for r, i in reason_ids.items()}
+    rows, family_of_unit = torch.unique(codes, dim=0, return_inverse=True)
+    order = torch.argsort(family_of_unit, stable=True)
+    sizes = torch.bincount(family_of_unit, minlength=len(rows)).tolist()
+    families = {}
+    for f, members in enumerate(torch.split(order, sizes)):
+        row = rows[f].tolist()
+        layout = tuple((c // base, c % base) for c in row[:width] if c >= 0)
+        reasons = list(reason_of[max(row[width], 0)])
+        for k, _ in layout:
+            reasons += [r for r in bad_names[keys[k][0]] if r not in reasons]
+        runs = first_run[members].unsqueeze(1) + torch.arange(len(layout))   # [units, tensors]
+        families[(layout, tuple(reasons), row[width + 1] == 1)] = runs
 
     groups, taken = [], {}
-    for (layout, reasons, is_head), roots in families.items():
-        first_key = layout[0][0]
-        roots.sort(key=lambda r: min(units[r][first_key]))
+    for (layout, reasons, is_head), runs in families.items():
+        first = pos[run_start[runs[:, 0]]]                                  # first position in the first tensor
+        runs = runs[torch.argsort(first, stable=True)]
         slices = []
-        for key, _ in layout:
-            index = torch.tensor([units[r][key] for r in roots], dtype=torch.long)
-            slices.append(Slice(key[0], key[1], index, trace.kinds.get(key[0], "param")))
-        name = _group_name(layout, is_head, trace)
+        for column, (k, count) in enumerate(layout):
+            index = pos[run_start[runs[:, column]].unsqueeze(1) + torch.arange(count)]
+            name, dim = keys[k]
+            slices.append(Slice(name, dim, index, trace.kinds.get(name, "param")))
+        named_layout = tuple((keys[k], c) for k, c in layout)
+        name = _group_name(named_layout, is_head, trace)
         taken[name] = taken.get(name, 0) + 1
         if taken[name] > 1:
             name = f"{name}#{taken[name]}"
-        groups.append(Group(name, len(roots), slices, "head" if is_head else "channel", not reasons,
-                            _summarise(reasons), [s.name for s in slices if s.kind == "param"]))
+        groups.append(Group(name, len(runs), slices, "head" if is_head else "channel", not reasons,
+                            _summarise(list(reasons)), [s.name for s in slices if s.kind == "param"]))
+    key_order = {key: i for i, key in enumerate(keys)}
     groups.sort(key=lambda g: min(key_order[(s.name, s.dim)] for s in g.slices))
     return DependencyGraph(groups, list(trace.unsupported), dict(trace.shapes))
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from . import layers
-from .atoms import varies_along
+from .atoms import squeeze_broadcast, varies_along
 from .tracer import Trace
 
 ELEMENTWISE_NARY = {
@@ -193,11 +193,13 @@ def elementwise(trace, name, func, args, kwargs, out) -> None:
         labels = [torch.broadcast_to(trace.labels(t), out.shape) for t in operands]
     except RuntimeError:
         return unknown(trace, name, func, args, kwargs, out)
+    full_shape = out.shape
+    labels = squeeze_broadcast(*labels) if labels else labels
     varying = [{d for d in range(out.dim()) if varies_along(lab, d)} for lab in labels]
-    result = torch.zeros(out.shape, dtype=torch.long)
+    result = torch.zeros(labels[0].shape if labels else out.shape, dtype=torch.long)
     for i, (t, lab) in enumerate(zip(operands, labels)):
         offset = out.dim() - t.dim()
-        spread = {d for d in range(out.dim()) if out.shape[d] > 1 and (d < offset or t.shape[d - offset] == 1)}
+        spread = {d for d in range(out.dim()) if full_shape[d] > 1 and (d < offset or t.shape[d - offset] == 1)}
         others = set().union(*(v for j, v in enumerate(varying) if j != i))
         if spread & others:
             # One value shared by every channel (a scalar gate, a 1-channel map): it couples none
@@ -264,7 +266,15 @@ def _run_on_labels(trace, func, args, kwargs):
             return type(obj)(trace.labels(o) for o in obj) if isinstance(obj, list) else tuple(
                 trace.labels(o) for o in obj)
         return obj
-    return func(swap(args[0]), *args[1:], **kwargs)
+    try:
+        return func(swap(args[0]), *args[1:], **kwargs)
+    except RuntimeError:  # view() of an expanded label view: retry on a contiguous copy
+        def dense(obj):
+            out = swap(obj)
+            if isinstance(out, torch.Tensor):
+                return out.contiguous()
+            return type(out)(o.contiguous() for o in out) if isinstance(out, (tuple, list)) else out
+        return func(dense(args[0]), *args[1:], **kwargs)
 
 
 def _assign(trace, out, labels) -> None:

@@ -23,7 +23,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..masks import canonical_name
 from ..modes import evaluation_mode
-from .atoms import AtomSet, varies_along
+from .atoms import AtomSet, squeeze_broadcast, varies_along
 
 SIZE_SUFFIX = ".<channels>"  # pseudo tensor: a module's channel count that no parameter dimension carries
 
@@ -96,7 +96,8 @@ class Trace:
 
     def set_labels(self, tensor: torch.Tensor, labels: torch.Tensor) -> None:
         if isinstance(tensor, torch.Tensor) and id(tensor) not in self._names:
-            self._labels[id(tensor)] = (tensor, labels.expand(tensor.shape).contiguous())
+            # an expanded view: a conv output's labels cost C integers, not N·C·H·W
+            self._labels[id(tensor)] = (tensor, labels.expand(tensor.shape))
 
     def has_channels(self, tensor) -> bool:
         return isinstance(tensor, torch.Tensor) and (self.name_of(tensor) is not None
@@ -116,6 +117,7 @@ class Trace:
         """
         if labels.dim() == 0:
             return labels.reshape(1)
+        labels = squeeze_broadcast(labels, keep=dim)[0]
         rows = labels.movedim(dim, -1).reshape(-1, labels.shape[dim])
         if rows.shape[0] > 1 and bool((rows == rows[0]).all()):
             return rows[0].clone()  # the usual case: every row the same
@@ -235,7 +237,8 @@ def run_trace(model: nn.Module, example_inputs, dispatch, module_handlers) -> Tr
         name = trace.name_of(t)
         if name is not None:
             trace.freeze(name, "returned as the model's output")
-    used = {trace.atoms.find(int(a)) for atoms in trace.coupled.values() for a in torch.unique(atoms).tolist()}
+    used = {trace.atoms.find(int(a)) for atoms in trace.coupled.values()
+            for a in torch.unique(atoms).tolist()} if trace.heads else set()
     for poison, heads in trace.heads:
         p = int(poison)
         if trace.atoms.component_size(p) > 1 or trace.atoms.reasons(p) or trace.atoms.find(p) in used:

@@ -219,13 +219,18 @@ def at_init_table(seeds, quick, sparsities=(0.95, 0.98)):
     print(pk.format_table(rows))
 
 
-def median_time(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def timed(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def median_ratio(fn, base, repeats, warm=True):
+    """Median over repeats of time(fn) / time(base), the two measured back to back each time so
+    that load from other processes affects both alike."""
+    if warm:
+        fn(), base()
+    return statistics.median(timed(fn) / timed(base) for _ in range(repeats))
 
 
 def cost_table(models, repeats):
@@ -240,20 +245,26 @@ def cost_table(models, repeats):
         names = list(params)
         values = [p.detach() for p in params.values()]
         f = LossOfParams(model, names, F.cross_entropy, batch[0])
-        with pure(model):  # criteria score in eval mode too
-            base = median_time(lambda: gradient(f, values), repeats)
+
+        def base():
+            with pure(model):  # criteria score in eval mode, through the same functional call
+                gradient(f, values)
+
+        base_ms = 1000 * statistics.median(timed(base) for _ in range(repeats))
         crits = dict(criteria_for(model_name))
         crits.pop("slimming", None)
         if sum(v.numel() for v in values) <= 6000:
             crits["obd (exact)"] = OBD("exact")
-        row = {"model": model_name, "gradient (ms)": f"{1000 * base:.1f}"}
+        row = {"model": model_name, "gradient (ms)": f"{base_ms:.1f}"}
         for label, crit in crits.items():
             reps = 1 if label == "obd (exact)" else repeats
-            t = median_time(lambda: crit.scores(model, params, batches=batch, loss_fn=F.cross_entropy), reps)
-            row[label] = f"{t / base:.2f}"
+            ratio = median_ratio(lambda: crit.scores(model, params, batches=batch, loss_fn=F.cross_entropy), base,
+                                 reps, warm=reps > 1)
+            row[label] = f"{ratio:.2f}"
         rows.append(row)
     columns = list(dict.fromkeys(c for r in rows for c in r))
-    print(f"\n### Scoring cost ÷ one gradient computation (same model, same batch of 100; medians of {repeats})\n")
+    print(f"\n### Scoring cost ÷ one gradient computation (same model, same batch of 100; median of {repeats} "
+          "back-to-back ratios)\n")
     print(pk.format_table(rows, columns=columns))
 
 

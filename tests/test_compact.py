@@ -197,3 +197,29 @@ def test_compact_command(tmp_path, capsys):
     assert torch.equal(fresh(x), expected(x))
     assert str(pk.parameter_counts(expected)["total"]) in table
     assert main(["compact", str(tmp_path / "masked.pt"), "--model", "lenet5", "--out", str(out)]) == 2  # no overwrite
+
+
+class Conv1D(nn.Module):
+    """GPT-2's layer: y = x @ W + b, W of shape (in, out); its forward writes `nf` into a view."""
+
+    def __init__(self, nf, nx):
+        super().__init__()
+        self.nf = nf
+        self.weight = nn.Parameter(torch.randn(nx, nf) * 0.1)
+        self.bias = nn.Parameter(torch.randn(nf) * 0.1)
+
+    def forward(self, x):
+        size_out = x.size()[:-1] + (self.nf,)
+        return torch.addmm(self.bias, x.view(-1, x.size(-1)), self.weight).view(size_out)
+
+
+def test_gpt2_style_conv1d_is_described_as_a_whole():
+    model = nn.Sequential(nn.Linear(6, 8), Conv1D(16, 8), nn.GELU(), Conv1D(8, 16), nn.Linear(8, 3))
+    x = torch.randn(2, 5, 6)
+    graph = build_graph(model, x)
+    assert graph["1:out"].prunable and graph["1:out"].size == 16
+    assert {(s.name, s.dim) for s in graph["1:out"].slices} == {("1.weight", 1), ("1.bias", 0), ("3.weight", 0)}
+    prune_structured(model, 0.5, x, graph=graph)
+    small, _ = compact(model, x, graph=graph)
+    assert small[1].nf == 8 and small[3].weight.shape == (8, 4)
+    assert relative_error(model(x), small(x)) <= 1e-5

@@ -147,6 +147,8 @@ def _module_attributes(model: nn.Module, record: CompactionRecord) -> dict[str, 
         elif isinstance(m, nn.MultiheadAttention):
             embed = new(f"{mname}.in_proj_weight", 1, m.embed_dim)
             a.update(embed_dim=embed, kdim=embed, vdim=embed, num_heads=embed // m.head_dim)
+        elif hasattr(m, "nf") and w in record.kept:  # GPT-2's Conv1D (weight: in × out)
+            a["nf"] = new(w, 1, m.nf)
         if a:
             attrs[mname] = a
     return attrs

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..errors import GraphError
 from .groups import DependencyGraph, Group, Slice, build_groups
-from .handlers import dispatch, module_handlers, op_name, register_handler
+from .handlers import dispatch, handler_for, op_name, register_handler
 from .tracer import SIZE_SUFFIX, run_trace
 
 
@@ -25,7 +25,7 @@ def build_graph(model: nn.Module, example_inputs) -> DependencyGraph:
     if not isinstance(model, nn.Module):
         raise GraphError(f"build_graph needs an nn.Module, not {type(model).__name__}.")
     try:
-        trace = run_trace(model, example_inputs, dispatch, module_handlers())
+        trace = run_trace(model, example_inputs, dispatch, handler_for)
     except GraphError:
         raise
     except Exception as e:  # the user's forward pass failed: say where, keep the cause

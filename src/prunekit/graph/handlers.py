@@ -88,8 +88,14 @@ def register_handler(module_type: type, handler) -> None:
     _MODULE_HANDLERS[module_type] = handler
 
 
-def module_handlers() -> dict:
-    return dict(_MODULE_HANDLERS)
+def handler_for(module):
+    """The handler for a module: a registered one, else a built-in one for a known layout."""
+    for module_type, handler in _MODULE_HANDLERS.items():
+        if isinstance(module, module_type):
+            return handler
+    if layers.is_transposed_linear(module):
+        return layers.transposed_linear
+    return None
 
 
 def op_name(func) -> str:

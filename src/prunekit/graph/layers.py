@@ -125,6 +125,22 @@ def matmul(trace, name, func, args, kwargs, out):
                              "(hand-written attention: use F.scaled_dot_product_attention)")
 
 
+def is_transposed_linear(module) -> bool:
+    """GPT-2's Conv1D: y = x @ W + b with W of shape (in, out) and the width in `nf`."""
+    weight = getattr(module, "weight", None)
+    return (type(module).__name__ == "Conv1D" and hasattr(module, "nf") and isinstance(weight, torch.Tensor)
+            and weight.dim() == 2 and weight.shape[1] == module.nf)
+
+
+def transposed_linear(trace, module, name, args, kwargs, output):
+    """Its forward writes `nf` into a view, so it is described as a whole: a Linear with W.T."""
+    x = args[0] if args else next(iter(kwargs.values()))
+    w = f"{name}.weight" if name else "weight"
+    b = f"{name}.bias" if name else "bias"
+    _dense(trace, "Conv1D", x, w, 0, 1, module.weight.shape[1], b if getattr(module, "bias", None) is not None
+           else None, output)
+
+
 def batch_norm(trace, name, func, args, kwargs, out):
     x = args[0]
     tensors = [_arg(args, kwargs, i, n) for i, n in

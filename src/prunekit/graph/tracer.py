@@ -178,10 +178,10 @@ class _Mode(TorchFunctionMode):
         return out
 
 
-def _module_hooks(model: nn.Module, trace: Trace, module_handlers, stack: ExitStack) -> None:
+def _module_hooks(model: nn.Module, trace: Trace, handler_for, stack: ExitStack) -> None:
     """Keep a stack of module names (for messages) and run registered module handlers."""
     for name, module in model.named_modules():
-        handler = next((h for t, h in module_handlers.items() if isinstance(module, t)), None)
+        handler = handler_for(module)
 
         def pre(mod, args, kwargs, name=name, handler=handler):
             trace.module_stack.append(name)
@@ -211,7 +211,7 @@ def _tensors(obj):
             yield from _tensors(item)
 
 
-def run_trace(model: nn.Module, example_inputs, dispatch, module_handlers) -> Trace:
+def run_trace(model: nn.Module, example_inputs, dispatch, handler_for) -> Trace:
     """Trace one forward pass of `model` on `example_inputs` (a tensor, tuple, or dict of kwargs)."""
     trace = Trace(model)
     if isinstance(example_inputs, dict):
@@ -229,7 +229,7 @@ def run_trace(model: nn.Module, example_inputs, dispatch, module_handlers) -> Tr
                 for tensor_name in module.parametrizations:
                     full = f"{module_name}.{tensor_name}" if module_name else tensor_name
                     trace.alias(getattr(module, tensor_name), full)  # cached: the very object forward sees
-        _module_hooks(model, trace, module_handlers, stack)
+        _module_hooks(model, trace, handler_for, stack)
         with _Mode(trace, dispatch):
             output = model(*args, **kwargs)
     for t in _tensors(output):

@@ -6,11 +6,7 @@ in-place suffixes stripped, so `torch.relu_`, `F.relu` and `x.relu()` are one en
 * elementwise (add, mul, activations, dropout, casts): the output element carries the
   atoms of the input elements it was computed from; two atoms meeting at one element are
   merged (that is how residual adds and squeeze-excitation couple channels).
-* movement (view, permute, cat, split, chunk, indexing, pad, flatten …): the operation is
-  run on the label tensor itself, so offsets and interleavings come out exactly. Where a
-  hard-coded size or position would be wrong after channels are removed (view(B, 64, -1),
-  x[:, :16], split([16, 16])) the channels are blocked, or merged so they can only go in
-  whole blocks (unflatten(-1, (-1, head_dim)) makes every head one unit).
+* movement (view, permute, cat, split, chunk, indexing, pad, flatten …): movement.py.
 * reductions and softmax: fine over an axis without channels; over a channel axis the
   result would change if a channel left, so those channels are blocked.
 * layers (layers.py): conv, linear, norms, embedding, attention — they also record which
@@ -23,9 +19,9 @@ Anything else that touches a channel blocks it, with the operation's name as the
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from . import layers
+from .movement import indexing, movement, pad, pixel_shuffle, sized_reshape, split
 from .atoms import squeeze_broadcast, varies_along
 from .tracer import Trace
 
@@ -261,185 +257,6 @@ def along_dim(trace, name, func, args, kwargs, out) -> None:
         trace.block(labels, f"'{name}' in {trace.where()} mixes values along a channel axis")
     for t in _flat(out):
         trace.set_labels(t, labels if t.shape == labels.shape else trace.opaque(f"'{name}' output"))
-
-
-def _run_on_labels(trace, func, args, kwargs):
-    """Call the movement op with every data tensor replaced by its labels."""
-    def swap(obj):
-        if isinstance(obj, torch.Tensor):
-            return trace.labels(obj)
-        if isinstance(obj, (tuple, list)) and obj and all(isinstance(o, torch.Tensor) for o in obj):
-            return type(obj)(trace.labels(o) for o in obj) if isinstance(obj, list) else tuple(
-                trace.labels(o) for o in obj)
-        return obj
-    try:
-        return func(swap(args[0]), *args[1:], **kwargs)
-    except RuntimeError:  # view() of an expanded label view: retry on a contiguous copy
-        def dense(obj):
-            out = swap(obj)
-            if isinstance(out, torch.Tensor):
-                return out.contiguous()
-            return type(out)(o.contiguous() for o in out) if isinstance(out, (tuple, list)) else out
-        return func(dense(args[0]), *args[1:], **kwargs)
-
-
-def _assign(trace, out, labels) -> None:
-    if isinstance(out, torch.Tensor):
-        trace.set_labels(out, labels)
-    elif isinstance(out, (tuple, list)):
-        for o, lab in zip(out, labels):
-            _assign(trace, o, lab)
-
-
-def movement(trace, name, func, args, kwargs, out) -> None:
-    try:
-        labels = _run_on_labels(trace, func, args, kwargs)
-    except (RuntimeError, TypeError, ValueError, IndexError):
-        return unknown(trace, name, func, args, kwargs, out)
-    _assign(trace, out, labels)
-
-
-def _requested_sizes(name, x, args, kwargs):
-    """(output dim → requested size) for view/reshape/expand/unflatten; -1 means inferred."""
-    rest = args[1:]
-    if name == "unflatten":
-        dim = rest[0] if rest else kwargs["dim"]
-        sizes = list(rest[1] if len(rest) > 1 else kwargs["sizes"])
-        dim = dim % x.dim()
-        return {dim + i: s for i, s in enumerate(sizes)}
-    sizes = rest[0] if len(rest) == 1 and isinstance(rest[0], (tuple, list, torch.Size)) else rest
-    sizes = list(sizes or kwargs.get("shape", kwargs.get("size", ())))
-    return {i: s for i, s in enumerate(sizes)}
-
-
-def sized_reshape(trace, name, func, args, kwargs, out) -> None:
-    """view / reshape / unflatten / expand with sizes written in the code.
-
-    A channel axis whose size is written out would be wrong once channels go: if another
-    output axis that carries the same channels is inferred (-1), the channels are merged
-    along the written axis, so only whole blocks are removed (heads of size head_dim);
-    otherwise they are blocked.
-    """
-    x = args[0] if args else None
-    if not isinstance(x, torch.Tensor) or not isinstance(out, torch.Tensor):
-        return unknown(trace, name, func, args, kwargs, out)
-    if len(args) > 1 and isinstance(args[1], torch.dtype):  # view(dtype)
-        return unknown(trace, name, func, args, kwargs, out)
-    try:
-        labels = _run_on_labels(trace, func, args, kwargs)
-        requested = _requested_sizes(name, x, args, kwargs)
-    except (RuntimeError, TypeError, ValueError, KeyError, IndexError):
-        return unknown(trace, name, func, args, kwargs, out)
-    if name == "expand":
-        in_labels = trace.labels(x)
-        offset = out.dim() - x.dim()
-        if any(s != -1 and d >= offset and varies_along(in_labels, d - offset) for d, s in requested.items()):
-            trace.block(labels, f"'expand' in {trace.where()} writes a channel count")
-        trace.set_labels(out, labels)
-        return
-    written = [d for d, s in requested.items() if s != -1 and varies_along(labels, d)]
-    inferred = [d for d in range(labels.dim()) if varies_along(labels, d) and requested.get(d, -1) == -1]
-    if written and not inferred:
-        sizes = tuple(out.shape[d] for d in written)
-        trace.block(labels, f"'{name}' in {trace.where()} writes the channel count {sizes} into the code")
-    elif written:
-        for d in written:  # merge along the written axis: whole slices only
-            moved = labels.movedim(d, -1).reshape(-1, labels.shape[d])
-            for row in torch.unique(moved, dim=0):
-                trace.atoms.union_all(row)
-    trace.set_labels(out, labels)
-
-
-def split(trace, name, func, args, kwargs, out) -> None:
-    x = args[0] if args else kwargs.get("input")
-    if not isinstance(x, torch.Tensor):
-        return unknown(trace, name, func, args, kwargs, out)
-    labels = trace.labels(x)
-    dim = kwargs.get("dim", args[2] if len(args) > 2 else (0 if name != "unbind" else None))
-    if name == "unbind":
-        dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
-    if name in ("hsplit", "vsplit", "dsplit") or not isinstance(dim, int):
-        return movement(trace, name, func, args, kwargs, out) if not varies_along(labels, 0) else unknown(
-            trace, name, func, args, kwargs, out)
-    if varies_along(labels, dim):
-        pieces = len(out)
-        if name == "chunk" and labels.shape[dim] % pieces == 0:
-            # equal chunks stay equal only if every chunk loses the same positions
-            parts = labels.movedim(dim, 0).reshape(pieces, labels.shape[dim] // pieces, -1)
-            for i in range(1, pieces):
-                trace.atoms.union_pairs(parts[0], parts[i])
-        else:
-            trace.block(labels, f"'{name}' in {trace.where()} cuts a channel axis at fixed positions")
-    movement(trace, name, func, args, kwargs, out)
-
-
-def _index_dims(index, ndim):
-    """Which input dims a __getitem__ index restricts (not a full slice)."""
-    items = index if isinstance(index, tuple) else (index,)
-    consumed = sum(0 if i is None or i is Ellipsis else (i.dim() if isinstance(i, torch.Tensor)
-                                                         and i.dtype == torch.bool else 1) for i in items)
-    dims, d = [], 0
-    for i in items:
-        if i is None:
-            continue
-        if i is Ellipsis:
-            d += ndim - consumed
-            continue
-        width = i.dim() if isinstance(i, torch.Tensor) and i.dtype == torch.bool else 1
-        full = isinstance(i, slice) and i == slice(None)
-        if not full:
-            dims.extend(range(d, d + width))
-        d += width
-    return dims
-
-
-def indexing(trace, name, func, args, kwargs, out) -> None:
-    x = args[0]
-    if not isinstance(x, torch.Tensor):
-        return unknown(trace, name, func, args, kwargs, out)
-    labels = trace.labels(x)
-    try:
-        if name == "getitem":
-            dims = _index_dims(args[1], x.dim())
-        else:
-            dims = [kwargs.get("dim", args[1] if len(args) > 1 else 0) % x.dim()]
-    except (TypeError, AttributeError):
-        return unknown(trace, name, func, args, kwargs, out)
-    if any(varies_along(labels, d) for d in dims):
-        trace.block(labels, f"'{name}' in {trace.where()} picks fixed positions of a channel axis")
-    if name == "getitem":
-        try:
-            result = labels[args[1]]
-        except (IndexError, RuntimeError, TypeError):
-            return unknown(trace, name, func, args, kwargs, out)
-        trace.set_labels(out, result)
-    else:
-        movement(trace, name, func, args, kwargs, out)
-
-
-def pad(trace, name, func, args, kwargs, out) -> None:
-    x = args[0]
-    amounts = list(args[1] if len(args) > 1 else kwargs["pad"])
-    labels = trace.labels(x)
-    padded = [x.dim() - 1 - i // 2 for i, a in enumerate(amounts) if a != 0]
-    if any(varies_along(labels, d) for d in padded):
-        trace.block(labels, f"'pad' in {trace.where()} adds positions to a channel axis")
-    mode = kwargs.get("mode", args[2] if len(args) > 2 else "constant")
-    if mode == "constant":
-        result = F.pad(labels, amounts, value=0)
-    else:
-        result = F.pad(labels.double(), amounts, mode=mode).round().long()
-    trace.set_labels(out, result)
-
-
-def pixel_shuffle(trace, name, func, args, kwargs, out) -> None:
-    x, r = args[0], args[1] if len(args) > 1 else kwargs["upscale_factor"]
-    labels = trace.labels(x)
-    c = x.shape[-3]
-    block = labels.movedim(-3, 0).reshape(c // (r * r), r * r, -1)
-    for i in range(1, r * r):  # the r² channels that become one output channel go together
-        trace.atoms.union_pairs(block[:, 0], block[:, i])
-    movement(trace, name, func, args, kwargs, out)
 
 
 def item(trace, name, func, args, kwargs, out) -> None:

@@ -23,7 +23,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..masks import canonical_name
 from ..modes import evaluation_mode
-from .atoms import AtomSet, squeeze_broadcast, varies_along
+from .atoms import AtomSet, squeeze_broadcast
 
 SIZE_SUFFIX = ".<channels>"  # pseudo tensor: a module's channel count that no parameter dimension carries
 
@@ -246,4 +246,4 @@ def run_trace(model: nn.Module, example_inputs, dispatch, handler_for) -> Trace:
     return trace
 
 
-__all__ = ["Trace", "run_trace", "varies_along", "SIZE_SUFFIX"]
+__all__ = ["Trace", "run_trace", "SIZE_SUFFIX"]

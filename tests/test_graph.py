@@ -219,3 +219,29 @@ def test_keyword_inputs_and_masked_model():
     pk.prune(model, 0.5)  # unstructured masks: the graph must see through the parametrization
     graph = build_graph(model, {"features": torch.randn(3, 4)})
     assert ("fc2.weight", 1) in slices_of(graph["fc1:out"])
+
+
+def test_layers_used_only_in_training_are_coupled_too():
+    class WithAux(nn.Module):
+        """An auxiliary head that only runs in training (GoogLeNet / Inception style)."""
+
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn, self.head = nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Linear(8, 2)
+            self.aux = nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            y = F.relu(self.bn(self.conv(x)))
+            out = self.head(y.mean((2, 3)))
+            return (out, self.aux(y).mean((2, 3))) if self.training else out
+
+    model, x = WithAux(), torch.randn(2, 3, 6, 6)
+    state = copy.deepcopy(model.state_dict())
+    rng = torch.random.get_rng_state()
+    graph = build_graph(model.eval(), x)
+    assert ("aux.weight", 1) in slices_of(graph["conv:out"]) and not graph.unused
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())  # BN statistics restored
+    assert torch.equal(rng, torch.random.get_rng_state()) and not model.training
+    lone = nn.ModuleDict({"used": nn.Linear(3, 2), "spare": nn.Linear(3, 2)})
+    lone.forward = lambda x: lone["used"](x)
+    assert build_graph(lone, torch.randn(1, 3)).unused == ["spare.bias", "spare.weight"]

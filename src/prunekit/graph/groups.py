@@ -48,8 +48,10 @@ class Group:
 class DependencyGraph:
     """The groups of a model, in the order the forward pass first met them."""
 
-    def __init__(self, groups: list[Group], unsupported: list[str], shapes: dict[str, tuple]):
+    def __init__(self, groups: list[Group], unsupported: list[str], shapes: dict[str, tuple],
+                 unused: list[str] | None = None):
         self.groups = groups
+        self.unused = list(unused or [])  # parameters the forward passes never used: never pruned
         self.unsupported = unsupported
         self.shapes = shapes
         self._by_name = {g.name: g for g in groups}
@@ -132,7 +134,7 @@ def _positions(trace: Trace):
 def build_groups(trace: Trace) -> DependencyGraph:
     _resolve_elements(trace)
     if not trace.coupled:
-        return DependencyGraph([], list(trace.unsupported), dict(trace.shapes))
+        return DependencyGraph([], list(trace.unsupported), dict(trace.shapes), trace.unused)
     keys, pos, run_root, run_key, run_count, run_start = _positions(trace)
     bad_names = {name: list(trace.frozen.get(name, [])) + (
         [f"{name} is not floating point"] if trace.kinds.get(name) == "param" and name not in trace.float_names
@@ -187,7 +189,7 @@ def build_groups(trace: Trace) -> DependencyGraph:
                             _summarise(list(reasons)), [s.name for s in slices if s.kind == "param"]))
     key_order = {key: i for i, key in enumerate(keys)}
     groups.sort(key=lambda g: min(key_order[(s.name, s.dim)] for s in g.slices))
-    return DependencyGraph(groups, list(trace.unsupported), dict(trace.shapes))
+    return DependencyGraph(groups, list(trace.unsupported), dict(trace.shapes), trace.unused)
 
 
 def _summarise(reasons, limit: int = 3) -> str:

@@ -22,7 +22,7 @@ from torch.nn.utils import parametrize
 from torch.overrides import TorchFunctionMode
 
 from ..masks import canonical_name
-from ..modes import evaluation_mode
+from ..modes import evaluation_mode, training_mode
 from .atoms import AtomSet, squeeze_broadcast
 
 SIZE_SUFFIX = ".<channels>"  # pseudo tensor: a module's channel count that no parameter dimension carries
@@ -52,6 +52,9 @@ class Trace:
         self.module_handlers_active = 0
         self.unsupported: list[str] = []
         self.producers: set[tuple[str, int]] = set()
+        self.seen: set[str] = set()      # tensors some operation used
+        self._alive: list[torch.Tensor] = []
+        self.unused: list[str] = []      # parameters no pass used
         self.heads: list[tuple[torch.Tensor, torch.Tensor]] = []  # (poison atom, head atoms)
         for name, p in model.named_parameters():
             self._register(p, _canonical(name), "param")
@@ -71,9 +74,13 @@ class Trace:
     def alias(self, tensor: torch.Tensor, name: str) -> None:
         """`tensor` is what the forward pass sees for parameter `name` (a masked weight)."""
         self._names[id(tensor)] = name
+        self._alive.append(tensor)  # its id must not be reused by another tensor while we trace
 
     def name_of(self, tensor) -> str | None:
-        return self._names.get(id(tensor)) if isinstance(tensor, torch.Tensor) else None
+        name = self._names.get(id(tensor)) if isinstance(tensor, torch.Tensor) else None
+        if name is not None:
+            self.seen.add(name)
+        return name
 
     def where(self) -> str:
         return self.module_stack[-1] if self.module_stack and self.module_stack[-1] else "the model's forward"
@@ -89,10 +96,15 @@ class Trace:
             # A parameter or buffer used directly by an elementwise or movement op (a layer
             # scale, a class token): each element gets its own atom; groups.py later finds the
             # dimension along which these atoms were merged with channels.
+            self.seen.add(name)
             if name not in self.element_atoms:
                 self.element_atoms[name] = self.atoms.new(tensor.numel()).reshape(tensor.shape)
             return self.element_atoms[name]
         return torch.zeros(tensor.shape, dtype=torch.long)
+
+    def reset_labels(self) -> None:
+        """Forget activations (a new pass); atoms, couplings and element atoms stay."""
+        self._labels.clear()
 
     def set_labels(self, tensor: torch.Tensor, labels: torch.Tensor) -> None:
         if isinstance(tensor, torch.Tensor) and id(tensor) not in self._names:
@@ -211,17 +223,16 @@ def _tensors(obj):
             yield from _tensors(item)
 
 
-def run_trace(model: nn.Module, example_inputs, dispatch, handler_for) -> Trace:
-    """Trace one forward pass of `model` on `example_inputs` (a tensor, tuple, or dict of kwargs)."""
-    trace = Trace(model)
-    if isinstance(example_inputs, dict):
-        args, kwargs = (), dict(example_inputs)
-    else:
-        args, kwargs = (example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)), {}
+def _one_pass(model, trace: Trace, args, kwargs, dispatch, handler_for, train: bool) -> None:
+    trace.reset_labels()
     for t in _tensors((args, kwargs)):
         trace.set_labels(t, trace.opaque("the model's input (its channels cannot be removed)"))
     with ExitStack() as stack:
-        stack.enter_context(evaluation_mode(model))
+        stack.enter_context(training_mode(model) if train else evaluation_mode(model))
+        if train:  # BatchNorm updates its statistics and dropout draws numbers: undo both
+            saved = {name: b.detach().clone() for name, b in model.named_buffers()}
+            stack.callback(_restore_buffers, model, saved)
+            stack.enter_context(torch.random.fork_rng(devices=[]))
         stack.enter_context(torch.no_grad())
         stack.enter_context(parametrize.cached())
         for module_name, module in model.named_modules():
@@ -237,6 +248,32 @@ def run_trace(model: nn.Module, example_inputs, dispatch, handler_for) -> Trace:
         name = trace.name_of(t)
         if name is not None:
             trace.freeze(name, "returned as the model's output")
+
+
+def _restore_buffers(model: nn.Module, saved: dict) -> None:
+    with torch.no_grad():
+        for name, b in model.named_buffers():
+            if name in saved:
+                b.copy_(saved[name])
+
+
+def run_trace(model: nn.Module, example_inputs, dispatch, handler_for) -> Trace:
+    """Trace `model` on `example_inputs` (a tensor, tuple, or dict of kwargs).
+
+    The pass runs in eval mode. If some parameters were not used (auxiliary heads that only
+    run in training), a second pass in train mode adds their couplings — its atoms meet the
+    first pass's at every shared parameter — with buffers and the random state restored.
+    """
+    trace = Trace(model)
+    if isinstance(example_inputs, dict):
+        args, kwargs = (), dict(example_inputs)
+    else:
+        args, kwargs = (example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)), {}
+    _one_pass(model, trace, args, kwargs, dispatch, handler_for, train=False)
+    params = {_canonical(n) for n, _ in model.named_parameters()}
+    if params - trace.seen:
+        _one_pass(model, trace, args, kwargs, dispatch, handler_for, train=True)
+    trace.unused = sorted(params - trace.seen)
     used = {trace.atoms.find(int(a)) for atoms in trace.coupled.values()
             for a in torch.unique(atoms).tolist()} if trace.heads else set()
     for poison, heads in trace.heads:

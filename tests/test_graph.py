@@ -11,6 +11,7 @@ import prunekit as pk
 from prunekit.graph import build_graph, register_handler
 from prunekit.graph.handlers import _MODULE_HANDLERS
 from prunekit.structured import prune_structured
+from prunekit.compact import compact
 
 from models_zoo import ZOO, densenet, mha_model, mobilenet_v2, resnet_bottleneck, transformer, untraceable
 
@@ -245,3 +246,29 @@ def test_layers_used_only_in_training_are_coupled_too():
     lone = nn.ModuleDict({"used": nn.Linear(3, 2), "spare": nn.Linear(3, 2)})
     lone.forward = lambda x: lone["used"](x)
     assert build_graph(lone, torch.randn(1, 3)).unused == ["spare.bias", "spare.weight"]
+
+
+def test_sizes_read_from_the_tensor_follow_it():
+    class Shuffle(nn.Module):
+        """torchvision's channel_shuffle and an SE block written with x.view(b, c)."""
+
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc, self.out = nn.Conv2d(3, 8, 1), nn.Linear(8, 8), nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            b, c, h, w = y.size()
+            y = y.view(b, 2, c // 2, h, w).transpose(1, 2).contiguous().view(b, -1, h, w)
+            gate = torch.sigmoid(self.fc(y.mean((2, 3)).view(b, c)))
+            return self.out(y * gate.view(b, c, 1, 1))
+
+    model, x = Shuffle(), torch.randn(2, 3, 4, 4)
+    graph = build_graph(model, x)
+    group = graph["conv:out"]
+    assert group.prunable and group.size == 4
+    # the shuffle keeps 2 groups: unit j owns channel j of each group
+    assert torch.equal(slices_of(group)[("conv.weight", 0)], torch.tensor([[0, 4], [1, 5], [2, 6], [3, 7]]))
+    prune_structured(model, 0.5, x, graph=graph)
+    small, _ = compact(model, x, graph=graph)
+    assert small.conv.out_channels == 4

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .atoms import varies_along
+from .sizes import is_channel_count
 
 
 def _unknown(trace, name, func, args, kwargs, out):
@@ -94,11 +95,13 @@ def sized_reshape(trace, name, func, args, kwargs, out) -> None:
         in_labels = trace.labels(x)
         offset = out.dim() - x.dim()
         if any(s != -1 and d >= offset and varies_along(in_labels, d - offset) for d, s in requested.items()):
-            trace.block(labels, f"'expand' in {trace.where()} writes a channel count")
+            if not any(is_channel_count(s) for s in requested.values() if s != -1):
+                trace.block(labels, f"'expand' in {trace.where()} writes a channel count")
         trace.set_labels(out, labels)
         return
-    written = [d for d, s in requested.items() if s != -1 and varies_along(labels, d)]
-    inferred = [d for d in range(labels.dim()) if varies_along(labels, d) and requested.get(d, -1) == -1]
+    follows = {d for d, s in requested.items() if s == -1 or is_channel_count(s)}  # sizes that follow x
+    written = [d for d, s in requested.items() if d not in follows and varies_along(labels, d)]
+    inferred = [d for d in range(labels.dim()) if varies_along(labels, d) and (d in follows or d not in requested)]
     if written and not inferred:
         sizes = tuple(out.shape[d] for d in written)
         trace.block(labels, f"'{name}' in {trace.where()} writes the channel count {sizes} into the code")
@@ -123,7 +126,12 @@ def split(trace, name, func, args, kwargs, out) -> None:
             trace, name, func, args, kwargs, out)
     if varies_along(labels, dim):
         pieces = len(out)
-        if name == "chunk" and labels.shape[dim] % pieces == 0:
+        sizes = args[1] if len(args) > 1 else kwargs.get("split_size_or_sections", kwargs.get("split_size"))
+        sizes = list(sizes) if isinstance(sizes, (tuple, list)) else [sizes]
+        # split(c // 2) with c read from the tensor cuts it in equal parts, like chunk
+        follows = name in ("split", "split_with_sizes") and all(is_channel_count(v) for v in sizes) and len(
+            {int(v) for v in sizes}) == 1
+        if (name == "chunk" or follows) and labels.shape[dim] % pieces == 0:
             # equal chunks stay equal only if every chunk loses the same positions
             parts = labels.movedim(dim, 0).reshape(pieces, labels.shape[dim] // pieces, -1)
             for i in range(1, pieces):

@@ -23,7 +23,8 @@ from torch.overrides import TorchFunctionMode
 
 from ..masks import canonical_name
 from ..modes import evaluation_mode, training_mode
-from .atoms import AtomSet, squeeze_broadcast
+from .atoms import AtomSet, squeeze_broadcast, varies_along
+from .sizes import tag_sizes
 
 SIZE_SUFFIX = ".<channels>"  # pseudo tensor: a module's channel count that no parameter dimension carries
 
@@ -186,8 +187,22 @@ class _Mode(TorchFunctionMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         if not self.trace.module_handlers_active:
+            if isinstance(out, (int, torch.Size)) and args and isinstance(args[0], torch.Tensor):
+                return self._sizes(func, args, kwargs, out)
             self.dispatch(self.trace, func, args, kwargs, out)
         return out
+
+    def _sizes(self, func, args, kwargs, out):
+        """x.size() / x.shape / x.size(d): mark the sizes of channel axes (sizes.py)."""
+        name = getattr(func, "__name__", "")
+        if name == "__get__":
+            name = getattr(getattr(func, "__self__", None), "__name__", name)
+        if name not in ("size", "shape"):
+            return out
+        labels = self.trace.labels(args[0])
+        channel_dims = {d for d in range(labels.dim()) if varies_along(labels, d)}
+        dim = args[1] if len(args) > 1 else kwargs.get("dim")
+        return tag_sizes(out, channel_dims, None if dim is None else dim % max(1, labels.dim()))
 
 
 def _module_hooks(model: nn.Module, trace: Trace, handler_for, stack: ExitStack) -> None:

@@ -234,7 +234,8 @@ def test_cli_lottery_runs_and_resumes(tmp_path, capsys):
     assert (folder / "table.md").is_file() and (folder / "plots" / "accuracy_vs_density.png").is_file()
     import json
     rows = json.loads((folder / "metrics.json").read_text())
-    assert [(r["round"], r["variant"]) for r in rows] == [(0, "dense"), (1, "random"), (2, "random")]
+    assert [(r["round"], r["variant"]) for r in rows] == [(0, "dense"), (1, "ticket"), (1, "random"),
+                                                          (2, "ticket"), (2, "random")]
     assert f"{rows[-1]['accuracy']:.4g}" in first
     assert main(argv) == 0  # a rerun finds the finished folder and prints the same table
     assert capsys.readouterr().out == first

@@ -83,23 +83,42 @@ class AtomSet:
             root = self.union(root, v) if root else self.find(v)
         return root
 
+    def _unique_roots(self, atoms) -> list[int]:
+        values = torch.unique(torch.as_tensor(atoms))
+        if len(values) > 64:  # many atoms: one vectorised look-up instead of a find() each
+            values = torch.unique(self.roots(values))
+            return [v for v in values.tolist() if v != 0]
+        return list(dict.fromkeys(self.find(v) for v in values.tolist() if v != 0))
+
     def block(self, atoms, reason: str) -> None:
-        for v in torch.unique(torch.as_tensor(atoms)).tolist():
-            if v != 0:
-                reasons = self._reasons.setdefault(self.find(v), [])
-                if reason not in reasons:
-                    reasons.append(reason)
+        for root in self._unique_roots(atoms):
+            reasons = self._reasons.setdefault(root, [])
+            if reason not in reasons:
+                reasons.append(reason)
 
     def tag(self, atoms, tag: str) -> None:
-        for v in torch.unique(torch.as_tensor(atoms)).tolist():
-            if v != 0:
-                self._tags.setdefault(self.find(v), set()).add(tag)
+        for root in self._unique_roots(atoms):
+            self._tags.setdefault(root, set()).add(tag)
 
     def roots(self, atoms: torch.Tensor) -> torch.Tensor:
         """The component root of every entry (0 stays 0), same shape."""
         if self._table is None or len(self._table) != len(self._parent):
-            self._table = torch.tensor([self.find(a) for a in range(len(self._parent))], dtype=torch.long)
+            # pointer jumping: parent[parent[...]] until fixed, vectorised over all atoms
+            table = torch.tensor(self._parent, dtype=torch.long)
+            while True:
+                nxt = table[table]
+                if torch.equal(nxt, table):
+                    break
+                table = nxt
+            self._table = table
         return self._table[atoms]
+
+    def merged(self, atoms: torch.Tensor) -> torch.Tensor:
+        """Bool per entry: its component holds other atoms too, or is blocked."""
+        roots = self.roots(atoms)
+        sizes = torch.tensor(self._size, dtype=torch.long)[roots]
+        blocked = torch.isin(roots, torch.tensor(list(self._reasons), dtype=torch.long))
+        return (sizes > 1) | blocked
 
     def reasons(self, root: int) -> list[str]:
         return list(self._reasons.get(self.find(root), []))

@@ -89,9 +89,7 @@ def _resolve_elements(trace: Trace) -> None:
     """Parameters used elementwise: find the one dimension along which they follow channels."""
     for name, atoms in trace.element_atoms.items():
         roots = trace.atoms.roots(atoms)
-        merged = [trace.atoms.component_size(int(r)) > 1 or trace.atoms.reasons(int(r))
-                  for r in torch.unique(roots).tolist()]
-        if not any(merged):
+        if not bool(trace.atoms.merged(atoms).any()):
             continue  # never met a channel: nothing couples it
         for d in range(atoms.dim()):
             index = [0] * atoms.dim()

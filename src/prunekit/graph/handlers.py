@@ -158,9 +158,10 @@ def unknown(trace: Trace, name, func, args, kwargs, out) -> None:
     if reason not in trace.unsupported:
         trace.unsupported.append(reason)
     for t in touched:
-        trace.block(trace.labels(t), reason)
-        if trace.name_of(t) is not None:
+        if trace.name_of(t) is not None:  # a parameter: freeze it whole, no per-element atoms
             trace.freeze(trace.name_of(t), reason)
+        else:
+            trace.block(trace.labels(t), reason)
     opaque = trace.opaque(reason)
     for t in outputs:
         trace.set_labels(t, opaque)

@@ -133,22 +133,26 @@ def mobilenet_v2():
 class SelfAttention(nn.Module):
     """Hand-written multi-head attention: the head count follows the weights' shapes."""
 
-    def __init__(self, dim, heads):
+    def __init__(self, dim, heads, eager=False):
         super().__init__()
-        self.head_dim = dim // heads
+        self.head_dim, self.eager = dim // heads, eager
         self.q, self.k, self.v, self.out = (nn.Linear(dim, dim) for _ in range(4))
 
     def forward(self, x):
         def split(t):  # (B, T, H·d) → (B, H, T, d); H is inferred
             return t.unflatten(-1, (-1, self.head_dim)).transpose(1, 2)
-        y = F.scaled_dot_product_attention(split(self.q(x)), split(self.k(x)), split(self.v(x)))
+        q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
+        if self.eager:  # the same attention written out with matmul
+            y = torch.softmax(q @ k.transpose(-2, -1) * self.head_dim ** -0.5, dim=-1) @ v
+        else:
+            y = F.scaled_dot_product_attention(q, k, v)
         return self.out(y.transpose(1, 2).flatten(2))
 
 
 class EncoderBlock(nn.Module):
-    def __init__(self, dim, heads, hidden):
+    def __init__(self, dim, heads, hidden, eager=False):
         super().__init__()
-        self.norm1, self.attn = nn.LayerNorm(dim), SelfAttention(dim, heads)
+        self.norm1, self.attn = nn.LayerNorm(dim), SelfAttention(dim, heads, eager)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
@@ -158,11 +162,11 @@ class EncoderBlock(nn.Module):
 
 
 class TinyTransformer(nn.Module):
-    def __init__(self, vocab=50, dim=16, heads=4, hidden=32, depth=2, length=6, num_classes=5):
+    def __init__(self, vocab=50, dim=16, heads=4, hidden=32, depth=2, length=6, num_classes=5, eager=False):
         super().__init__()
         self.embed = nn.Embedding(vocab, dim)
         self.pos = nn.Parameter(torch.randn(1, length, dim) * 0.02)
-        self.blocks = nn.ModuleList(EncoderBlock(dim, heads, hidden) for _ in range(depth))
+        self.blocks = nn.ModuleList(EncoderBlock(dim, heads, hidden, eager) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
 
@@ -175,6 +179,10 @@ class TinyTransformer(nn.Module):
 
 def transformer():
     return TinyTransformer(), torch.randint(0, 50, (2, 6))
+
+
+def transformer_eager():
+    return TinyTransformer(eager=True), torch.randint(0, 50, (2, 6))
 
 
 class MHAModel(nn.Module):
@@ -249,4 +257,4 @@ def untraceable():
 
 
 ZOO = {"resnet_bottleneck": resnet_bottleneck, "densenet": densenet, "mobilenet_v2": mobilenet_v2,
-       "transformer": transformer, "mha_model": mha_model, "torch_encoder": torch_encoder, "assorted": assorted}
+       "transformer": transformer, "transformer_eager": transformer_eager, "mha_model": mha_model, "torch_encoder": torch_encoder, "assorted": assorted}

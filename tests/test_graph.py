@@ -13,7 +13,8 @@ from prunekit.graph.handlers import _MODULE_HANDLERS
 from prunekit.structured import prune_structured
 from prunekit.compact import compact
 
-from models_zoo import ZOO, densenet, mha_model, mobilenet_v2, resnet_bottleneck, transformer, untraceable
+from models_zoo import (ZOO, densenet, mha_model, mobilenet_v2, resnet_bottleneck, transformer, transformer_eager,
+                        untraceable)
 
 
 def slices_of(group):
@@ -72,8 +73,9 @@ def test_depthwise_and_squeeze_excitation_follow_the_expansion():
     assert ("blocks.0.block.7.weight", 0) in stem and ("blocks.1.block.0.weight", 1) in stem
 
 
-def test_attention_heads_are_units():
-    model, x = transformer()
+@pytest.mark.parametrize("builder", [transformer, transformer_eager])
+def test_attention_heads_are_units(builder):
+    model, x = builder()
     graph = build_graph(model, x)
     heads = graph["blocks.0.attn.q:heads"]
     assert heads.kind == "head" and heads.size == 4 and heads.prunable

@@ -120,9 +120,34 @@ def matmul(trace, name, func, args, kwargs, out):
     if (isinstance(w, torch.Tensor) and trace.name_of(w) is not None and w.dim() == 2
             and (bias is None or trace.name_of(bias) is not None) and trace.name_of(a) is None):
         return _dense(trace, name, a, trace.name_of(w), 0, 1, w.shape[1], trace.name_of(bias), out)
+    if (name in ("matmul", "bmm") and isinstance(a, torch.Tensor) and isinstance(w, torch.Tensor)
+            and trace.name_of(a) is None and trace.name_of(w) is None and a.dim() >= 2 and w.dim() >= 2):
+        return _activation_product(trace, name, a, w, out)
     return _weighted_unknown(trace, name, func, args, kwargs, out,
-                             "a product of two activations, or of a parameter on the left, is not understood "
-                             "(hand-written attention: use F.scaled_dot_product_attention)")
+                             "a product with a parameter on the left, or of vectors, is not understood")
+
+
+def _activation_product(trace, name, a, b, out):
+    """a @ b of two activations (hand-written attention: q @ kᵀ, softmax(s) @ v).
+
+    Every output entry of one batch index (one head) mixes all of that index's entries of a
+    and b, so they form one unit: whole heads go, the contracted size never changes alone.
+    """
+    batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    rows = []
+    for t in (a, b):
+        labels = trace.labels(t).expand(*batch, *t.shape[-2:])
+        for d in (-2, -1):  # an axis the labels do not vary along needs one position only
+            if labels.shape[d] > 1 and not varies_along(labels, labels.dim() + d):
+                labels = labels.narrow(d, 0, 1)
+        rows.append(labels.reshape(-1, labels.shape[-2] * labels.shape[-1]))
+    rows = torch.cat(rows, 1)
+    for row in torch.unique(rows, dim=0):
+        trace.atoms.union_all(row)
+    per_index = trace.atoms.roots(rows).amax(-1)
+    if len(torch.unique(per_index)) > 1:
+        trace.atoms.tag(per_index, "head")
+    trace.set_labels(out, per_index.reshape(*batch, 1, 1).expand(out.shape))
 
 
 def is_transposed_linear(module) -> bool:

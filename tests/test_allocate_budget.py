@@ -18,6 +18,15 @@ from prunekit.prune import prune
 from prunekit.training import TrainConfig, evaluate, train
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small models on shared cores: one thread avoids oversubscription (restored afterwards)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def trained():
     data = load_dataset("digits")

@@ -14,6 +14,15 @@ from prunekit.errors import PrunekitError
 from prunekit.models import MNIST1DCNN, lenet5
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small models on shared cores: one thread avoids oversubscription (restored afterwards)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _val(shape, n=64):
     g = torch.Generator().manual_seed(0)
     return TensorDataset(torch.randn(n, *shape, generator=g), torch.randint(0, 10, (n,), generator=g))

@@ -4,14 +4,24 @@ import csv
 import json
 
 import pytest
+import torch
 
 from prunekit.allocate.workflow import run_allocation
 from prunekit.cli import main
 from prunekit.errors import PrunekitError
 from prunekit.recipe import recipe_from_dict
 
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small models on shared cores: one thread avoids oversubscription (restored afterwards)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 SMALL = ["--model", "mnist1d_mlp", "--model-option", "in_features=64", "--model-option", "hidden=16",
-         "--data", "digits", "--train-steps", "150", "--no-progress", "--ratios", "0.5,0.9"]
+         "--data", "digits", "--train-steps", "100", "--no-progress", "--ratios", "0.5,0.9"]
 
 
 def test_sensitivity_command_writes_curves_and_ratios(tmp_path, capsys):

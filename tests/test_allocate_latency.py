@@ -11,6 +11,15 @@ from prunekit.errors import PrunekitError
 from prunekit.models import MNIST1DCNN
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small models on shared cores: one thread avoids oversubscription (restored afterwards)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def test_table_prediction_vs_measured_latency_of_narrower_models():
     x = torch.randn(128, 40)
     table = LatencyTable(MNIST1DCNN(channels=24), x, repeats=15, warmup=3)

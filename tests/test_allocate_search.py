@@ -14,6 +14,15 @@ from prunekit.runs import RunDir
 from prunekit.training import TrainConfig, train
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small models on shared cores: one thread avoids oversubscription (restored afterwards)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def problem():
     data = load_dataset("digits")

@@ -87,7 +87,6 @@ def test_global_threshold_equals_global_magnitude_pruning(trained):
     model, data = trained
     problem = UnstructuredProblem(model, data.test, data.example_input(1), metric="params")
     result = GlobalThresholdAllocator(0.4).allocate(problem)
-    total_weights = sum(l.units for l in problem.layers)
     reference = copy.deepcopy(model)
     masks = prune(reference, result.details["units_pruned"], scope="global")
     for name, mask in masks.items():

@@ -1,6 +1,5 @@
 """NetAdapt and AMC: budgets, determinism, resuming from a checkpoint; executors."""
 
-import copy
 
 import pytest
 import torch

@@ -223,3 +223,18 @@ def test_gpt2_style_conv1d_is_described_as_a_whole():
     small, _ = compact(model, x, graph=graph)
     assert small[1].nf == 8 and small[3].weight.shape == (8, 4)
     assert relative_error(model(x), small(x)) <= 1e-5
+
+
+def test_compacted_model_exports_to_onnx(tmp_path):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+    for builder in (resnet_bottleneck, transformer):
+        model, x = builder()
+        prune_structured(model, 0.5, x)
+        small, _ = compact(model, x)
+        small.eval()
+        path = tmp_path / f"{builder.__name__}.onnx"
+        torch.onnx.export(small, (x,), str(path), dynamo=True)
+        import onnx
+
+        onnx.checker.check_model(onnx.load(str(path)))

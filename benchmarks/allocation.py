@@ -6,12 +6,13 @@ start from the same trained dense model, decide on a validation split held out o
 training data, and the pruned model then gets the same fine-tuning budget (steps at lr ×
 lr_factor); NetAdapt's short fine-tuning inside its search is part of its method. Reported:
 test accuracy after fine-tuning, FLOPs of the compacted model (fraction of dense), measured
-latency of the compacted model (one thread, batch 256; the dense and all pruned models of a
+latency of the compacted model (one thread, batch 256 (32 for the VGG); the dense and all pruned models of a
 seed are timed in interleaved rounds of 10 passes, median over rounds) and search time; mean ± std over seeds.
 
     python benchmarks/allocation.py            # 3 seeds, MNIST-1D CNN and LeNet-5 on MNIST-5k
     python benchmarks/allocation.py --vgg      # also the small VGG (slow on CPU)
     python benchmarks/allocation.py --quick    # 1 seed, MNIST-1D only, short budgets (smoke run)
+    python benchmarks/allocation.py --models vgg_small --seeds 1
 """
 
 from __future__ import annotations
@@ -36,21 +37,27 @@ from prunekit.training import TrainConfig, evaluate, train
 SETUPS = {  # model → dataset, dense training, fine-tuning steps
     "mnist1d_cnn": ("mnist1d", TrainConfig(optimizer="adam", lr=1e-2, steps=3000, batch_size=100), 300),
     "lenet5": ("mnist5k", TrainConfig(optimizer="adam", lr=1e-3, steps=1500, batch_size=100), 300),
-    "vgg_small": ("mnist5k", TrainConfig(optimizer="adam", lr=1e-3, steps=600, batch_size=64), 150),
+    "vgg_small": ("mnist5k", TrainConfig(optimizer="adam", lr=1e-3, steps=300, batch_size=64), 50),
+}
+SEARCH = {  # model → (NetAdapt short fine-tuning steps, AMC episodes, AMC warm-up episodes)
+    "mnist1d_cnn": (30, 40, 10), "lenet5": (30, 40, 10),
+    "vgg_small": (10, 20, 5),  # ~0.5 s per training step on one CPU thread: a lighter search
 }
 LATENCY_ROUNDS = 7
+TIMING_BATCH = {"vgg_small": 32}  # batch of the latency measurements (default 256)
 ORDER = ["uniform", "sensitivity", "greedy", "knapsack", "netadapt", "amc"]
 
 
-def allocators(quick: bool, seed: int):
-    """name → (factory(curves) → allocator, uses the sensitivity curves)."""
+def allocators(model_name: str, quick: bool, seed: int):
+    """name → factory(sensitivity curves) → allocator."""
+    na_steps, episodes, warmup = (10, 12, 4) if quick else SEARCH[model_name]
     return {
         "uniform": lambda c: UniformAllocator(0.5),
         "sensitivity": lambda c: SensitivityAllocator(budget=0.5, curves=c),
         "greedy": lambda c: GreedyAllocator(0.5, step=0.1),
         "knapsack": lambda c: KnapsackAllocator(0.5, curves=c),
-        "netadapt": lambda c: NetAdapt(0.5, delta=0.1, finetune_steps=10 if quick else 30, seed=seed),
-        "amc": lambda c: AMC(0.5, episodes=12 if quick else 40, warmup=4 if quick else 10, seed=seed),
+        "netadapt": lambda c: NetAdapt(0.5, delta=0.1, finetune_steps=na_steps, seed=seed),
+        "amc": lambda c: AMC(0.5, episodes=episodes, warmup=warmup, seed=seed),
     }
 
 
@@ -67,7 +74,7 @@ def run_setup(model_name: str, seed: int, quick: bool, log) -> list[dict]:
     t0 = time.perf_counter()
     train(model, train_data, config, progress=False)
     example = data.example_input(1)
-    timing = data.test.tensors[0][:256]
+    timing = data.test.tensors[0][:TIMING_BATCH.get(model_name, 256)]
     problem = ChannelProblem(model, val, example, metric="flops", train_data=train_data, train_config=config,
                              latency_input=timing)
     rows = [{"model": model_name, "seed": seed, "allocator": "dense", "accuracy": evaluate(model, data.test)["accuracy"],
@@ -77,7 +84,7 @@ def run_setup(model_name: str, seed: int, quick: bool, log) -> list[dict]:
     start = time.perf_counter()
     curves = sensitivity_curves(problem)
     curve_seconds = time.perf_counter() - start
-    for name, factory in allocators(quick, seed).items():
+    for name, factory in allocators(model_name, quick, seed).items():
         result = factory(curves).allocate(problem)
         search = result.search_seconds + (curve_seconds if name in ("sensitivity", "knapsack") else 0.0)
         pruned = result.model if result.model is not None else problem.apply(result.counts)
@@ -133,10 +140,12 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--vgg", action="store_true", help="also the small VGG on MNIST-5k")
     parser.add_argument("--seeds", type=int, default=None)
+    parser.add_argument("--models", nargs="+", choices=list(SETUPS), help="run only these models")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # two shared cores: one thread keeps timings and runs comparable
     seeds = range(args.seeds or (1 if args.quick else 3))
     models = ["mnist1d_cnn"] if args.quick else ["mnist1d_cnn", "lenet5"] + (["vgg_small"] if args.vgg else [])
+    models = args.models or models
     start = time.perf_counter()
     rows = []
     for model in models:

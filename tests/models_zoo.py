@@ -185,6 +185,27 @@ def transformer_eager():
     return TinyTransformer(eager=True), torch.randint(0, 50, (2, 6))
 
 
+class FusedQKV(nn.Module):
+    """One Linear makes q, k and v; heads inferred: (B, T, 3·H·d) → (3, B, H, T, d)."""
+
+    def __init__(self, dim=16, heads=4, num_classes=3):
+        super().__init__()
+        self.head_dim = dim // heads
+        self.proj, self.qkv, self.out = nn.Linear(8, dim), nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        h = self.proj(x)
+        qkv = self.qkv(h).unflatten(-1, (3, -1, self.head_dim)).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
+        return self.head((h + self.out(y)).mean(1))
+
+
+def fused_qkv():
+    return FusedQKV(), torch.randn(2, 5, 8)
+
+
 class MHAModel(nn.Module):
     """nn.MultiheadAttention fed by a projection (no norm), so its heads can go."""
 
@@ -257,4 +278,4 @@ def untraceable():
 
 
 ZOO = {"resnet_bottleneck": resnet_bottleneck, "densenet": densenet, "mobilenet_v2": mobilenet_v2,
-       "transformer": transformer, "transformer_eager": transformer_eager, "mha_model": mha_model, "torch_encoder": torch_encoder, "assorted": assorted}
+       "transformer": transformer, "transformer_eager": transformer_eager, "mha_model": mha_model, "fused_qkv": fused_qkv, "torch_encoder": torch_encoder, "assorted": assorted}

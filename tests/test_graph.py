@@ -13,7 +13,7 @@ from prunekit.graph.handlers import _MODULE_HANDLERS
 from prunekit.structured import prune_structured
 from prunekit.compact import compact
 
-from models_zoo import (ZOO, densenet, mha_model, mobilenet_v2, resnet_bottleneck, transformer, transformer_eager,
+from models_zoo import (ZOO, densenet, fused_qkv, mha_model, mobilenet_v2, resnet_bottleneck, transformer, transformer_eager,
                         untraceable)
 
 
@@ -86,6 +86,15 @@ def test_attention_heads_are_units(builder):
     stream = graph["embed:out"]  # embedding → residual stream → LayerNorm: blocked, and said why
     assert not stream.prunable and "layer_norm" in stream.reason
     assert ("pos", 2) in slices_of(stream)  # the learned position table follows the embedding dim
+
+
+def test_fused_qkv_projection_gives_heads():
+    model, x = fused_qkv()
+    graph = build_graph(model, x)
+    heads = graph["qkv:heads"]
+    assert heads.prunable and heads.size == 4
+    rows = slices_of(heads)[("qkv.weight", 0)]
+    assert rows.shape == (4, 12) and sorted(rows[1].tolist()) == [4, 5, 6, 7, 20, 21, 22, 23, 36, 37, 38, 39]
 
 
 def test_multihead_attention_module_heads():

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from . import layers
-from .movement import indexing, movement, pad, pixel_shuffle, sized_reshape, split
+from .movement import indexing, movement, pad, pixel_shuffle, roll, sized_reshape, split
 from .atoms import squeeze_broadcast, varies_along
 from .tracer import Trace
 
@@ -237,7 +237,7 @@ def reduction(trace, name, func, args, kwargs, out) -> None:
     if dims is None or (isinstance(dims, (tuple, list)) and len(dims) == 0):
         dims = list(range(x.dim()))
     dims = [d % max(1, x.dim()) for d in (dims if isinstance(dims, (tuple, list)) else [dims])]
-    if any(varies_along(labels, d) for d in dims):
+    if any(trace.units_vary(labels, d) for d in dims):
         trace.block(labels, f"'{name}' in {trace.where()} reduces over a channel axis")
     reduced = labels.amax(dim=dims, keepdim=keepdim) if labels.dim() else labels
     for t in _flat(out):
@@ -254,7 +254,7 @@ def along_dim(trace, name, func, args, kwargs, out) -> None:
     if not isinstance(x, torch.Tensor) or not isinstance(dim, int):
         return unknown(trace, name, func, args, kwargs, out)
     labels = trace.labels(x)
-    if varies_along(labels, dim):
+    if trace.units_vary(labels, dim):
         trace.block(labels, f"'{name}' in {trace.where()} mixes values along a channel axis")
     for t in _flat(out):
         trace.set_labels(t, labels if t.shape == labels.shape else trace.opaque(f"'{name}' output"))
@@ -269,7 +269,7 @@ def item(trace, name, func, args, kwargs, out) -> None:
 
 
 TABLE = {
-    "pad": pad,
+    "pad": pad, "roll": roll,
     "pixel_shuffle": pixel_shuffle,
     "item": item, "tolist": item, "bool": item, "int": item, "long": item, "index": item, "float": item,
     **layers.TABLE,

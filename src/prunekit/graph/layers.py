@@ -224,7 +224,7 @@ def layer_norm(trace, name, func, args, kwargs, out):
     w = _arg(args, kwargs, 2, "weight")
     b = _arg(args, kwargs, 3, "bias")
     labels = trace.labels(x)
-    if any(varies_along(labels, x.dim() - 1 - i) for i in range(n)):
+    if any(trace.units_vary(labels, x.dim() - 1 - i) for i in range(n)):
         trace.block(labels, f"'{name}' in {trace.where()} normalises over these features "
                             "(removing one changes the mean and variance of all)")
     for t in (w, b):
@@ -286,7 +286,7 @@ def sdpa(trace, name, func, args, kwargs, out):
     reduced = []
     for t in (q, k, v):
         labels = trace.labels(t)
-        if t.dim() >= 2 and varies_along(labels, t.dim() - 2):
+        if t.dim() >= 2 and trace.units_vary(labels, t.dim() - 2):
             trace.block(labels, f"'{name}' in {trace.where()} gets channels that vary along the sequence")
         reduced.append(labels.amax(dim=-2) if t.dim() >= 2 else labels)
     shape = torch.broadcast_shapes(*(r.shape[:-1] for r in reduced))

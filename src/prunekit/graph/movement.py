@@ -124,7 +124,7 @@ def split(trace, name, func, args, kwargs, out) -> None:
     if name in ("hsplit", "vsplit", "dsplit") or not isinstance(dim, int):
         return movement(trace, name, func, args, kwargs, out) if not varies_along(labels, 0) else _unknown(
             trace, name, func, args, kwargs, out)
-    if varies_along(labels, dim):
+    if trace.units_vary(labels, dim):
         pieces = len(out)
         sizes = args[1] if len(args) > 1 else kwargs.get("split_size_or_sections", kwargs.get("split_size"))
         sizes = list(sizes) if isinstance(sizes, (tuple, list)) else [sizes]
@@ -173,7 +173,7 @@ def indexing(trace, name, func, args, kwargs, out) -> None:
             dims = [kwargs.get("dim", args[1] if len(args) > 1 else 0) % x.dim()]
     except (TypeError, AttributeError):
         return _unknown(trace, name, func, args, kwargs, out)
-    if any(varies_along(labels, d) for d in dims):
+    if any(trace.units_vary(labels, d) for d in dims):
         trace.block(labels, f"'{name}' in {trace.where()} picks fixed positions of a channel axis")
     if name == "getitem":
         try:
@@ -190,7 +190,7 @@ def pad(trace, name, func, args, kwargs, out) -> None:
     amounts = list(args[1] if len(args) > 1 else kwargs["pad"])
     labels = trace.labels(x)
     padded = [x.dim() - 1 - i // 2 for i, a in enumerate(amounts) if a != 0]
-    if any(varies_along(labels, d) for d in padded):
+    if any(trace.units_vary(labels, d) for d in padded):
         trace.block(labels, f"'pad' in {trace.where()} adds positions to a channel axis")
     mode = kwargs.get("mode", args[2] if len(args) > 2 else "constant")
     if mode == "constant":
@@ -210,3 +210,14 @@ def pixel_shuffle(trace, name, func, args, kwargs, out) -> None:
     movement(trace, name, func, args, kwargs, out)
 
 
+
+
+def roll(trace, name, func, args, kwargs, out) -> None:
+    """Shifted windows (Swin) roll spatial axes: fine unless a rolled axis carries channels."""
+    x = args[0]
+    dims = kwargs.get("dims", args[2] if len(args) > 2 else None)
+    labels = trace.labels(x)
+    dims = range(x.dim()) if dims is None else (dims if isinstance(dims, (tuple, list)) else [dims])
+    if any(trace.units_vary(labels, d % x.dim()) for d in dims):
+        trace.block(labels, f"'roll' in {trace.where()} shifts a channel axis")
+    movement(trace, name, func, args, kwargs, out)

@@ -112,6 +112,17 @@ class Trace:
             # an expanded view: a conv output's labels cost C integers, not N·C·H·W
             self._labels[id(tensor)] = (tensor, labels.expand(tensor.shape))
 
+    def units_vary(self, labels: torch.Tensor, dim: int) -> bool:
+        """True when removing a unit could change the size of axis `dim`.
+
+        Stricter than "atoms vary": atoms that were merged into one unit along `dim` (q/k/v
+        after a reshape with a written 3, the positions of one head) always go together, so
+        that axis keeps its size — indexing it at fixed positions or reducing over it is safe.
+        """
+        if not varies_along(labels, dim):
+            return False
+        return varies_along(self.atoms.roots(squeeze_broadcast(labels, keep=dim)[0]), dim)
+
     def has_channels(self, tensor) -> bool:
         return isinstance(tensor, torch.Tensor) and (self.name_of(tensor) is not None
                                                      or bool((self.labels(tensor) != 0).any()))

@@ -283,3 +283,16 @@ def test_sizes_read_from_the_tensor_follow_it():
     prune_structured(model, 0.5, x, graph=graph)
     small, _ = compact(model, x, graph=graph)
     assert small.conv.out_channels == 4
+
+
+def test_normalising_over_channels_blocks_them():
+    class Norm(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.out = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            return self.out(F.normalize(self.conv(x)))  # default dim=1: the channel axis
+
+    graph = build_graph(Norm(), torch.randn(1, 3, 4, 4))
+    assert not graph["conv:out"].prunable and "normalize" in graph["conv:out"].reason

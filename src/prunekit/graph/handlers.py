@@ -250,7 +250,10 @@ def reduction(trace, name, func, args, kwargs, out) -> None:
 def along_dim(trace, name, func, args, kwargs, out) -> None:
     """softmax, cumsum, sort …: keep the shape, mix along one dim (fine unless it carries channels)."""
     x = args[0] if args else kwargs.get("input")
-    dim = kwargs.get("dim", args[1] if len(args) > 1 and isinstance(args[1], int) else -1)
+    if name == "normalize":  # F.normalize(input, p=2.0, dim=1)
+        dim = kwargs.get("dim", args[2] if len(args) > 2 else 1)
+    else:
+        dim = kwargs.get("dim", args[1] if len(args) > 1 and isinstance(args[1], int) else None)
     if not isinstance(x, torch.Tensor) or not isinstance(dim, int):
         return unknown(trace, name, func, args, kwargs, out)
     labels = trace.labels(x)

@@ -238,3 +238,23 @@ def test_compacted_model_exports_to_onnx(tmp_path):
         import onnx
 
         onnx.checker.check_model(onnx.load(str(path)))
+
+
+def test_the_output_check_refuses_a_wrong_model(monkeypatch):
+    import prunekit.compact as compact_module
+
+    model, x = build("lenet5")
+    prune_structured(model, 0.5, x)
+    real = compact_module.apply_record
+
+    def corrupting(target, record):
+        real(target, record)
+        with torch.no_grad():
+            target[0].bias.add_(1.0)  # what a wrong slice would do
+        return target
+
+    monkeypatch.setattr(compact_module, "apply_record", corrupting)
+    with pytest.raises(pk.GraphError, match="differ"):
+        compact(model, x)
+    small, _ = compact(model, x, check=False)  # the check is what caught it
+    assert relative_error(model(x), small(x)) > 1e-3

@@ -31,7 +31,7 @@ from torch.nn.utils import parametrize
 
 from .accounting import count_flops
 from .errors import GraphError, PrunekitError
-from .graph import SIZE_SUFFIX, DependencyGraph, build_graph
+from .graph import SIZE_SUFFIX, DependencyGraph, build_graph, graph_and_output
 from .graph.tracer import _canonical
 from .masks import get_masks
 from .modes import evaluation_mode
@@ -254,13 +254,17 @@ def compact(model: nn.Module, example_inputs, *, graph: DependencyGraph | None =
     With check=True both models run on `example_inputs` in eval mode and a relative output
     error above `rtol` raises GraphError instead of returning a wrong model.
     """
-    graph = graph if graph is not None else build_graph(model, example_inputs)
+    reference = None
+    if graph is None:  # the tracing pass is an eval-mode forward: its output is the reference
+        graph, reference = graph_and_output(model, example_inputs)
     record = make_record(model, graph, removable_units(model, graph))
     small = _plain_copy(model)
     apply_record(small, record)
     if check:
         with torch.no_grad(), evaluation_mode(model), evaluation_mode(small):
-            error = relative_error(_call(model, example_inputs), _call(small, example_inputs))
+            if reference is None:
+                reference = _call(model, example_inputs)
+            error = relative_error(reference, _call(small, example_inputs))
         if not error <= rtol:
             raise GraphError(f"The compacted model's outputs differ from the masked model's (relative error "
                              f"{error:.2e} > {rtol:g}); nothing was changed. Please report this model.")

@@ -89,7 +89,9 @@ def _fully_masked(group, masks) -> torch.Tensor:
     for s in params:
         if s.name not in masks:
             return torch.zeros(group.size, dtype=torch.bool)
-        dead &= ~unit_values(masks[s.name].cpu(), s.dim, s.index).any(1)
+        mask = masks[s.name]
+        alive = mask.movedim(s.dim, 0).reshape(mask.shape[s.dim], -1).any(1).cpu()  # per position along dim
+        dead &= ~alive[s.index].any(1)
     return dead if params else torch.zeros(group.size, dtype=torch.bool)
 
 

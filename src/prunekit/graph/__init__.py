@@ -22,6 +22,11 @@ from .tracer import SIZE_SUFFIX, run_trace
 def build_graph(model: nn.Module, example_inputs) -> DependencyGraph:
     """Trace `model` on `example_inputs` (a tensor, a tuple of positional inputs, or a dict of
     keyword inputs) and return its groups. The model is left exactly as it was."""
+    return graph_and_output(model, example_inputs)[0]
+
+
+def graph_and_output(model: nn.Module, example_inputs):
+    """(graph, the model's eval-mode output on example_inputs) from the same single pass."""
     if not isinstance(model, nn.Module):
         raise GraphError(f"build_graph needs an nn.Module, not {type(model).__name__}.")
     try:
@@ -32,7 +37,8 @@ def build_graph(model: nn.Module, example_inputs) -> DependencyGraph:
         raise GraphError(f"The forward pass failed while building the dependency graph "
                          f"({type(e).__name__}: {e}). Check that example_inputs is what model(...) "
                          "expects (a tensor, a tuple of positional inputs, or a dict of keyword inputs).") from e
-    return build_groups(trace)
+    return build_groups(trace), trace.output
 
 
-__all__ = ["DependencyGraph", "Group", "Slice", "SIZE_SUFFIX", "build_graph", "op_name", "register_handler"]
+__all__ = ["DependencyGraph", "Group", "Slice", "SIZE_SUFFIX", "build_graph", "graph_and_output", "op_name",
+           "register_handler"]

@@ -56,6 +56,7 @@ class Trace:
         self.seen: set[str] = set()      # tensors some operation used
         self._alive: list[torch.Tensor] = []
         self.unused: list[str] = []      # parameters no pass used
+        self.output = None               # the model's eval-mode output on the example
         self.heads: list[tuple[torch.Tensor, torch.Tensor]] = []  # (poison atom, head atoms)
         for name, p in model.named_parameters():
             self._register(p, _canonical(name), "param")
@@ -249,7 +250,7 @@ def _tensors(obj):
             yield from _tensors(item)
 
 
-def _one_pass(model, trace: Trace, args, kwargs, dispatch, handler_for, train: bool) -> None:
+def _one_pass(model, trace: Trace, args, kwargs, dispatch, handler_for, train: bool):
     trace.reset_labels()
     for t in _tensors((args, kwargs)):
         trace.set_labels(t, trace.opaque("the model's input (its channels cannot be removed)"))
@@ -274,6 +275,7 @@ def _one_pass(model, trace: Trace, args, kwargs, dispatch, handler_for, train: b
         name = trace.name_of(t)
         if name is not None:
             trace.freeze(name, "returned as the model's output")
+    return output
 
 
 def _restore_buffers(model: nn.Module, saved: dict) -> None:
@@ -295,7 +297,7 @@ def run_trace(model: nn.Module, example_inputs, dispatch, handler_for) -> Trace:
         args, kwargs = (), dict(example_inputs)
     else:
         args, kwargs = (example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)), {}
-    _one_pass(model, trace, args, kwargs, dispatch, handler_for, train=False)
+    trace.output = _one_pass(model, trace, args, kwargs, dispatch, handler_for, train=False)  # eval, no_grad
     params = {_canonical(n) for n, _ in model.named_parameters()}
     if params - trace.seen:
         _one_pass(model, trace, args, kwargs, dispatch, handler_for, train=True)

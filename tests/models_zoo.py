@@ -278,4 +278,5 @@ def untraceable():
 
 
 ZOO = {"resnet_bottleneck": resnet_bottleneck, "densenet": densenet, "mobilenet_v2": mobilenet_v2,
-       "transformer": transformer, "transformer_eager": transformer_eager, "mha_model": mha_model, "fused_qkv": fused_qkv, "torch_encoder": torch_encoder, "assorted": assorted}
+       "transformer": transformer, "transformer_eager": transformer_eager, "mha_model": mha_model,
+       "fused_qkv": fused_qkv, "torch_encoder": torch_encoder, "assorted": assorted}

@@ -13,8 +13,8 @@ from prunekit.graph.handlers import _MODULE_HANDLERS
 from prunekit.structured import prune_structured
 from prunekit.compact import compact
 
-from models_zoo import (ZOO, densenet, fused_qkv, mha_model, mobilenet_v2, resnet_bottleneck, transformer, transformer_eager,
-                        untraceable)
+from models_zoo import (ZOO, densenet, fused_qkv, mha_model, mobilenet_v2, resnet_bottleneck, transformer,
+                        transformer_eager, untraceable)
 
 
 def slices_of(group):

@@ -258,3 +258,25 @@ def test_the_output_check_refuses_a_wrong_model(monkeypatch):
         compact(model, x)
     small, _ = compact(model, x, check=False)  # the check is what caught it
     assert relative_error(model(x), small(x)) > 1e-3
+
+
+def test_tied_weights_stay_tied():
+    class Tied(nn.Module):
+        """A language-model head that reuses the embedding table (weight tying)."""
+
+        def __init__(self):
+            super().__init__()
+            self.embed, self.mix = nn.Embedding(20, 8), nn.Linear(8, 8)
+            self.head = nn.Linear(8, 20, bias=False)
+            self.head.weight = self.embed.weight
+
+        def forward(self, tokens):
+            return self.head(torch.relu(self.mix(self.embed(tokens))) + self.embed(tokens))
+
+    model, x = Tied(), torch.randint(0, 20, (2, 5))
+    graph = build_graph(model, x)
+    assert graph["embed:out"].prunable
+    prune_structured(model, 0.5, x, graph=graph)
+    small, _ = compact(model, x, graph=graph)
+    assert small.head.weight is small.embed.weight and small.embed.weight.shape == (20, 4)
+    assert relative_error(model(x), small(x)) <= 1e-5

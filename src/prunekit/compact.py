@@ -180,18 +180,23 @@ def apply_record(model: nn.Module, record: CompactionRecord) -> nn.Module:
         if tuple(state[name].shape) != tuple(shape):
             raise PrunekitError(f"'{name}' has shape {tuple(state[name].shape)}, the record expects {tuple(shape)}: "
                                 "was this model already compacted, or built with other sizes?")
+    holders: dict[int, list[tuple[nn.Module, str]]] = {}  # a tied tensor is held by several modules
+    for module in model.modules():
+        for attr, tensor in list(module._parameters.items()) + list(module._buffers.items()):
+            if tensor is not None:
+                holders.setdefault(id(tensor), []).append((module, attr))
     with torch.no_grad():
         for name, dims in record.kept.items():
             if name.endswith(SIZE_SUFFIX):
                 continue
-            module, tensor = _tensor_owner(model, name)
-            value = state[name].detach()
+            old = state[name]
+            value = old.detach()
             for dim, index in dims.items():
                 value = value.index_select(dim, index.to(value.device))
-            if isinstance(state[name], nn.Parameter):
-                setattr(module, tensor, nn.Parameter(value.clone(), requires_grad=state[name].requires_grad))
-            else:
-                module._buffers[tensor] = value.clone()
+            new = nn.Parameter(value.clone(), requires_grad=old.requires_grad) if isinstance(
+                old, nn.Parameter) else value.clone()
+            for module, attr in holders.get(id(old), [_tensor_owner(model, name)]):
+                (module._parameters if isinstance(old, nn.Parameter) else module._buffers)[attr] = new
     for mname, attrs in record.attrs.items():
         module = model.get_submodule(mname)
         for attr, value in attrs.items():
@@ -234,16 +239,24 @@ def _plain_copy(model: nn.Module) -> nn.Module:
     injected class with the original, and removing the parametrization edits that class.
     """
     small = copy.deepcopy(model)
+    holders: dict[int, list[tuple[nn.Module, str]]] = {}  # modules that share (tie) a parameter
     for module in small.modules():
+        for attr, p in module._parameters.items():
+            if p is not None:
+                holders.setdefault(id(p), []).append((module, attr))
+    for module in list(small.modules()):
         if not parametrize.is_parametrized(module):
             continue
         with torch.no_grad():
             baked = {t: getattr(module, t).detach().clone() for t in module.parametrizations}
-            grads = {t: module.parametrizations[t].original.requires_grad for t in module.parametrizations}
+        originals = {t: module.parametrizations[t].original for t in module.parametrizations}
         module.__class__ = module.__class__.__bases__[0]  # the user's own class again
         del module._modules["parametrizations"]
         for t, value in baked.items():
-            module._parameters[t] = nn.Parameter(value, requires_grad=grads[t])
+            new = nn.Parameter(value, requires_grad=originals[t].requires_grad)
+            module._parameters[t] = new
+            for other, attr in holders.get(id(originals[t]), []):
+                other._parameters[attr] = new  # a tied weight stays tied
     return small
 
 

@@ -5,10 +5,14 @@ import time
 import pytest
 import torch
 
-from prunekit.allocate import GreedyAllocator, LatencyTable, TableProblem, layer_widths, measure_latency
+from torch.utils.data import TensorDataset
+
+from prunekit.allocate import (GreedyAllocator, LatencyTable, NetAdapt, TableProblem, UnstructuredProblem, layer_widths,
+                               measure_latency)
 from prunekit.allocate.sensitivity import sensitivity_curves
 from prunekit.errors import PrunekitError
 from prunekit.models import MNIST1DCNN
+from prunekit.training import TrainConfig
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -68,6 +72,16 @@ def test_ray_executor_matches_in_process():
         assert sensitivity_curves(problem, executor=executor).curves == sensitivity_curves(problem).curves
         assert (GreedyAllocator(0.5, executor=executor).allocate(problem).counts
                 == GreedyAllocator(0.5).allocate(problem).counts)
+        # a real model and its data travel to the workers; NetAdapt proposals come back as models
+        torch.manual_seed(0)
+        model = MNIST1DCNN(channels=6)
+        val = TensorDataset(torch.randn(32, 40), torch.randint(0, 10, (32,)))
+        real = UnstructuredProblem(model, val, torch.randn(1, 40), metric="flops", train_data=val,
+                                   train_config=TrainConfig(steps=1, batch_size=8))
+        assert sensitivity_curves(real, (0.5,), executor=executor).curves == sensitivity_curves(real, (0.5,)).curves
+        remote = NetAdapt(0.6, delta=0.2, finetune_steps=2, executor=executor).allocate(real)
+        local = NetAdapt(0.6, delta=0.2, finetune_steps=2).allocate(real)
+        assert remote.counts == local.counts and remote.accuracy == local.accuracy
     finally:
         ray.shutdown()
     print(f"ray test took {time.perf_counter() - start:.1f} s")

@@ -23,12 +23,16 @@ from .executor import get_executor
 
 
 def netadapt_proposal(problem: PruningProblem, item):
-    """Prune `model` to `counts`, fine-tune briefly, evaluate: (accuracy, fine-tuned model)."""
-    model, counts, steps, seed = item
-    pruned = problem.apply(counts, model)
+    """Rebuild the current model, prune it to `counts`, fine-tune briefly, evaluate.
+
+    Models travel as (counts, state_dict): masked modules cannot be pickled whole, and
+    state dicts are what an executor on other processes or machines can carry.
+    Returns (accuracy, state of the fine-tuned model)."""
+    current_counts, state, counts, steps, seed = item
+    pruned = problem.apply(counts, problem.restore(current_counts, state))
     if steps:
         problem.finetune(pruned, steps, seed)
-    return problem.evaluate(pruned), pruned
+    return problem.evaluate(pruned), problem.state(pruned)
 
 
 class NetAdapt(Allocator):
@@ -74,10 +78,12 @@ class NetAdapt(Allocator):
                            key=lambda l: problem.cost({**counts, l.name: l.max_units}))
                 proposals[best.name] = {**counts, best.name: best.max_units}
             iteration += 1
-            items = [(model, c, self.finetune_steps, self.seed + iteration) for c in proposals.values()]
+            state = problem.state(model)
+            items = [(counts, state, c, self.finetune_steps, self.seed + iteration) for c in proposals.values()]
             outcomes = dict(zip(proposals, executor.map(netadapt_proposal, problem, items)))
             chosen = max(outcomes, key=lambda n: (outcomes[n][0], -list(proposals).index(n)))
-            counts, (accuracy, model) = proposals[chosen], outcomes[chosen]
+            counts, (accuracy, state) = proposals[chosen], outcomes[chosen]
+            model = problem.restore(counts, state)
             history.append({"iteration": iteration, "layer": chosen, "count": counts[chosen], "goal": goal,
                             "cost": problem.cost(counts), "accuracy": accuracy,
                             "proposals": {n: o[0] for n, o in outcomes.items()}, **problem.measure(model)})

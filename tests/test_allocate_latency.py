@@ -60,6 +60,7 @@ def _table():
     return TableProblem({"a": 40, "b": 25}, {"a": 3.0, "b": 7.0}, curves, max_ratio=0.9)
 
 
+@pytest.mark.slow  # starting a local Ray instance takes 15-25 s on two shared cores
 def test_ray_executor_matches_in_process():
     ray = pytest.importorskip("ray")
     from prunekit.allocate.executor import RayExecutor

@@ -28,7 +28,8 @@ def test_sensitivity_command_writes_curves_and_ratios(tmp_path, capsys):
     assert main(["sensitivity", *SMALL, "--output-dir", str(tmp_path), "--threshold", "0.05"]) == 0
     out = capsys.readouterr().out
     assert "chosen ratio" in out and "run folder" in out
-    (folder,) = tmp_path.iterdir()
+    (folder,) = [f for f in tmp_path.iterdir() if "-sensitivity-" in f.name]
+    assert any("-dense-" in f.name for f in tmp_path.iterdir())
     rows = list(csv.DictReader((folder / "sensitivity.csv").open()))
     assert len(rows) == 3 * 2  # three layers × two ratios
     assert (folder / "plots" / "sensitivity.png").stat().st_size > 0
@@ -42,6 +43,11 @@ def test_sensitivity_command_writes_curves_and_ratios(tmp_path, capsys):
 def test_sensitivity_command_budget_and_errors(tmp_path, capsys):
     assert main(["sensitivity", *SMALL, "--output-dir", str(tmp_path), "--budget", "0.4"]) == 0
     assert "met: True" in capsys.readouterr().out
+    dense = [f for f in tmp_path.iterdir() if "-dense-" in f.name]
+    stamp = (dense[0] / "checkpoints" / "dense.pt").stat().st_mtime_ns
+    assert main(["sensitivity", *SMALL, "--output-dir", str(tmp_path), "--budget", "0.6"]) == 0
+    assert [f for f in tmp_path.iterdir() if "-dense-" in f.name] == dense  # one dense model, reused
+    assert (dense[0] / "checkpoints" / "dense.pt").stat().st_mtime_ns == stamp
     assert main(["sensitivity", *SMALL, "--output-dir", str(tmp_path), "--budget", "0.0001"]) == 2
     assert "below what the prunable layers allow" in capsys.readouterr().err
 

@@ -3,7 +3,8 @@
     prunekit sensitivity --model mnist1d_cnn --data mnist1d --threshold 0.02
     prunekit sensitivity --recipe my.yaml --budget 0.5 --metric flops --executor ray
 
-Trains the model (or reuses the run folder's dense checkpoint), prunes one layer at a time
+Trains the model (or reuses the dense checkpoint of an earlier run with the same model,
+data, training and seed), prunes one layer at a time
 to each ratio, evaluates on a validation split held out of the training data, and writes
 sensitivity.csv, plots/sensitivity.png and allocation.json to the run folder. With
 --threshold every layer gets the largest ratio whose drop stays within it; with --budget
@@ -72,12 +73,14 @@ def _main(args) -> int:
                                    "train": {"steps": args.train_steps, "seed": args.seed}})
     threshold = args.threshold if args.threshold is not None or args.budget is not None else 0.01
     dense_settings = {k: v for k, v in recipe.settings().items() if k in ("seed", "data", "model", "train")}
+    # The dense model has its own run folder, so analyses with other thresholds reuse it.
+    dense_run = RunDir.open(args.output_dir, f"{recipe.name}-dense", dense_settings)
     run = RunDir.open(args.output_dir, f"{recipe.name}-sensitivity",
                       {**dense_settings, "ratios": list(args.ratios), "threshold": threshold, "budget": args.budget,
                        "metric": args.metric, "criterion": args.criterion})
     dataset = load_dataset(recipe.data.name)
     train_data, val = split_validation(dataset.train)
-    model = dense_model(recipe, run, train_data, dataset.num_classes, progress=not args.no_progress)
+    model = dense_model(recipe, dense_run, train_data, dataset.num_classes, progress=not args.no_progress)
     problem = build_problem(model, val, dataset.example_input(1), metric=args.metric, criterion=args.criterion)
     allocation = SensitivityAllocator(threshold=threshold, budget=args.budget, ratios=args.ratios,
                                       executor=args.executor, run=run).allocate(problem)

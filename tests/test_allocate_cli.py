@@ -4,6 +4,7 @@ import csv
 import json
 
 import pytest
+import yaml
 import torch
 
 from prunekit.allocate.workflow import run_allocation
@@ -67,3 +68,17 @@ def test_recipe_allocator_runs_end_to_end(tmp_path):
         bad = recipe_from_dict({**recipe.to_dict(), "name": "bad",
                                 "allocator": {"name": "greedy", "budget": 0.5, "options": {"stepp": 1}}})
         run_allocation(bad, output_dir=tmp_path, progress=False, log=lambda *a: None)
+
+
+def test_prunekit_run_dispatches_a_recipe_with_an_allocator(tmp_path, capsys):
+    recipe = {"name": "alloc-cli", "data": {"name": "digits"},
+              "model": {"name": "mnist1d_mlp", "options": {"in_features": 64, "hidden": 16}},
+              "train": {"steps": 100, "batch_size": 64}, "finetune": {"steps": 10},
+              "allocator": {"name": "uniform", "budget": 0.5}}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["run", str(path), "--output-dir", str(tmp_path / "runs"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    folder = next((tmp_path / "runs").iterdir())
+    assert str(folder) in out and (folder / "allocation.json").exists()
+    assert "uniform" in out  # the metrics table names the allocator

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from ..allocate.workflow import run_allocation
 from ..recipe import load_recipe
+from ..table import format_table
 from ..workflows.prune_finetune import run_recipe
 
 
@@ -19,6 +21,11 @@ def register(sub) -> None:
 
 
 def execute(recipe, args) -> int:
+    if recipe.allocator is not None:  # an allocator decides the per-layer ratios
+        run, _ = run_allocation(recipe, output_dir=args.output_dir, progress=not args.no_progress)
+        print(format_table(run.rows()))
+        print(f"\nrun folder: {run.path}")
+        return 0
     run = run_recipe(recipe, output_dir=args.output_dir, progress=not args.no_progress)
     print(f"\nrun folder: {run.path}\nreport:     {run.path / 'report.html'}")
     return 0

@@ -1,0 +1,96 @@
+"""Masked == compacted on every torchvision classifier and on HuggingFace models built from configs.
+
+Runs in the zoo environment (`make test-zoo`: torch 2.14.1 + torchvision 0.29.1 + transformers);
+skipped where those are not installed, so the core package never depends on them.
+For each model: prune 30 % of every prunable channel group (L2 norm), compact, and check that
+the compacted model's output equals the masked model's (relative error ≤ 1e-5, float32) with
+fewer parameters, and that the parameter count equals the one predicted from the masks.
+"""
+
+import copy
+
+import pytest
+import torch
+
+torchvision = pytest.importorskip("torchvision")
+
+from prunekit.compact import compact, predicted_counts  # noqa: E402
+from prunekit.graph import build_graph  # noqa: E402
+from prunekit.structured import prune_structured  # noqa: E402
+
+TORCHVISION_MODELS = torchvision.models.list_models(module=torchvision.models)
+# Coupling does not depend on the image size, so CNNs are checked at 64×64 (fast); transformers whose
+# position embeddings fix the size get 224, Inception-v3 the 75 pixels its stem needs at least.
+FIXED_SIZE = ("vit_", "swin_", "maxvit_")
+INPUT_SIDE = {"inception_v3": 96}
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm().clamp_min(1e-12))
+
+
+def first_tensor(out):
+    """The main output of a model (HF models return ModelOutput objects)."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if hasattr(out, "last_hidden_state"):
+        return out.last_hidden_state
+    return out[0]
+
+
+def check_masked_equals_compacted(model, example, ratio=0.3):
+    torch.manual_seed(0)
+    model.eval()
+    dense_params = sum(p.numel() for p in model.parameters())
+    graph = build_graph(model, example)
+    prune_structured(model, ratio, example, scope="local", graph=graph)
+    predicted = predicted_counts(model, example, graph=graph)
+    small, _ = compact(model, example, graph=graph)
+    small.eval()
+    with torch.no_grad():
+        want = first_tensor(model(*example) if isinstance(example, tuple) else model(example))
+        got = first_tensor(small(*example) if isinstance(example, tuple) else small(example))
+    assert got.shape == want.shape
+    assert relative_error(got, want) <= 1e-5
+    small_params = sum(p.numel() for p in small.parameters())
+    assert small_params == predicted["params"]
+    assert small_params < dense_params, "nothing was pruned"
+    return small
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("name", TORCHVISION_MODELS)
+def test_torchvision_classifier(name):
+    torch.manual_seed(0)
+    kwargs = {"aux_logits": False, "init_weights": False} if name in ("inception_v3", "googlenet") else {}
+    model = torchvision.models.get_model(name, weights=None, **kwargs)
+    side = 224 if name.startswith(FIXED_SIZE) else INPUT_SIDE.get(name, 64)
+    check_masked_equals_compacted(model, torch.randn(1, 3, side, side))
+
+
+transformers = pytest.importorskip("transformers")
+
+HF_CASES = {
+    "bert": lambda: (transformers.BertModel(transformers.BertConfig(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, vocab_size=100)),
+        torch.randint(0, 100, (2, 12))),
+    "gpt2": lambda: (transformers.GPT2Model(transformers.GPT2Config(
+        n_embd=64, n_layer=2, n_head=4, vocab_size=100, n_positions=32)), torch.randint(0, 100, (2, 12))),
+    "vit": lambda: (transformers.ViTModel(transformers.ViTConfig(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, image_size=32,
+        patch_size=8)), torch.randn(2, 3, 32, 32)),
+    "resnet": lambda: (transformers.ResNetModel(transformers.ResNetConfig(
+        embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1])), torch.randn(2, 3, 64, 64)),
+    "convnext": lambda: (transformers.ConvNextModel(transformers.ConvNextConfig(
+        hidden_sizes=[16, 32], depths=[1, 1], num_stages=2)), torch.randn(2, 3, 64, 64)),
+    "mobilenet_v2": lambda: (transformers.MobileNetV2Model(transformers.MobileNetV2Config(
+        image_size=64, depth_multiplier=0.35)), torch.randn(2, 3, 64, 64)),
+}
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("name", list(HF_CASES))
+def test_huggingface_model_from_config(name):
+    torch.manual_seed(0)
+    model, example = HF_CASES[name]()
+    check_masked_equals_compacted(model, example)

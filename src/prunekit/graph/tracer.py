@@ -144,7 +144,7 @@ class Trace:
             return labels.reshape(1)
         labels = squeeze_broadcast(labels, keep=dim)[0]
         rows = labels.movedim(dim, -1).reshape(-1, labels.shape[dim])
-        if rows.shape[0] > 1 and bool((rows == rows[0]).all()):
+        if rows.shape[0] == 1 or bool((rows == rows[0]).all()):
             return rows[0].clone()  # the usual case: every row the same
         rows = torch.unique(rows, dim=0) if rows.shape[0] > 1 else rows
         first = rows.max(0).values

@@ -126,3 +126,22 @@ def test_every_aggregation_matches_the_granularity_formula(how):
         ids = torch.arange(group.size).unsqueeze(1).expand(values.shape)
         assert torch.allclose(scores[group.name].double(), aggregate(values, ids, group.size, how, 3.0),
                               rtol=1e-5, atol=1e-4)
+
+
+def test_per_channel_criterion_reads_each_units_own_slice():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                                torch.nn.Conv2d(8, 6, 3), torch.nn.BatchNorm2d(6), torch.nn.ReLU(),
+                                torch.nn.Flatten(), torch.nn.Linear(6 * 4 * 4, 2))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([0.9, 0.1, 0.8, 0.2, 0.7, 0.3, 0.6, 0.05]))
+    x = torch.randn(2, 3, 8, 8)
+    masks = prune_structured(model, {"0:out": 3}, x, criterion="bn_scale", batches=[(x, None)])
+    removed = (~masks["0.weight"].flatten(1).any(1)).nonzero().flatten().tolist()
+    assert removed == [1, 3, 7]  # the three smallest |γ| of the BatchNorm after conv 0
+    assert not masks["3.weight"][:, [1, 3, 7]].any()  # and the next conv's inputs with them
+    # the consumer of conv 3 is a Linear without a BatchNorm: only conv 3's own rows are scored
+    masks = prune_structured(model, {"3:out": 2}, x, criterion="bn_scale", batches=[(x, None)])
+    gamma = model[4].weight.detach().abs()
+    gone = (~masks["3.weight"].flatten(1).any(1)).nonzero().flatten()
+    assert set(gone.tolist()) == set(torch.argsort(gamma)[:2].tolist())

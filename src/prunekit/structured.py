@@ -59,9 +59,12 @@ def unit_values(tensor: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Te
 
 
 def group_scores(model: nn.Module, graph: DependencyGraph, element_scores: Mapping[str, torch.Tensor],
-                 how: str = "l2", p: float = 2.0, groups=None) -> dict[str, torch.Tensor]:
+                 how: str = "l2", p: float = 2.0, groups=None, unit_dim: int | None = None) -> dict[str, torch.Tensor]:
     """{group name: Tensor[group.size]} from element-wise scores (any criterion's output).
 
+    `unit_dim` (a per-channel criterion's Criterion.unit_dim): read only the slices along that
+    dimension — a unit's own rows, where the criterion broadcast its value — not the consumer
+    columns, whose scores belong to the next layer's channels.
     Units that are already fully masked score −inf, so pruning again never revives them.
     """
     if how not in AGGREGATIONS:
@@ -70,8 +73,10 @@ def group_scores(model: nn.Module, graph: DependencyGraph, element_scores: Mappi
     masks = get_masks(model)
     out = {}
     for group in (groups if groups is not None else graph.prunable()):
+        scored = [s for s in group.slices if s.kind == "param" and s.name in element_scores]
+        own = [s for s in scored if unit_dim is None or s.dim == unit_dim]
         parts = [_partial(unit_values(element_scores[s.name].detach(), s.dim, s.index).cpu(), how, p)
-                 for s in group.slices if s.kind == "param" and s.name in element_scores]
+                 for s in (own or scored)]
         if not parts:
             raise PrunekitError(f"No element scores for any tensor of group '{group.name}' "
                                 f"({[s.name for s in group.slices if s.kind == 'param']}).")
@@ -173,11 +178,14 @@ def prune_structured(model: nn.Module, amount, example_inputs, *, criterion="mag
     if not groups:
         why = "; ".join(graph.unsupported[:3]) or "; ".join(sorted({g.reason for g in graph.groups if g.reason}))
         raise GraphError(f"No prunable group in this model ({why or 'no channel-coupled layers found'}).")
-    names = sorted({s.name for g in groups for s in g.slices if s.kind == "param"})
-    weights = [n for n in names if named_parameters(model)[n].dim() >= 2] or names
-    element = get_criterion(criterion).scores(model, resolve_parameters(model, weights), batches=batches,
-                                              loss_fn=loss_fn)
-    scores = group_scores(model, graph, element, how, p, groups)
+    crit = get_criterion(criterion)
+    unit_dim = getattr(crit, "unit_dim", None)
+    names = sorted({s.name for g in groups for s in g.slices
+                    if s.kind == "param" and (unit_dim is None or s.dim == unit_dim)})
+    available = named_parameters(model)
+    weights = [n for n in names if available[n].dim() >= 2] or names
+    element = crit.scores(model, resolve_parameters(model, weights), batches=batches, loss_fn=loss_fn)
+    scores = group_scores(model, graph, element, how, p, groups, unit_dim)
     keep = choose_units(scores, amount, scope, round_to)
     new = group_masks(graph, keep)
     existing = get_masks(model)

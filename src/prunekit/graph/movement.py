@@ -177,7 +177,12 @@ def indexing(trace, name, func, args, kwargs, out) -> None:
         trace.block(labels, f"'{name}' in {trace.where()} picks fixed positions of a channel axis")
     if name == "getitem":
         try:
-            result = labels[args[1]]
+            index = args[1]  # labels live on the CPU: so must index tensors (a GPU model's masks)
+            if isinstance(index, torch.Tensor):
+                index = index.cpu()
+            elif isinstance(index, tuple):
+                index = tuple(i.cpu() if isinstance(i, torch.Tensor) else i for i in index)
+            result = labels[index]
         except (IndexError, RuntimeError, TypeError):
             return _unknown(trace, name, func, args, kwargs, out)
         trace.set_labels(out, result)

@@ -33,15 +33,17 @@ def _run_on_labels(trace, func, args, kwargs):
             return type(obj)(trace.labels(o) for o in obj) if isinstance(obj, list) else tuple(
                 trace.labels(o) for o in obj)
         return obj
+    # index tensors (integer / bool) go to the CPU with the labels; shape donors stay put
+    rest = tuple(a.cpu() if isinstance(a, torch.Tensor) and not a.is_floating_point() else a for a in args[1:])
     try:
-        return func(swap(args[0]), *args[1:], **kwargs)
+        return func(swap(args[0]), *rest, **kwargs)
     except RuntimeError:  # view() of an expanded label view: retry on a contiguous copy
         def dense(obj):
             out = swap(obj)
             if isinstance(out, torch.Tensor):
                 return out.contiguous()
             return type(out)(o.contiguous() for o in out) if isinstance(out, (tuple, list)) else out
-        return func(dense(args[0]), *args[1:], **kwargs)
+        return func(dense(args[0]), *rest, **kwargs)
 
 
 def _assign(trace, out, labels) -> None:

@@ -142,7 +142,10 @@ class SelfAttention(nn.Module):
         def split(t):  # (B, T, H·d) → (B, H, T, d); H is inferred
             return t.unflatten(-1, (-1, self.head_dim)).transpose(1, 2)
         q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
-        if self.eager:  # the same attention written out with matmul
+        if self.eager == "einsum":
+            scores = torch.einsum("bhid,bhjd->bhij", q, k) * self.head_dim ** -0.5
+            y = torch.einsum("bhij,bhjd->bhid", scores.softmax(-1), v)
+        elif self.eager:  # the same attention written out with matmul
             y = torch.softmax(q @ k.transpose(-2, -1) * self.head_dim ** -0.5, dim=-1) @ v
         else:
             y = F.scaled_dot_product_attention(q, k, v)
@@ -183,6 +186,10 @@ def transformer():
 
 def transformer_eager():
     return TinyTransformer(eager=True), torch.randint(0, 50, (2, 6))
+
+
+def transformer_einsum():
+    return TinyTransformer(eager="einsum"), torch.randint(0, 50, (2, 6))
 
 
 class FusedQKV(nn.Module):
@@ -278,5 +285,6 @@ def untraceable():
 
 
 ZOO = {"resnet_bottleneck": resnet_bottleneck, "densenet": densenet, "mobilenet_v2": mobilenet_v2,
-       "transformer": transformer, "transformer_eager": transformer_eager, "mha_model": mha_model,
+       "transformer": transformer, "transformer_eager": transformer_eager,
+       "transformer_einsum": transformer_einsum, "mha_model": mha_model,
        "fused_qkv": fused_qkv, "torch_encoder": torch_encoder, "assorted": assorted}

@@ -14,7 +14,7 @@ from prunekit.structured import prune_structured
 from prunekit.compact import compact
 
 from models_zoo import (ZOO, densenet, fused_qkv, mha_model, mobilenet_v2, resnet_bottleneck, transformer,
-                        transformer_eager, untraceable)
+                        transformer_eager, transformer_einsum, untraceable)
 
 
 def slices_of(group):
@@ -73,7 +73,7 @@ def test_depthwise_and_squeeze_excitation_follow_the_expansion():
     assert ("blocks.0.block.7.weight", 0) in stem and ("blocks.1.block.0.weight", 1) in stem
 
 
-@pytest.mark.parametrize("builder", [transformer, transformer_eager])
+@pytest.mark.parametrize("builder", [transformer, transformer_eager, transformer_einsum])
 def test_attention_heads_are_units(builder):
     model, x = builder()
     graph = build_graph(model, x)

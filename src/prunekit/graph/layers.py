@@ -150,6 +150,58 @@ def _activation_product(trace, name, a, b, out):
     trace.set_labels(out, per_index.reshape(*batch, 1, 1).expand(out.shape))
 
 
+def einsum(trace, name, func, args, kwargs, out):
+    """torch.einsum of activations: each index of the letters shared by every operand and the
+    output (batch, head) is one unit, as for a @ b; one operand: a permutation or reduction."""
+    equation = args[0] if args else kwargs.get("equation")
+    operands = list(args[1]) if len(args) == 2 and isinstance(args[1], (tuple, list)) else list(args[1:])
+    reason = "an einsum with '...', repeated letters, no '->' or a parameter operand"
+    if (not isinstance(equation, str) or "->" not in equation or "." in equation
+            or not all(isinstance(t, torch.Tensor) and trace.name_of(t) is None for t in operands)):
+        return _weighted_unknown(trace, name, func, args, kwargs, out, reason)
+    lhs, target = equation.replace(" ", "").split("->")
+    specs = lhs.split(",")
+    if len(specs) != len(operands) or any(len(set(sp)) != len(sp) or len(sp) != t.dim()
+                                          for sp, t in zip(specs, operands)):
+        return _weighted_unknown(trace, name, func, args, kwargs, out, reason)
+    sizes = {}
+    for sp, t in zip(specs, operands):
+        for letter, n in zip(sp, t.shape):
+            sizes[letter] = max(sizes.get(letter, 1), n)
+    shared = [c for c in target if all(c in sp for sp in specs)]
+    if len(operands) == 1:  # a permutation, possibly summing some letters out
+        labels = trace.labels(operands[0])
+        gone = [i for i, c in enumerate(specs[0]) if c not in target]
+        if any(trace.units_vary(labels, d) for d in gone):
+            trace.block(labels, f"'einsum' in {trace.where()} sums over a channel axis")
+        kept = labels.amax(dim=gone) if gone else labels
+        order = [c for c in specs[0] if c in target]
+        trace.set_labels(out, kept.permute([order.index(c) for c in target]))
+        return
+    rows = []
+    for sp, t in zip(specs, operands):
+        labels = trace.labels(t).expand(*(sizes[c] for c in sp))
+        perm = [sp.index(c) for c in shared] + [i for i, c in enumerate(sp) if c not in shared]
+        rows.append(labels.permute(perm).reshape(max(1, _prod(sizes[c] for c in shared)), -1))
+    rows = torch.cat(rows, 1)
+    for row in torch.unique(rows, dim=0):
+        trace.atoms.union_all(row)
+    per_index = trace.atoms.roots(rows).amax(-1)
+    if len(torch.unique(per_index)) > 1:
+        trace.atoms.tag(per_index, "head")
+    labels = per_index.reshape([sizes[c] for c in shared])
+    labels = labels.reshape([sizes[c] if c in shared else 1 for c in target]) if shared else labels.reshape(
+        [1] * len(target))
+    trace.set_labels(out, labels.expand(out.shape))
+
+
+def _prod(values) -> int:
+    total = 1
+    for v in values:
+        total *= v
+    return total
+
+
 def is_transposed_linear(module) -> bool:
     """GPT-2's Conv1D: y = x @ W + b with W of shape (in, out) and the width in `nf`."""
     weight = getattr(module, "weight", None)
@@ -321,7 +373,7 @@ POOLING = ["max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d",
 TABLE = {
     "conv1d": conv, "conv2d": conv, "conv3d": conv,
     "conv_transpose1d": conv_transpose, "conv_transpose2d": conv_transpose, "conv_transpose3d": conv_transpose,
-    "linear": linear, "matmul": matmul, "mm": matmul, "addmm": matmul, "bmm": matmul,
+    "linear": linear, "einsum": einsum, "matmul": matmul, "mm": matmul, "addmm": matmul, "bmm": matmul,
     "batch_norm": batch_norm, "instance_norm": instance_norm, "group_norm": group_norm,
     "layer_norm": layer_norm, "rms_norm": layer_norm, "prelu": prelu, "embedding": embedding,
     "multi_head_attention_forward": multi_head_attention, "scaled_dot_product_attention": sdpa,

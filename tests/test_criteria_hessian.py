@@ -108,3 +108,12 @@ def test_exact_diagonal_refuses_large_problems_and_bad_input():
         hessian.hvp(lambda ps: (ps[0] ** 2).sum(), [torch.ones(2)], [torch.ones(3)])
     with pytest.raises(PrunekitError, match="scalar"):
         hessian.gradient(lambda ps: ps[0] * 2, [torch.ones(2)])
+
+
+def test_rademacher_entries_are_balanced_signs_and_seeded():
+    t = torch.empty(1000, 100)
+    a = hessian.rademacher_like(t, torch.Generator().manual_seed(0))
+    b = hessian.rademacher_like(t, torch.Generator().manual_seed(0))
+    assert torch.equal(a, b) and set(a.unique().tolist()) == {-1.0, 1.0}
+    assert abs(float(a.mean())) < 0.01  # 10⁵ fair signs: std of the mean ≈ 0.003
+    assert abs(float((a[:, :-1] * a[:, 1:]).mean())) < 0.01  # neighbours independent

@@ -121,10 +121,19 @@ def exact_diagonal(loss_of_params: Callable, params, *, max_elements: int = EXAC
     return _pack(names, diagonal)
 
 
+_SHIFTS = torch.arange(64)
+
+
 def rademacher_like(tensor: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Independent ±1 entries with probability ½ each."""
-    bits = torch.randint(0, 2, tensor.shape, generator=generator, device="cpu")
-    return (bits * 2 - 1).to(dtype=tensor.dtype, device=tensor.device)
+    """Independent ±1 entries with probability ½ each.
+
+    Drawn 64 at a time from the bits of random 64-bit integers: drawing one integer per entry
+    costs more than the Hessian-vector product itself on a small network.
+    """
+    n = tensor.numel()
+    words = torch.randint(-2 ** 63, 2 ** 63 - 1, ((n + 63) // 64,), generator=generator, dtype=torch.int64)
+    bits = ((words.unsqueeze(1) >> _SHIFTS) & 1).reshape(-1)[:n].reshape(tensor.shape)
+    return bits.to(dtype=tensor.dtype).mul_(2).sub_(1).to(tensor.device)
 
 
 def hutchinson_diagonal(loss_of_params: Callable, params, *, samples: int = 1,

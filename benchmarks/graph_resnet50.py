@@ -37,7 +37,7 @@ def prunekit_run(ratio, example):
     prune_structured(model, ratio, example, scope="local", graph=graph)
     timings["prune s"] = time.perf_counter() - start
     start = time.perf_counter()
-    small, _ = compact(model, example)
+    small, _ = compact(model, example, graph=graph)
     timings["compact s"] = time.perf_counter() - start
     return timings, params(small)
 

@@ -66,3 +66,14 @@ def test_flop_count_restores_mode_and_hooks():
     assert model.training and not model[1].training
     assert not model[0]._forward_hooks
     assert torch.equal(model[1].running_mean, stats_before)
+
+
+def test_transposed_conv_flops_by_hand_dense_and_sparse():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.ConvTranspose2d(3, 5, 3, stride=2))
+    x = torch.randn(2, 3, 4, 4)
+    # every input position multiplies every weight once: 2·4·4 positions × (3·5·3·3) weights
+    assert count_flops(model, x)["dense_flops"] == 2 * (2 * 4 * 4) * (3 * 5 * 3 * 3)
+    pk.prune(model, 0.6)
+    nonzero = int((model[0].weight != 0).sum())
+    assert count_flops(model, x)["sparse_flops"] == 2 * (2 * 4 * 4) * nonzero

@@ -105,3 +105,13 @@ def test_conv_models_mask_and_run():
         masks = pk.prune(model, 0.8)
         assert model(x).shape == (2, 10)
         assert pruned_weights_are_zero(model, masks)
+
+
+def test_root_module_parameter_can_be_pruned_twice_and_masksets_do_not_alias():
+    model = nn.Linear(6, 1)  # its weight belongs to the root module itself
+    first = pk.prune(model, 0.5)
+    snapshot = first["weight"].clone()
+    second = pk.prune(model, 0.8)
+    assert torch.equal(first["weight"], snapshot)  # the returned MaskSet is a value, not a view
+    assert second.is_subset_of(first) and int((~second["weight"]).sum()) == 5
+    assert first.get("missing") is None

@@ -2,22 +2,31 @@
 
     import prunekit as pk
     pk.prune(model, 0.9)                 # global magnitude pruning, masks as parametrizations
+    pk.prune_structured(model, 0.5, x)   # channels / heads with everything coupled to them
+    small, record = pk.compact(model, x) # a physically smaller plain nn.Module, same outputs
     print(pk.format_table(pk.sparsity_table(model)["layers"]))
     pk.remove_masks(model)               # bake the zeros in
 """
 
 from . import criteria, data, models
 from .accounting import count_flops, parameter_counts, sparsity_table, storage_bytes, summary
+from .compact import CompactionRecord, apply_record, compact, predicted_counts
+from .criteria import CRITERIA, get_criterion
 from .errors import AmountError, GraphError, MaskError, PrunekitError, RecipeError
 from .masks import (MaskSet, apply_masks, effective_weight, get_masks, load_masked_state_dict, named_parameters,
                     remove_masks)
+from .granularity import prune_granular, prune_nm
+from .graph import build_graph, register_handler
 from .prune import prune, prune_threshold
+from .structured import prune_structured
 from .table import format_table
 from .training import TrainConfig, evaluate, finetune, train
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CRITERIA", "CompactionRecord", "apply_record", "build_graph", "compact", "get_criterion", "predicted_counts",
+    "prune_granular", "prune_nm", "prune_structured", "register_handler",
     "AmountError", "GraphError", "MaskError", "MaskSet", "PrunekitError", "RecipeError", "TrainConfig",
     "apply_masks", "count_flops", "criteria", "data", "effective_weight", "evaluate", "finetune", "format_table",
     "get_masks", "load_masked_state_dict", "models", "named_parameters", "parameter_counts", "prune",

@@ -115,7 +115,7 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
             "compressed_bytes": sum(r.compressed_bytes for r in rows)}
 
 
-_COUNTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_COUNTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
 def count_flops(model: nn.Module, example_input) -> dict:
@@ -127,9 +127,15 @@ def count_flops(model: nn.Module, example_input) -> dict:
     handles = []
 
     def hook(name):
-        def record(module, _inputs, output):
+        def record(module, inputs, output):
             weight = module.weight
-            positions = output.numel() // weight.shape[0]  # weight.shape[0] = output channels / features
+            # Every weight is used once per position: per output position for Linear / Conv
+            # (weight.shape[0] = output channels), per input position for a transposed conv
+            # (weight.shape[0] = input channels).
+            if isinstance(module, nn.modules.conv._ConvTransposeNd):
+                positions = inputs[0].numel() // weight.shape[0]
+            else:
+                positions = output.numel() // weight.shape[0]
             layer_macs[name] = (positions * weight.numel(), positions * int(torch.count_nonzero(weight)))
         return record
 

@@ -30,7 +30,7 @@ class WeightMask(nn.Module):
 
     def __init__(self, mask: torch.Tensor):
         super().__init__()
-        self.register_buffer("mask", mask.to(torch.bool))
+        self.register_buffer("mask", mask.to(torch.bool).clone())
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         # where(), not multiplication: a NaN/inf in a pruned slot still yields an exact 0.
@@ -55,6 +55,9 @@ class MaskSet(Mapping):
 
     def __contains__(self, name) -> bool:
         return name in self._masks
+
+    def get(self, name, default=None):
+        return self._masks.get(name, default)
 
     def __iter__(self):
         return iter(self._masks)
@@ -143,7 +146,7 @@ def _as_bool_mask(name, mask) -> torch.Tensor:
     if not isinstance(mask, torch.Tensor):
         raise MaskError(f"Mask for '{name}' is a {type(mask).__name__}; pass a torch.Tensor of 0/1 or bools.")
     if mask.dtype == torch.bool:
-        return mask.detach()
+        return mask.detach().clone()  # a MaskSet owns its tensors: later pruning cannot change it
     if mask.is_floating_point() or mask.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64):
         if not bool(((mask == 0) | (mask == 1)).all()):
             raise MaskError(f"Mask for '{name}' is not binary; every entry must be 0 or 1 (True keeps a weight).")
@@ -157,6 +160,8 @@ def _as_bool_mask(name, mask) -> torch.Tensor:
 
 def canonical_name(name: str) -> str:
     """'a.parametrizations.weight.original' → 'a.weight'; other names unchanged."""
+    if name.startswith(_PARAMETRIZED[1:]):  # a masked parameter of the root module itself
+        name = "." + name
     if _PARAMETRIZED in name and name.endswith(".original"):
         module, rest = name.split(_PARAMETRIZED, 1)
         tensor = rest[: -len(".original")]
@@ -261,10 +266,11 @@ def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> MaskSet:
     itself sparse; the forward pass would be exact even without that.
     """
     masks = check_masks(model, masks)
+    available = named_parameters(model)  # installing a mask keeps the Parameter object itself
     for name, mask in masks.items():
         module, tensor = _owner(model, name)
         existing = _mask_parametrization(module, tensor)
-        dense = named_parameters(model)[name]
+        dense = available[name]
         mask = mask.to(dense.device)
         if existing is not None:
             existing.mask.copy_(mask)

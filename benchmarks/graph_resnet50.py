@@ -17,7 +17,7 @@ import time
 import torch
 import torchvision
 
-from prunekit.compact import compact
+from prunekit.compaction import compact
 from prunekit.graph import build_graph
 from prunekit.structured import prune_structured
 from prunekit.table import format_table

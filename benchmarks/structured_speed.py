@@ -19,7 +19,7 @@ import torch
 
 from prunekit.accounting import count_flops
 from prunekit.cnn_models import mobilenetv2, resnet8, resnet18
-from prunekit.compact import compact
+from prunekit.compaction import compact
 from prunekit.structured import prune_structured
 from prunekit.table import format_table
 

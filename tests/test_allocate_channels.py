@@ -9,7 +9,7 @@ from prunekit.accounting import count_flops
 from prunekit.allocate import (GlobalThresholdAllocator, GreedyAllocator, KnapsackAllocator, NetAdapt,
                                SensitivityAllocator, UniformAllocator)
 from prunekit.allocate.channels import ChannelProblem
-from prunekit.compact import predicted_counts
+from prunekit.compaction import predicted_counts
 from prunekit.errors import PrunekitError
 from prunekit.models import MNIST1DCNN, lenet5
 

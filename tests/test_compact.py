@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 import prunekit as pk
-from prunekit.compact import CompactionRecord, apply_record, compact, predicted_counts, relative_error
+from prunekit.compaction import CompactionRecord, apply_record, compact, predicted_counts, relative_error
 from prunekit.graph import build_graph
 from prunekit.structured import group_masks, prune_structured
 
@@ -241,7 +241,7 @@ def test_compacted_model_exports_to_onnx(tmp_path):
 
 
 def test_the_output_check_refuses_a_wrong_model(monkeypatch):
-    import prunekit.compact as compact_module
+    import prunekit.compaction as compact_module
 
     model, x = build("lenet5")
     prune_structured(model, 0.5, x)

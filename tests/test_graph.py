@@ -11,7 +11,7 @@ import prunekit as pk
 from prunekit.graph import build_graph, register_handler
 from prunekit.graph.handlers import _MODULE_HANDLERS
 from prunekit.structured import prune_structured
-from prunekit.compact import compact
+from prunekit.compaction import compact
 
 from models_zoo import (ZOO, densenet, fused_qkv, mha_model, mobilenet_v2, resnet_bottleneck, transformer,
                         transformer_eager, transformer_einsum, untraceable)

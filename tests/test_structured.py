@@ -7,7 +7,7 @@ import torch
 
 import prunekit as pk
 from prunekit.graph import build_graph
-from prunekit.compact import removable_units
+from prunekit.compaction import removable_units
 from prunekit.structured import choose_units, group_masks, group_scores, prune_structured, unit_values
 
 from models_zoo import mobilenet_v2, resnet_bottleneck

@@ -10,7 +10,7 @@
 
 from . import criteria, data, models
 from .accounting import count_flops, parameter_counts, sparsity_table, storage_bytes, summary
-from .compact import CompactionRecord, apply_record, compact, predicted_counts
+from .compaction import CompactionRecord, apply_record, compact, predicted_counts
 from .criteria import CRITERIA, get_criterion
 from .errors import AmountError, GraphError, MaskError, PrunekitError, RecipeError
 from .masks import (MaskSet, apply_masks, effective_weight, get_masks, load_masked_state_dict, named_parameters,

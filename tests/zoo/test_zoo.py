@@ -14,7 +14,7 @@ import torch
 
 torchvision = pytest.importorskip("torchvision")
 
-from prunekit.compact import compact, predicted_counts  # noqa: E402
+from prunekit.compaction import compact, predicted_counts  # noqa: E402
 from prunekit.graph import build_graph  # noqa: E402
 from prunekit.structured import prune_structured  # noqa: E402
 

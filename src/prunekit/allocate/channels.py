@@ -11,10 +11,10 @@ Costs are computed from the groups, without building the model:
   * params = Σ_tensors numel · Π_dims f — what compact() leaves;
   * flops  = dense − Σ_layers 2·MACs_l · (1 − f_out · f_in): a conv / linear layer's MACs
     are proportional to its output × input channels at fixed spatial size, so this equals
-    prunekit.compact.predicted_counts' FLOPs (and count_flops of the compacted model);
+    prunekit.compaction.predicted_counts' FLOPs (and count_flops of the compacted model);
   * latency = the LatencyTable prediction at the layers' kept (input, output) widths.
 
-`measure(model)` compacts a pruned model (prunekit.compact) and times it, so NetAdapt's front
+`measure(model)` compacts a pruned model (prunekit.compaction) and times it, so NetAdapt's front
 and the benchmarks report measured latency, not only predictions.
 """
 
@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..accounting import count_flops
-from ..compact import compact
+from ..compaction import compact
 from ..criteria import get_criterion
 from ..errors import PrunekitError
 from ..graph import build_graph

@@ -3,7 +3,7 @@
 The checkpoint is a state_dict saved from a masked model (what `prunekit run` writes) or a
 plain one; `--prune` first removes that fraction of every prunable group's channels. Writes
 OUT (the compacted state_dict) and OUT.record (the CompactionRecord, to rebuild the shapes on
-a fresh instance with prunekit.compact.apply_record) and prints parameters and FLOPs before
+a fresh instance with prunekit.compaction.apply_record) and prints parameters and FLOPs before
 and after.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..accounting import count_flops, parameter_counts
-from ..compact import compact
+from ..compaction import compact
 from ..errors import PrunekitError
 from ..masks import MaskSet, load_masked_state_dict
 from ..models import build_model

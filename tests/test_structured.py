@@ -145,3 +145,79 @@ def test_per_channel_criterion_reads_each_units_own_slice():
     gamma = model[4].weight.detach().abs()
     gone = (~masks["3.weight"].flatten(1).any(1)).nonzero().flatten()
     assert set(gone.tolist()) == set(torch.argsort(gamma)[:2].tolist())
+
+
+def _tie_gammas(model, graph, generator):
+    """Give every unit one random |γ|, shared by all BatchNorms of its group: {group: γ per unit}."""
+    params = pk.named_parameters(model)
+    gammas = {}
+    with torch.no_grad():
+        for group in graph.prunable():
+            norm_slices = [s for s in group.slices if s.kind == "param" and s.name.endswith(".weight")
+                           and isinstance(model.get_submodule(s.name.rsplit(".", 1)[0]), torch.nn.BatchNorm2d)]
+            if not norm_slices:
+                continue
+            g = torch.randperm(group.size, generator=generator).float().add(1.0) / group.size
+            for s in norm_slices:
+                for j in range(s.index.shape[1]):
+                    params[s.name][s.index[:, j]] = g * torch.where(torch.rand(group.size, generator=generator) < 0.5,
+                                                                    -1.0, 1.0)
+            gammas[group.name] = g
+    return gammas
+
+
+@pytest.mark.parametrize("build,how", [("resnet8", "max"), ("mobilenetv2", "l1"), ("bottleneck", "max"),
+                                       ("bottleneck", "l2")])
+def test_bn_scale_removes_exactly_the_smallest_gammas(build, how):
+    """Brute force: with bn_scale every group loses exactly its units of smallest |γ|, whatever the
+    consumer columns (which carry the consumer's own γ) and however many BatchNorms share the unit."""
+    torch.manual_seed(0)
+    from prunekit import cnn_models
+    model, x = {"resnet8": lambda: (cnn_models.resnet8(width=8), torch.randn(2, 3, 16, 16)),
+                "mobilenetv2": lambda: (cnn_models.mobilenetv2(10, width=0.25, stem_stride=1),
+                                        torch.randn(2, 3, 16, 16)),
+                "bottleneck": resnet_bottleneck}[build]()
+    graph = build_graph(model, x)
+    gammas = _tie_gammas(model, graph, torch.Generator().manual_seed(1))
+    assert len(gammas) == len(graph.prunable())  # every prunable group of these models has a BatchNorm
+    masks = prune_structured(model, 0.5, x, criterion="bn_scale", how=how, graph=graph)
+    for group in graph.prunable():
+        rows = next(s for s in group.slices if s.kind == "param" and s.name in masks)
+        alive = masks[rows.name].movedim(rows.dim, 0).flatten(1).any(1)[rows.index[:, 0]]
+        removed = set((~alive).nonzero().flatten().tolist())
+        assert removed and removed == set(torch.argsort(gammas[group.name])[:len(removed)].tolist()), group.name
+        assert len(removed) == group.size - max(1, group.size - int(0.5 * group.size))
+
+
+def test_input_channel_criterion_reads_the_consumer_columns():
+    """unit_dim=1: a unit's score is read from the columns of its consumers only, never from the
+    producer's own columns (which carry the scores of the producer's *input* channels)."""
+    model, x = lenet5()
+    graph = build_graph(model, x)
+    gen = torch.Generator().manual_seed(3)
+    columns = {n: torch.rand(p.shape[1], generator=gen) for n, p in pk.named_parameters(model).items() if p.dim() >= 2}
+    element = {n: v.reshape([1, -1] + [1] * (pk.named_parameters(model)[n].dim() - 2))
+               .expand_as(pk.named_parameters(model)[n]).clone() for n, v in columns.items()}
+    scores = group_scores(model, graph, element, how="max", unit_dim=1)
+    assert torch.equal(scores["0:out"], columns["3.weight"])  # conv 3's input channels
+    assert torch.equal(scores["3:out"], columns["7.weight"].reshape(16, 25).amax(1))  # 25 flattened positions each
+    assert torch.equal(scores["7:out"], columns["9.weight"])
+
+
+def test_regression_criterion_prunes_by_the_consumer_lasso_path():
+    model, x = lenet5()
+    batches = [(torch.randn(16, 1, 28, 28), None)]
+    masks = prune_structured(model, {"0:out": 3}, x, criterion="regression", batches=batches)
+    from prunekit.criteria import Regression
+    entry = Regression().scores(model, {"3.weight": model[3].weight}, batches=batches)["3.weight"][0, :, 0, 0]
+    removed = (~masks["0.weight"].flatten(1).any(1)).nonzero().flatten()
+    kept = masks["0.weight"].flatten(1).any(1).nonzero().flatten()
+    assert len(removed) == 3 and entry[removed].max() <= entry[kept].min()
+
+
+def test_per_channel_scores_without_a_slice_along_their_dimension_are_refused():
+    model, x = lenet5()
+    graph = build_graph(model, x)
+    rows = {"3.weight": torch.rand_like(model[3].weight)}  # group 0:out owns only a dim-1 slice of it
+    with pytest.raises(pk.PrunekitError, match="no tensor slice along dimension 0"):
+        group_scores(model, graph, rows, unit_dim=0, groups=[graph["0:out"]])

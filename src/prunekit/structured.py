@@ -7,6 +7,10 @@
 Score of a unit u of a group (how="l2"): s_u = ‖(e_i)_{i ∈ u}‖₂ over the element scores e of
 every ≥2-D parameter slice the unit owns (its filter, the consumer columns …); "l1" uses
 Σ|e_i|, "lp" (Σ|e_i|^p)^{1/p}, and "mean"/"sum"/"max" the obvious aggregates.
+A per-channel criterion (Criterion.unit_dim = d: one value per channel broadcast along dim d,
+e.g. bn_scale and apoz d = 0, regression d = 1) is read only from the slices whose unit axis is
+d — the producer's rows and the norm's own entries for d = 0, the consumers' input columns for
+d = 1 — because along the other axis the same tensor carries the values of other units.
 Global scope ranks s_u / mean_{v ∈ group}(s_v), so wide and narrow layers compete fairly.
 Masks are installed on *every* coupled parameter — filter rows, biases, norm scales and
 shifts, consumer input columns — so a removed channel is exactly zero everywhere and
@@ -75,8 +79,13 @@ def group_scores(model: nn.Module, graph: DependencyGraph, element_scores: Mappi
     for group in (groups if groups is not None else graph.prunable()):
         scored = [s for s in group.slices if s.kind == "param" and s.name in element_scores]
         own = [s for s in scored if unit_dim is None or s.dim == unit_dim]
+        if scored and not own:
+            # the other slices hold values broadcast for *other* units (a consumer's own channels)
+            raise PrunekitError(f"Group '{group.name}' has no tensor slice along dimension {unit_dim}, where a "
+                                f"per-channel criterion puts its values ({[(s.name, s.dim) for s in scored]}). "
+                                "Use an element-wise criterion, or leave this group out of `amount`.")
         parts = [_partial(unit_values(element_scores[s.name].detach(), s.dim, s.index).cpu(), how, p)
-                 for s in (own or scored)]
+                 for s in own]
         if not parts:
             raise PrunekitError(f"No element scores for any tensor of group '{group.name}' "
                                 f"({[s.name for s in group.slices if s.kind == 'param']}).")
@@ -155,6 +164,17 @@ def choose_units(scores: Mapping[str, torch.Tensor], amount, scope: str = "local
             for n, k in chosen.items()}
 
 
+def _scored_tensors(model: nn.Module, groups, unit_dim: int | None) -> list[str]:
+    """Tensors to score: per group, its ≥2-D slices (only those along `unit_dim` for a
+    per-channel criterion), or its 1-D ones (norm scales, biases) where it has no other."""
+    available = named_parameters(model)
+    names = set()
+    for group in groups:
+        own = [s.name for s in group.slices if s.kind == "param" and (unit_dim is None or s.dim == unit_dim)]
+        names.update([n for n in own if available[n].dim() >= 2] or own)
+    return sorted(names)
+
+
 def prune_structured(model: nn.Module, amount, example_inputs, *, criterion="magnitude", how: str = "l2",
                      p: float = 2.0, scope: str = "local", round_to: int = 1, batches=None, loss_fn=None,
                      graph: DependencyGraph | None = None) -> MaskSet:
@@ -180,11 +200,8 @@ def prune_structured(model: nn.Module, amount, example_inputs, *, criterion="mag
         raise GraphError(f"No prunable group in this model ({why or 'no channel-coupled layers found'}).")
     crit = get_criterion(criterion)
     unit_dim = getattr(crit, "unit_dim", None)
-    names = sorted({s.name for g in groups for s in g.slices
-                    if s.kind == "param" and (unit_dim is None or s.dim == unit_dim)})
-    available = named_parameters(model)
-    weights = [n for n in names if available[n].dim() >= 2] or names
-    element = crit.scores(model, resolve_parameters(model, weights), batches=batches, loss_fn=loss_fn)
+    element = crit.scores(model, resolve_parameters(model, _scored_tensors(model, groups, unit_dim)),
+                          batches=batches, loss_fn=loss_fn)
     scores = group_scores(model, graph, element, how, p, groups, unit_dim)
     keep = choose_units(scores, amount, scope, round_to)
     new = group_masks(graph, keep)

@@ -49,7 +49,7 @@ test-zoo: $(ZOO_STAMP)
 	$(ZOO_PY) -m pytest -q -p no:cacheprovider tests/zoo
 
 bench: install
-	$(PY) benchmarks/unstructured.py
+	for b in unstructured structured_speed criteria allocation lottery; do $(PY) benchmarks/$$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) $(ZOO_VENV) runs build src/*.egg-info

@@ -82,6 +82,13 @@ def test_global_scope_prunes_exact_unit_count_and_masks_only_shrink():
     assert get_masks(model).is_subset_of(first)
 
 
+def test_default_selection_takes_the_tensors_that_fit():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.Flatten(), nn.Linear(4 * 3 * 3, 5))
+    prune_granular(model, 0.5, "kernel")
+    assert set(get_masks(model)) == {"0.weight"}  # the Linear weight has no kernels
+
+
 def test_bad_granularity_leaves_model_untouched():
     model = nn.Sequential(nn.Linear(4, 3))
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -109,9 +116,12 @@ def test_prune_nm_on_a_model_and_errors():
     prune_nm(model, 2, 4, params=["0.weight", "2.weight"])
     for mask in get_masks(model).values():
         assert torch.all(mask.reshape(-1, 4).sum(dim=1) == 2)
+    odd = nn.Sequential(nn.Linear(6, 4), nn.Linear(4, 2))
+    prune_nm(odd, 2, 4)  # by default only the weights whose input dimension 4 divides
+    assert set(get_masks(odd)) == {"1.weight"}
     odd = nn.Sequential(nn.Linear(6, 4))
     with pytest.raises(AmountError, match="divisible"):
-        prune_nm(odd, 2, 4)
+        prune_nm(odd, 2, 4, params=["0.weight"])
     assert not get_masks(odd)
     with pytest.raises(AmountError, match="0 < N < M"):
         prune_nm(odd, 4, 4)

@@ -53,6 +53,16 @@ def check_granularity(granularity: str) -> None:
                             f"Known: {', '.join(GRANULARITIES)}.")
 
 
+def fits(shape, granularity: str) -> bool:
+    """Whether a tensor of this shape can be split into units of `granularity`."""
+    check_granularity(granularity)
+    if granularity == "element":
+        return True
+    if granularity == "neuron":
+        return len(shape) == 2
+    return len(shape) >= _KEY_DIMS[granularity][1]
+
+
 def unit_ids(shape, granularity: str, name: str = "tensor") -> tuple[torch.Tensor, int]:
     """(ids, n_units): ids has `shape` and holds each element's unit index in [0, n_units)."""
     check_granularity(granularity)
@@ -61,7 +71,7 @@ def unit_ids(shape, granularity: str, name: str = "tensor") -> tuple[torch.Tenso
     if granularity == "element":
         return torch.arange(numel).reshape(shape), numel
     dims, min_rank = _KEY_DIMS[granularity]
-    if len(shape) < min_rank or (granularity == "neuron" and len(shape) != 2):
+    if not fits(shape, granularity):
         need = "a 2-D Linear weight" if granularity == "neuron" else f"a tensor of rank ≥ {min_rank}"
         raise PrunekitError(f"Granularity '{granularity}' needs {need}, but '{name}' has shape {list(shape)}. "
                             "Choose a granularity that fits, or restrict params= to suitable layers.")
@@ -113,11 +123,15 @@ def prune_granular(model: nn.Module, amount, granularity: str = "element", *, cr
                    p: float = 2.0, scope: str = "local", params=None, batches=None, loss_fn=None) -> MaskSet:
     """Prune `amount` units (fraction or count of units, per tensor or across tensors) and install masks.
 
-    The new masks are intersected with the existing ones, so masks only shrink. On any error
-    the model is left unchanged.
+    With params=None every weight whose shape fits the granularity is pruned (e.g. "kernel"
+    takes the conv weights and leaves Linear ones alone); named params must all fit. The new
+    masks are intersected with the existing ones, so masks only shrink. On any error the model
+    is left unchanged.
     """
     if scope not in ("local", "global"):
         raise PrunekitError(f"scope must be 'local' or 'global', not {scope!r}.")
+    if params is None:
+        params = [n for n, p in resolve_parameters(model).items() if fits(p.shape, granularity)]
     chosen = resolve_parameters(model, params)
     existing = get_masks(model)
     raw = get_criterion(criterion).scores(model, chosen, batches=batches, loss_fn=loss_fn)
@@ -133,13 +147,17 @@ def prune_granular(model: nn.Module, amount, granularity: str = "element", *, cr
     return apply_masks(model, masks)
 
 
+def _check_nm(n, m) -> None:
+    if not (isinstance(n, int) and isinstance(m, int) and 0 < n < m):
+        raise AmountError(f"N:M needs integers 0 < N < M (e.g. 2:4), not {n}:{m}.")
+
+
 def nm_mask(scores: torch.Tensor, n: int, m: int, dim: int = 1, name: str = "tensor") -> torch.Tensor:
     """Keep-mask keeping the n highest scores of every m consecutive entries along `dim`.
 
     Exactly m − n zeros per group; ties go to the earlier position (pruned first).
     """
-    if not (isinstance(n, int) and isinstance(m, int) and 0 < n < m):
-        raise AmountError(f"N:M needs integers 0 < N < M (e.g. 2:4), not {n}:{m}.")
+    _check_nm(n, m)
     if scores.dim() == 1:
         dim = 0
     size = scores.shape[dim]
@@ -159,8 +177,13 @@ def prune_nm(model: nn.Module, n: int = 2, m: int = 4, *, criterion="magnitude",
     """N:M sparsity on every selected weight along its input dimension (dim 1; dim 0 for vectors).
 
     Starting from dense weights each group of M keeps exactly N. Already pruned weights are
-    chosen first, so masks only shrink. On any error the model is left unchanged.
+    chosen first, so masks only shrink. With params=None the weights whose input dimension M
+    divides are pruned (a 3-channel stem is left dense); named params must all divide. On any
+    error the model is left unchanged.
     """
+    _check_nm(n, m)
+    if params is None:
+        params = [name for name, p in resolve_parameters(model).items() if p.shape[1 if p.dim() > 1 else 0] % m == 0]
     chosen = resolve_parameters(model, params)
     existing = get_masks(model)
     raw = get_criterion(criterion).scores(model, chosen, batches=batches, loss_fn=loss_fn)

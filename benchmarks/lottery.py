@@ -17,7 +17,6 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
 from prunekit import data, models, prune
 from prunekit.landscape import RestrictedLoss, lanczos

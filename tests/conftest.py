@@ -13,3 +13,13 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 def seeded():
     torch.manual_seed(0)
     return torch.Generator().manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models on shared cores: one thread avoids oversubscription (restored afterwards).
+    Use with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

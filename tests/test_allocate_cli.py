@@ -5,7 +5,6 @@ import json
 
 import pytest
 import yaml
-import torch
 
 from prunekit.allocate.workflow import run_allocation
 from prunekit.cli import main
@@ -13,13 +12,7 @@ from prunekit.errors import PrunekitError
 from prunekit.recipe import recipe_from_dict
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small models on shared cores: one thread avoids oversubscription (restored afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SMALL = ["--model", "mnist1d_mlp", "--model-option", "in_features=64", "--model-option", "hidden=16",
          "--data", "digits", "--train-steps", "100", "--no-progress", "--ratios", "0.5,0.9"]

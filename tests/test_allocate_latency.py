@@ -15,13 +15,7 @@ from prunekit.models import MNIST1DCNN
 from prunekit.training import TrainConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small models on shared cores: one thread avoids oversubscription (restored afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _prediction_errors(x):

@@ -13,13 +13,7 @@ from prunekit.runs import RunDir
 from prunekit.training import TrainConfig, train
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small models on shared cores: one thread avoids oversubscription (restored afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

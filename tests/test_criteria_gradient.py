@@ -10,13 +10,7 @@ from torch import nn
 from prunekit.criteria import OBD, SNIP, GraSP, Taylor
 from prunekit.masks import apply_masks, named_parameters, resolve_parameters
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids oversubscription on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 

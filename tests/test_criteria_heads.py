@@ -13,12 +13,7 @@ from prunekit.errors import PrunekitError
 from prunekit.masks import resolve_parameters
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _fixed_maps():

@@ -12,12 +12,7 @@ from prunekit.masks import apply_masks, resolve_parameters
 from prunekit.prune import prune
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Small(nn.Module):

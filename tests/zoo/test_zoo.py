@@ -7,7 +7,6 @@ the compacted model's output equals the masked model's (relative error ≤ 1e-5,
 fewer parameters, and that the parameter count equals the one predicted from the masks.
 """
 
-import copy
 
 import pytest
 import torch

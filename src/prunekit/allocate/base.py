@@ -22,6 +22,7 @@ a single unit still fits.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from abc import ABC, abstractmethod
@@ -32,6 +33,8 @@ from pathlib import Path
 from torch import nn
 
 from ..errors import PrunekitError
+from ..masks import apply_masks
+from ..training import TrainConfig, evaluate, train
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,37 @@ class PruningProblem(ABC):
 
     def accuracy(self, counts: Mapping[str, int]) -> float:
         return self.evaluate(self.apply(counts))
+
+
+class MaskedModelProblem(PruningProblem):
+    """A problem over a real model: pruning installs `self.masks(counts)` on a copy, accuracy
+    is measured on `self.val`, and fine-tuning (when `self.train_data` is given) trains with
+    `self.train_config` at its fine-tuning learning rate. Subclasses define `masks` and costs."""
+
+    model: nn.Module
+    val: object
+    train_data: object = None
+    train_config: TrainConfig
+
+    @abstractmethod
+    def masks(self, counts: Mapping[str, int]) -> dict:
+        """Keep-masks (parameter name → bool tensor) for `counts` units pruned per layer."""
+
+    def apply(self, counts: Mapping[str, int], model: nn.Module | None = None) -> nn.Module:
+        counts = self.full(counts)
+        pruned = copy.deepcopy(model if model is not None else self.model)
+        apply_masks(pruned, self.masks(counts))
+        return pruned
+
+    def evaluate(self, model: nn.Module) -> float:
+        return evaluate(model, self.val)["accuracy"]
+
+    def finetune(self, model: nn.Module, steps: int, seed: int = 0) -> nn.Module:
+        if self.train_data is None:
+            return super().finetune(model, steps, seed)
+        if steps > 0:
+            train(model, self.train_data, self.train_config.for_finetuning(steps=steps, seed=seed), progress=False)
+        return model
 
 
 def resolve_target(problem: PruningProblem, budget: float) -> float:

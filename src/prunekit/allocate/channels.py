@@ -20,7 +20,6 @@ and the benchmarks report measured latency, not only predictions.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Mapping
 
@@ -32,16 +31,16 @@ from ..compaction import compact
 from ..criteria import get_criterion
 from ..errors import PrunekitError
 from ..graph import build_graph
-from ..masks import apply_masks, named_parameters, resolve_parameters
+from ..masks import named_parameters, resolve_parameters
 from ..structured import group_masks, group_scores
-from ..training import TrainConfig, evaluate, train
-from .base import Layer, PruningProblem
+from ..training import TrainConfig
+from .base import Layer, MaskedModelProblem
 from .latency import LatencyTable, measure_latency
 
 METRICS = ("params", "flops", "latency")
 
 
-class ChannelProblem(PruningProblem):
+class ChannelProblem(MaskedModelProblem):
     """Per-group channel pruning of `model`, evaluated on `val`; see the module docstring."""
 
     def __init__(self, model: nn.Module, val, example_input, *, metric: str = "flops", criterion="magnitude",
@@ -118,21 +117,6 @@ class ChannelProblem(PruningProblem):
             keep[layer.name] = k
         return group_masks(self.graph, keep)
 
-    def apply(self, counts: Mapping[str, int], model: nn.Module | None = None) -> nn.Module:
-        counts = self.full(counts)
-        pruned = copy.deepcopy(model if model is not None else self.model)
-        apply_masks(pruned, self.masks(counts))
-        return pruned
-
-    def evaluate(self, model: nn.Module) -> float:
-        return evaluate(model, self.val)["accuracy"]
-
-    def finetune(self, model: nn.Module, steps: int, seed: int = 0) -> nn.Module:
-        if self.train_data is None:
-            return super().finetune(model, steps, seed)
-        if steps > 0:
-            train(model, self.train_data, self.train_config.for_finetuning(steps=steps, seed=seed), progress=False)
-        return model
 
     def compact(self, model: nn.Module) -> nn.Module:
         return compact(model, self.example_input, graph=self.graph)[0]

@@ -17,7 +17,6 @@ TableProblem — a synthetic problem given by per-unit costs and accuracy curves
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 
 import numpy as np
@@ -27,14 +26,14 @@ from torch import nn
 from ..prune import score as element_scores
 from ..accounting import count_flops, parameter_counts
 from ..errors import PrunekitError
-from ..masks import apply_masks, named_parameters, resolve_parameters
-from ..training import TrainConfig, evaluate, train
-from .base import Layer, PruningProblem
+from ..masks import named_parameters, resolve_parameters
+from ..training import TrainConfig
+from .base import Layer, MaskedModelProblem, PruningProblem
 
 METRICS = ("params", "flops")
 
 
-class UnstructuredProblem(PruningProblem):
+class UnstructuredProblem(MaskedModelProblem):
     """Per-layer unstructured pruning of `model`'s weights, evaluated on `val` (a TensorDataset).
 
     `train_data` and `train_config` enable fine-tuning (NetAdapt). `max_ratio` caps each layer
@@ -93,21 +92,6 @@ class UnstructuredProblem(PruningProblem):
             out[layer.name] = keep.reshape(params[layer.name].shape)
         return out
 
-    def apply(self, counts: Mapping[str, int], model: nn.Module | None = None) -> nn.Module:
-        counts = self.full(counts)
-        pruned = copy.deepcopy(model if model is not None else self.model)
-        apply_masks(pruned, self.masks(counts))
-        return pruned
-
-    def evaluate(self, model: nn.Module) -> float:
-        return evaluate(model, self.val)["accuracy"]
-
-    def finetune(self, model: nn.Module, steps: int, seed: int = 0) -> nn.Module:
-        if self.train_data is None:
-            return super().finetune(model, steps, seed)
-        if steps > 0:
-            train(model, self.train_data, self.train_config.for_finetuning(steps=steps, seed=seed), progress=False)
-        return model
 
     def unit_scores(self, name: str):
         return self._sorted[name]

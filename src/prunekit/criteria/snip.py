@@ -12,8 +12,6 @@ does not change the ranking.
 
 from __future__ import annotations
 
-import torch
-
 from ..masks import effective_weight
 from .base import Criterion
 from .calibration import batch_list, pure, require_loss

@@ -261,3 +261,37 @@ def test_remove_blocks_leaves_the_model_and_refuses_a_wrong_result():
     alive.params = [first]
     with pytest.raises(pk.GraphError, match="differs from the masked one"):
         remove_blocks(model, x, blocks=blocks)
+
+
+class _InPlaceSum(nn.Module):
+    def __init__(self, first_operand):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4))
+        self.first_operand = first_operand
+
+    def forward(self, x):
+        y = self.body(x)
+        if self.first_operand == "branch":
+            y += x
+            return y
+        x = x.clone()  # the model input must not be changed in place
+        x += y
+        return x
+
+
+@pytest.mark.parametrize("first_operand", ["branch", "shortcut"])
+def test_in_place_residual_sums(first_operand):
+    torch.manual_seed(0)
+    model, x = _randomise_norms(nn.Sequential(nn.Conv2d(3, 4, 1), _InPlaceSum(first_operand), nn.Conv2d(4, 2, 1))), \
+        torch.randn(2, 3, 6, 6)
+    blocks = find_residual_blocks(model, x)
+    if first_operand == "shortcut":  # x.clone() is what the branch adds to, not the branch's input
+        assert blocks == []
+        return
+    assert [(b.name, b.prunable) for b in blocks] == [("1.body", True)]
+    prune_blocks(model, 1, x)
+    small = remove_blocks(model, x)
+    assert isinstance(small[1], nn.Identity)  # y += x; return y is x + F(x) exactly
+    with torch.no_grad():
+        model.eval(), small.eval()
+        assert torch.equal(model(x), small(x)) and torch.equal(model(x), model[2](model[0](x)))

@@ -92,8 +92,8 @@ class _Recorder(TorchFunctionMode):
     def __init__(self, compare: bool = False):
         super().__init__()
         self.compare = compare  # also note, at the time of each add, which operands equal its result
-        # (operands, result, operand versions, result version, result == operand i)
-        self.adds: list[tuple[list[torch.Tensor], torch.Tensor, list[int], int, list[bool]]] = []
+        # (operands, result, operand versions, result version, result == operand i, reads of operand i)
+        self.adds: list[tuple] = []
         self.uses: dict[int, int] = {}
         self.keep: list = []  # keeps recorded tensors alive so their ids stay unique
 
@@ -104,13 +104,15 @@ class _Recorder(TorchFunctionMode):
             for t in _tensors((args, kwargs)):
                 self.uses[id(t)] = self.uses.get(id(t), 0) + 1
                 self.keep.append(t)
+        operands = [a for a in args[:2] if isinstance(a, torch.Tensor)] if name in _ADDS else []
+        # versions, read before the add (x += f(x) bumps them): an in-place op before the add (on x)
+        # or after it (on the sum) changes values without changing which tensor object it is
+        versions = [o._version for o in operands]
         out = func(*args, **kwargs)
         if name in _ADDS and isinstance(out, torch.Tensor):
-            operands = [a for a in args[:2] if isinstance(a, torch.Tensor)]
-            # versions: an in-place op before the add (on x) or after it (on the sum) changes values
-            # without changing which tensor object it is
             same = [torch.equal(out, o) for o in operands] if self.compare else []
-            self.adds.append((operands, out, [o._version for o in operands], out._version, same))
+            used = [self.uses.get(id(o), 0) for o in operands]  # reads so far, this add included
+            self.adds.append((operands, out, versions, out._version, same, used))
             self.keep.append(out)
         return out
 
@@ -197,9 +199,13 @@ def find_residual_blocks(model: nn.Module, example_inputs) -> list[ResidualBlock
             continue
         add = next((a for a in rec.adds if len(a[0]) == 2 and any(o is y for o in a[0])
                     and any(o is x for o in a[0])), None)
-        if (add is None or not (x.shape == y.shape == add[1].shape) or rec.uses.get(id(y), 0) != 1
+        if add is None:
+            continue
+        # f(x) read by the add only: later reads of the same object are reads of the sum if y += x
+        reads = add[5][[o is y for o in add[0]].index(True)] if add[1] is y else rec.uses.get(id(y), 0)
+        if (not (x.shape == y.shape == add[1].shape) or reads != 1
                 or add[2] != [x_in if o is x else y_out for o in add[0]]):
-            continue  # not an identity residual, a broadcast, f(x) also used elsewhere, or x / f(x) changed
+            continue  # a broadcast, f(x) also used elsewhere, or x / f(x) changed in place before the add
         parent = name.rpartition(".")[0]
         pc = calls.get(parent, [])
         p_params = {id(p) for p in modules[parent].parameters()} if parent else set()

@@ -295,3 +295,23 @@ def test_in_place_residual_sums(first_operand):
     with torch.no_grad():
         model.eval(), small.eval()
         assert torch.equal(model(x), small(x)) and torch.equal(model(x), model[2](model[0](x)))
+
+
+@pytest.mark.parametrize("build", [resnet_small, mobilenet_small])
+def test_blocks_then_channels(build):
+    """Channel pruning and block pruning together: remove the blocks keeping the channel masks,
+    then compact the channels; the result computes what the masked model computes."""
+    model, x = build()
+    from prunekit.compaction import compact, predicted_counts
+    from prunekit.structured import prune_structured
+    prune_structured(model, 0.25, x)
+    removed = prune_blocks(model, 0.5, x)
+    assert removed
+    without = remove_blocks(model, x, keep_masks=True)
+    assert len(pk.get_masks(without)) and not any(n.startswith(tuple(removed)) for n in pk.get_masks(without))
+    predicted = predicted_counts(without, x)["params"]
+    tiny, _ = compact(without, x)
+    assert sum(p.numel() for p in tiny.parameters()) == predicted < predicted_params(model, x)
+    with torch.no_grad():
+        model.eval(), tiny.eval()
+        assert relative_error(model(x), tiny(x)) <= 1e-5

@@ -35,6 +35,7 @@ so whatever follows the add (BasicBlock's ReLU) still runs on x + 0 = x.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 
@@ -317,15 +318,17 @@ def predicted_params(model: nn.Module, example_inputs, *, blocks=None) -> int:
     return sum(p.numel() for p in model.parameters() if id(p) not in gone_ids)
 
 
-def remove_blocks(model: nn.Module, example_inputs, *, blocks=None, check: bool = True,
+def remove_blocks(model: nn.Module, example_inputs, *, blocks=None, keep_masks: bool = False, check: bool = True,
                   rtol: float = 1e-5) -> nn.Module:
-    """A deep copy without the removed residual branches (masks baked in). `model` is unchanged.
+    """A deep copy without the removed residual branches. `model` is unchanged.
 
+    Masks are baked into plain parameters, unless keep_masks=True: then the copy keeps the
+    other masks, so prunekit.compaction.compact(copy, x) can remove pruned channels next.
     With check=True both models run on example_inputs (eval mode); a relative output error
     above rtol raises GraphError instead of returning a wrong model.
     """
     blocks = blocks if blocks is not None else find_residual_blocks(model, example_inputs)
-    small = _plain_copy(model)
+    small = copy.deepcopy(model) if keep_masks else _plain_copy(model)
     for b in removed_blocks(model, blocks):
         target = b.parent if b.whole else b.name
         owner_name, _, attr = target.rpartition(".")

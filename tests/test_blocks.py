@@ -99,10 +99,11 @@ def test_candidates_are_exactly_the_identity_shortcut_branches(build):
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 
-@pytest.mark.parametrize("build", [zoo.resnet_bottleneck, zoo.transformer, zoo.densenet, zoo.fused_qkv])
+@pytest.mark.parametrize("build", [zoo.resnet_bottleneck, zoo.densenet, zoo.fused_qkv, zoo.mha_model,
+                                   zoo.assorted, zoo.torch_encoder])
 def test_no_candidate_where_no_module_is_added_to_its_own_input(build):
-    # bottleneck: the identity branch is written inline (no single module computes f); the
-    # transformer adds attn(norm(x)), whose module input is norm(x), not x
+    # bottleneck and fused_qkv: the branch is written inline (no single module computes f);
+    # mha_model: nn.MultiheadAttention returns a tuple; torch_encoder: PyTorch's fused layer
     model, x = build()
     assert find_residual_blocks(model, x) == []
 
@@ -315,3 +316,45 @@ def test_blocks_then_channels(build):
     with torch.no_grad():
         model.eval(), tiny.eval()
         assert relative_error(model(x), tiny(x)) <= 1e-5
+
+
+def transformer_blocks(model):
+    """Brute force for the zoo transformer: both pre-norm branches of every encoder block."""
+    return [(f"{name}.{f}", f"{name}.{p}") for name, m in model.named_modules() if isinstance(m, zoo.EncoderBlock)
+            for f, p in (("attn", "norm1"), ("mlp", "norm2"))]
+
+
+@pytest.mark.parametrize("build", [zoo.transformer, zoo.transformer_eager])
+def test_pre_norm_transformer_branches(build):
+    torch.manual_seed(0)
+    model, x = build()
+    blocks = find_residual_blocks(model, x)
+    assert [(b.name, b.pre) for b in blocks] == transformer_blocks(model) and all(b.prunable for b in blocks)
+    removed = prune_blocks(model, 0.5, x)
+    assert len(removed) == 2
+    gone = sum(p.numel() for b in blocks if b.name in removed
+               for owner in (b.name, b.pre) for p in model.get_submodule(owner).parameters())
+    small = remove_blocks(model, x)
+    assert sum(p.numel() for p in small.parameters()) == predicted_params(model, x) == \
+        sum(p.numel() for p in model.parameters()) - gone
+    with torch.no_grad():
+        model.eval(), small.eval()
+        tokens = torch.randint(0, 50, (3, 6))
+        assert relative_error(model(tokens), small(tokens)) <= 1e-5
+
+
+class _DivideByNorm(nn.Module):
+    def forward(self, x):
+        return x / x.abs().sum()  # 0 / 0 once the conv before it is masked
+
+
+def test_a_branch_that_masks_cannot_silence_is_refused():
+    torch.manual_seed(0)
+    body = nn.Sequential(nn.Conv2d(4, 4, 1), _DivideByNorm(), nn.BatchNorm2d(4))
+    model, x = _net(body), torch.randn(2, 3, 5, 5)
+    (b,) = find_residual_blocks(model, x)
+    assert b.prunable  # the structure is fine; only masking reveals the NaN
+    state = _state(model)
+    with pytest.raises(pk.GraphError, match="still does not output zeros"):
+        prune_blocks(model, 1, x)
+    assert _same_state(model, state) and len(pk.get_masks(model)) == 0

@@ -19,6 +19,11 @@ W ∗ z + b = 0 ∗ z + 0 = 0 (conv / linear, z finite) or ẑ · γ + β = ẑ 
 because var + ε > 0), in eval and train mode alike: F(x) = 0 exactly and x + F(x) = x.
 Running statistics are buffers: left as they are (they only ever multiply γ = 0).
 
+A branch may also follow a module P that only it reads — y = x + F(P(x)), a pre-norm
+transformer block — then P is removed with F (masked too; replaced by nn.Identity). Before
+the masks go on, a masked copy confirms every chosen branch outputs exact zeros (eval and
+train mode), so a NaN made inside a branch is refused instead of silently kept.
+
 **Score of a block** (higher = keep): over calibration batches b,
 
     s_F = sqrt(Σ_b ‖F(x_b)‖²) / sqrt(Σ_b ‖x_b‖²)
@@ -47,7 +52,7 @@ from . import selection
 from .compaction import _call, _plain_copy, relative_error
 from .errors import GraphError, PrunekitError
 from .masks import MaskSet, apply_masks, canonical_name, get_masks, named_parameters
-from .modes import evaluation_mode
+from .modes import evaluation_mode, training_mode
 
 # Layers whose output is exactly 0 once weight and bias are 0 (the library's own forward only).
 _ZEROABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
@@ -64,7 +69,8 @@ class ResidualBlock:
     name: str
     parent: str
     whole: bool  # parent(x) == x + F(x) and parent owns no parameter outside F: parent → Identity
-    params: list[str] = field(default_factory=list)  # canonical names of F's parameters
+    params: list[str] = field(default_factory=list)  # canonical names of F's (and pre's) parameters
+    pre: str = ""  # a module P between the shortcut and F: y = x + F(P(x)) (a pre-norm), removed with F
     prunable: bool = True
     reason: str = ""
 
@@ -96,6 +102,8 @@ class _Recorder(TorchFunctionMode):
         # (operands, result, operand versions, result version, result == operand i, reads of operand i)
         self.adds: list[tuple] = []
         self.uses: dict[int, int] = {}
+        self.readers: dict[int, list[str]] = {}  # innermost running module of every read
+        self.stack: list[str] = []  # names of the modules running now, set by the hooks
         self.keep: list = []  # keeps recorded tensors alive so their ids stay unique
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -104,6 +112,7 @@ class _Recorder(TorchFunctionMode):
         if name not in _METADATA:
             for t in _tensors((args, kwargs)):
                 self.uses[id(t)] = self.uses.get(id(t), 0) + 1
+                self.readers.setdefault(id(t), []).append(self.stack[-1] if self.stack else "")
                 self.keep.append(t)
         operands = [a for a in args[:2] if isinstance(a, torch.Tensor)] if name in _ADDS else []
         # versions, read before the add (x += f(x) bumps them): an in-place op before the add (on x)
@@ -129,6 +138,7 @@ def _module_calls(model, example_inputs, replace=()):
         def pre_hook(module, args):
             x = args[0] if args and isinstance(args[0], torch.Tensor) else None
             entry_versions.setdefault(name, []).append(x._version if x is not None else None)
+            recorder.stack.append(name)
         return pre_hook
 
     def hook_for(name):
@@ -138,6 +148,7 @@ def _module_calls(model, example_inputs, replace=()):
                 output = torch.zeros_like(output)
             y = output if isinstance(output, torch.Tensor) else None
             version_in = entry_versions[name].pop()
+            recorder.stack.pop()
             # (input, output, input version on entry, input version on exit, output version on exit)
             calls.setdefault(name, []).append((x, y, version_in, x._version if x is not None else None,
                                                y._version if y is not None else None))
@@ -195,13 +206,20 @@ def find_residual_blocks(model: nn.Module, example_inputs) -> list[ResidualBlock
     for name, c in calls.items():
         if len(c) != 1 or c[0][0] is None or c[0][1] is None:
             continue
-        x, y, x_in, x_out, y_out = c[0]
-        if y is x or x_in != x_out:  # nn.Identity (the shortcut itself), or F changed its input in place
+        z, y, z_in, z_out, y_out = c[0]
+        if y is z or z_in != z_out:  # nn.Identity (the shortcut itself), or F changed its input in place
             continue
-        add = next((a for a in rec.adds if len(a[0]) == 2 and any(o is y for o in a[0])
-                    and any(o is x for o in a[0])), None)
+        add = next((a for a in rec.adds if len(a[0]) == 2 and any(o is y for o in a[0])), None)
         if add is None:
             continue
+        x = next(o for o in add[0] if o is not y)
+        pre, x_in = "", z_in
+        if x is not z:  # y = x + F(P(x)): P's output z read only inside F, unchanged until F ran
+            pre = next((m for m, pc in calls.items() if len(pc) == 1 and pc[0][0] is x and pc[0][1] is z
+                        and pc[0][4] == z_in and not _inside(m, name) and not _inside(name, m)), "")
+            if not pre or not all(_inside(r, name) for r in rec.readers.get(id(z), [])):
+                continue
+            x_in = calls[pre][0][2]
         # f(x) read by the add only: later reads of the same object are reads of the sum if y += x
         reads = add[5][[o is y for o in add[0]].index(True)] if add[1] is y else rec.uses.get(id(y), 0)
         if (not (x.shape == y.shape == add[1].shape) or reads != 1
@@ -212,14 +230,15 @@ def find_residual_blocks(model: nn.Module, example_inputs) -> list[ResidualBlock
         p_params = {id(p) for p in modules[parent].parameters()} if parent else set()
         f_params = {id(p) for p in modules[name].parameters()}
         # the parent is x ↦ x + F(x) itself: its output is the sum, untouched since the add
-        whole = (len(pc) == 1 and pc[0][0] is x and pc[0][1] is add[1] and pc[0][4] == add[3]
+        whole = (not pre and len(pc) == 1 and pc[0][0] is x and pc[0][1] is add[1] and pc[0][4] == add[3]
                  and pc[0][2] == x_in and p_params == f_params and add[1] is not x)
-        params = sorted({canonical_name(f"{name}.{raw}") for raw, _ in modules[name].named_parameters()})
-        block = ResidualBlock(name, parent, whole, params)
+        owners = [name] + ([pre] if pre else [])
+        params = sorted({canonical_name(f"{o}.{raw}") for o in owners for raw, _ in modules[o].named_parameters()})
+        block = ResidualBlock(name, parent, whole, params, pre=pre)
         last = _last_layer(calls, name, y, y_out)
         layer = modules.get(last) if last is not None else None
-        shared = [n for n in (ms for p in modules[name].parameters() for ms in held.get(id(p), ()))
-                  if not _inside(n, name)]
+        shared = [n for o in owners for p in modules[o].parameters() for n in held.get(id(p), ())
+                  if not any(_inside(n, own) for own in owners)]
         if not params:
             block.prunable, block.reason = False, "it has no parameters to mask"
         elif layer is None or not isinstance(layer, _ZEROABLE) or type(layer).forward not in {
@@ -231,7 +250,14 @@ def find_residual_blocks(model: nn.Module, example_inputs) -> list[ResidualBlock
             block.prunable, block.reason = False, f"'{last}' has no affine weight to mask"
         elif shared:
             block.prunable, block.reason = False, f"its parameters are also used by '{sorted(shared)[0]}'"
-        found.append(block)
+        found.append((id(y), block))
+    # nested modules returning the same tensor (body and its last BN, x + bn(conv(x))) describe one
+    # branch: keep the outermost
+    outer: dict[int, ResidualBlock] = {}
+    for key, block in found:
+        if key not in outer or len(block.name) < len(outer[key].name):
+            outer[key] = block
+    found = [b for _, b in found if outer[_] is b]
     _verify_zero_branches(model, example_inputs, [b for b in found if b.prunable])
     return found
 
@@ -242,7 +268,8 @@ def _verify_zero_branches(model, example_inputs, blocks):
         return
     calls, rec = _module_calls(model, example_inputs, replace={b.name for b in blocks})
     for b in blocks:
-        x, zero = calls[b.name][0][:2]
+        zero = calls[b.name][0][1]
+        x = calls[b.pre][0][0] if b.pre else calls[b.name][0][0]
         add = next((a for a in rec.adds if any(o is zero for o in a[0])), None)
         if add is None or not any(o is x and equal for o, equal in zip(add[0], add[4])):
             b.prunable, b.reason = False, "with its output replaced by zeros the add did not return its input"
@@ -275,6 +302,28 @@ def block_scores(model: nn.Module, blocks, batches) -> dict[str, float]:
     return {n: math.sqrt(f) / math.sqrt(x) if x > 0 else 0.0 for n, (f, x) in sums.items()}
 
 
+def _check_silenced(model, masks, blocks, example_inputs):
+    """On a masked copy, every given branch must output exact zeros, in eval and train mode.
+    (True by construction for the layers in _ZEROABLE unless the branch makes a NaN / inf on the
+    way, e.g. by dividing by a norm that is now 0.) The model itself is not touched."""
+    trial = copy.deepcopy(model)
+    apply_masks(trial, masks)
+    bad = set()
+    hooks = [trial.get_submodule(b.name).register_forward_hook(
+        lambda m, a, out, n=b.name: bad.add(n) if not bool((out == 0).all()) else None) for b in blocks]
+    try:
+        with torch.no_grad():
+            for mode in (evaluation_mode, training_mode):
+                with mode(trial):
+                    _call(trial, example_inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    if bad:
+        raise GraphError(f"With all its parameters masked, branch '{sorted(bad)[0]}' still does not output zeros "
+                         "(a NaN or inf inside it?); it cannot be removed exactly. Nothing was changed.")
+
+
 def prune_blocks(model: nn.Module, amount, example_inputs, *, batches=None, blocks=None) -> list[str]:
     """Mask every parameter of the `amount` lowest-scoring prunable residual branches; returns
     the names of all removed branches. `batches`: inputs in the form of example_inputs
@@ -296,7 +345,9 @@ def prune_blocks(model: nn.Module, amount, example_inputs, *, batches=None, bloc
     params = named_parameters(model)
     new = MaskSet({name: torch.zeros(params[name].shape, dtype=torch.bool) for b in gone for name in b.params})
     if len(new):
-        apply_masks(model, existing.intersect(new) if len(existing) else new)
+        combined = existing.intersect(new) if len(existing) else new
+        _check_silenced(model, combined, gone, batches[0])
+        apply_masks(model, combined)
     masks = get_masks(model)
     return [b.name for b in blocks if _removed(b, masks)]
 
@@ -314,7 +365,8 @@ def predicted_params(model: nn.Module, example_inputs, *, blocks=None) -> int:
     blocks = blocks if blocks is not None else find_residual_blocks(model, example_inputs)
     gone_ids = set()
     for b in removed_blocks(model, blocks):
-        gone_ids |= {id(p) for p in model.get_submodule(b.name).parameters()}
+        for owner in [b.name] + ([b.pre] if b.pre else []):
+            gone_ids |= {id(p) for p in model.get_submodule(owner).parameters()}
     return sum(p.numel() for p in model.parameters() if id(p) not in gone_ids)
 
 
@@ -334,6 +386,9 @@ def remove_blocks(model: nn.Module, example_inputs, *, blocks=None, keep_masks: 
         owner_name, _, attr = target.rpartition(".")
         owner = small.get_submodule(owner_name) if owner_name else small
         setattr(owner, attr, nn.Identity() if b.whole else ZeroBranch())
+        if b.pre:  # its output only fed F, which now ignores the values (zeros shaped like x)
+            owner_name, _, attr = b.pre.rpartition(".")
+            setattr(small.get_submodule(owner_name) if owner_name else small, attr, nn.Identity())
     if check:
         with torch.no_grad(), evaluation_mode(model), evaluation_mode(small):
             error = relative_error(_call(model, example_inputs), _call(small, example_inputs))

@@ -1,6 +1,5 @@
 """Whole residual blocks: candidates, scores, masks that silence a branch, removal."""
 
-import copy
 
 import pytest
 import torch

@@ -227,7 +227,7 @@ def test_blocks_go_in_order_of_relative_branch_norm():
     blocks = find_residual_blocks(model, x)
     scores = block_scores(model, blocks, batches)
     assert scores.keys() == truth.keys() and all(abs(scores[n] - truth[n]) <= 1e-9 * truth[n] for n in truth)
-    removed = prune_blocks(model, 2, x, batches=batches)
+    removed = prune_blocks(model, 2, x, batches=[(batches[0], None), batches[1]])  # (x, y) pairs or bare x
     assert set(removed) == set(sorted(truth, key=truth.get)[:2])
     # pruning again counts the blocks already gone: 4 in all, the first 2 among them
     again = prune_blocks(model, 4, x, batches=batches)

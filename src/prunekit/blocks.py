@@ -50,6 +50,7 @@ from torch.overrides import TorchFunctionMode
 
 from . import selection
 from .compaction import _call, _plain_copy, relative_error
+from .criteria.calibration import batch_list
 from .errors import GraphError, PrunekitError
 from .masks import MaskSet, apply_masks, canonical_name, get_masks, named_parameters
 from .modes import evaluation_mode, training_mode
@@ -279,8 +280,9 @@ def _removed(block: ResidualBlock, masks: MaskSet) -> bool:
     return bool(block.params) and all(n in masks and not masks[n].any() for n in block.params)
 
 
-def block_scores(model: nn.Module, blocks, batches) -> dict[str, float]:
-    """{block name: sqrt(Σ_b ‖F(x_b)‖²) / sqrt(Σ_b ‖x_b‖²)} over the batches (eval mode, pure)."""
+def block_scores(model: nn.Module, blocks, inputs) -> dict[str, float]:
+    """{block name: sqrt(Σ_b ‖F(x_b)‖²) / sqrt(Σ_b ‖x_b‖²)} over a list of model inputs (each in
+    the form of example_inputs), eval mode, pure."""
     sums = {b.name: [0.0, 0.0] for b in blocks}
     handles = []
 
@@ -294,7 +296,7 @@ def block_scores(model: nn.Module, blocks, batches) -> dict[str, float]:
         for b in blocks:
             handles.append(model.get_submodule(b.name).register_forward_hook(hook_for(b.name)))
         with torch.no_grad(), evaluation_mode(model):
-            for batch in batches:
+            for batch in inputs:
                 _call(model, batch)
     finally:
         for h in handles:
@@ -326,17 +328,22 @@ def _check_silenced(model, masks, blocks, example_inputs):
 
 def prune_blocks(model: nn.Module, amount, example_inputs, *, batches=None, blocks=None) -> list[str]:
     """Mask every parameter of the `amount` lowest-scoring prunable residual branches; returns
-    the names of all removed branches. `batches`: inputs in the form of example_inputs
-    (default [example_inputs]). Validates everything first: on error the model is unchanged."""
+    the names of all removed branches. `batches`: calibration batches as for the criteria,
+    [(x, y), ...] or [x, ...] (a DataLoader works; default: example_inputs alone). Validates
+    everything first: on error the model is unchanged."""
     blocks = [b for b in (blocks if blocks is not None else find_residual_blocks(model, example_inputs))
               if b.prunable]
     if not blocks:
         raise GraphError("No residual block with an identity shortcut and a maskable branch in this model; "
                          "see find_residual_blocks(model, x) for the reasons.")
     n = selection.resolve_amount(amount, len(blocks), "residual blocks")
-    batches = list(batches) if batches is not None else [example_inputs]
-    if not batches:
-        raise PrunekitError("batches is empty; pass at least one input (or leave it None to use example_inputs).")
+    if batches is None:
+        batches = [example_inputs]
+    else:  # the calibration convention of prunekit.criteria: (inputs, targets) pairs or bare tensors
+        batches = list(batches) if not isinstance(batches, tuple) else [batches]
+        if not batches:
+            raise PrunekitError("batches is empty; pass at least one (x, y) (or leave it None to use example_inputs).")
+        batches = [b[0] for b in batch_list(batches, "block scores", targets=False)]
     existing = get_masks(model)
     scores = block_scores(model, blocks, batches)
     order = torch.tensor([0.0 if _removed(b, existing) else scores[b.name] for b in blocks], dtype=torch.float64)

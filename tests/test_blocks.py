@@ -34,6 +34,11 @@ def resnet_small():
     return _randomise_norms(cnn_models.ResNet((2, 2, 1), (8, 16, 16), 10, stem="cifar")), torch.randn(2, 3, 16, 16)
 
 
+def resnet8():
+    torch.manual_seed(0)  # one block per stage: only the first stage's block keeps the identity
+    return _randomise_norms(cnn_models.resnet8(width=8)), torch.randn(2, 3, 16, 16)
+
+
 def mobilenet_small():
     """MobileNetV2's own blocks (cnn_models.InvertedResidual), fewer of them: the tests run fast."""
     torch.manual_seed(0)
@@ -82,7 +87,7 @@ def _same_state(model, state):
     return set(now) == set(state) and all(torch.equal(now[k], state[k]) for k in state)
 
 
-@pytest.mark.parametrize("build", [resnet_small, mobilenet_small, zoo_mobilenet])
+@pytest.mark.parametrize("build", [resnet8, resnet_small, mobilenet_small, zoo_mobilenet])
 def test_candidates_are_exactly_the_identity_shortcut_branches(build):
     model, x = build()
     model.train()
@@ -180,7 +185,7 @@ def test_masked_branch_output_is_exactly_zero_in_eval_and_train_mode(build):
     assert y.abs().max() > 0
 
 
-@pytest.mark.parametrize("build,amount", [(resnet_small, 0.5), (mobilenet_small, 0.5), (mobilenet_small, 3),
+@pytest.mark.parametrize("build,amount", [(resnet8, 1.0), (resnet_small, 0.5), (mobilenet_small, 0.5), (mobilenet_small, 3),
                                           (zoo_mobilenet, 1)])
 def test_removed_blocks_give_the_masked_outputs_and_predicted_size(build, amount):
     model, x = build()

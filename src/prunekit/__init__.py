@@ -10,6 +10,7 @@
 
 from . import criteria, data, models
 from .accounting import count_flops, parameter_counts, sparsity_table, storage_bytes, summary
+from .blocks import find_residual_blocks, prune_blocks, remove_blocks
 from .compaction import CompactionRecord, apply_record, compact, predicted_counts
 from .criteria import CRITERIA, get_criterion
 from .errors import AmountError, GraphError, MaskError, PrunekitError, RecipeError
@@ -25,7 +26,7 @@ from .training import TrainConfig, evaluate, finetune, train
 __version__ = "0.1.0"
 
 __all__ = [
-    "CRITERIA", "CompactionRecord", "apply_record", "build_graph", "compact", "get_criterion", "predicted_counts",
+    "CRITERIA", "CompactionRecord", "find_residual_blocks", "prune_blocks", "remove_blocks", "apply_record", "build_graph", "compact", "get_criterion", "predicted_counts",
     "prune_granular", "prune_nm", "prune_structured", "register_handler",
     "AmountError", "GraphError", "MaskError", "MaskSet", "PrunekitError", "RecipeError", "TrainConfig",
     "apply_masks", "count_flops", "criteria", "data", "effective_weight", "evaluate", "finetune", "format_table",

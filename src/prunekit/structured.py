@@ -175,6 +175,17 @@ def _scored_tensors(model: nn.Module, groups, unit_dim: int | None) -> list[str]
     return sorted(names)
 
 
+def score_groups(model: nn.Module, graph: DependencyGraph, groups, criterion="magnitude", how: str = "l2",
+                 p: float = 2.0, *, batches=None, loss_fn=None) -> dict[str, torch.Tensor]:
+    """{group name: Tensor[group.size]}: the criterion's scores of exactly the tensors each group
+    needs (along the criterion's unit_dim for per-channel criteria), aggregated per unit."""
+    crit = get_criterion(criterion)
+    unit_dim = getattr(crit, "unit_dim", None)
+    element = crit.scores(model, resolve_parameters(model, _scored_tensors(model, groups, unit_dim)),
+                          batches=batches, loss_fn=loss_fn)
+    return group_scores(model, graph, element, how, p, groups, unit_dim)
+
+
 def prune_structured(model: nn.Module, amount, example_inputs, *, criterion="magnitude", how: str = "l2",
                      p: float = 2.0, scope: str = "local", round_to: int = 1, batches=None, loss_fn=None,
                      graph: DependencyGraph | None = None) -> MaskSet:
@@ -198,11 +209,7 @@ def prune_structured(model: nn.Module, amount, example_inputs, *, criterion="mag
     if not groups:
         why = "; ".join(graph.unsupported[:3]) or "; ".join(sorted({g.reason for g in graph.groups if g.reason}))
         raise GraphError(f"No prunable group in this model ({why or 'no channel-coupled layers found'}).")
-    crit = get_criterion(criterion)
-    unit_dim = getattr(crit, "unit_dim", None)
-    element = crit.scores(model, resolve_parameters(model, _scored_tensors(model, groups, unit_dim)),
-                          batches=batches, loss_fn=loss_fn)
-    scores = group_scores(model, graph, element, how, p, groups, unit_dim)
+    scores = score_groups(model, graph, groups, criterion, how, p, batches=batches, loss_fn=loss_fn)
     keep = choose_units(scores, amount, scope, round_to)
     new = group_masks(graph, keep)
     existing = get_masks(model)
@@ -210,4 +217,4 @@ def prune_structured(model: nn.Module, amount, example_inputs, *, criterion="mag
     return get_masks(model)  # copies: the installed buffers keep changing on later pruning
 
 
-__all__ = ["choose_units", "group_masks", "group_scores", "prune_structured", "unit_values"]
+__all__ = ["choose_units", "group_masks", "group_scores", "prune_structured", "score_groups", "unit_values"]

@@ -139,9 +139,12 @@ class PruningProblem(ABC):
             return 0.0
         return self.cost(counts) - self.cost({**counts, name: counts[name] + 1})
 
-    def tolerance(self) -> float:
-        """The largest cost one unit saves, measured at the dense model: the budget slack allowed."""
-        return max((self.unit_saving(l.name) for l in self.layers), default=0.0)
+    def tolerance(self, counts: Mapping[str, int] | None = None) -> float:
+        """The budget slack allowed: the largest cost one unit saves, at the dense model and, given
+        `counts`, at that allocation too (one unit of a measured-latency cost need not save the
+        same everywhere, so "within one unit" is judged where the allocation ended)."""
+        states = [self.full(None)] + ([self.full(counts)] if counts is not None else [])
+        return max((self.unit_saving(l.name, c) for c in states for l in self.layers), default=0.0)
 
     def accuracy(self, counts: Mapping[str, int]) -> float:
         return self.evaluate(self.apply(counts))
@@ -289,6 +292,6 @@ class Allocator(ABC):
         counts = problem.full(counts)
         return Allocation(method=self.name, metric=problem.metric, counts=counts,
                           ratios=problem.ratios_for(counts), dense=problem.dense_cost(),
-                          achieved=problem.cost(counts), target=target, tolerance=problem.tolerance(),
+                          achieved=problem.cost(counts), target=target, tolerance=problem.tolerance(counts),
                           accuracy=problem.accuracy(counts) if evaluate else None,
                           decisions=list(decisions or []), details=dict(details or {}))

@@ -28,11 +28,10 @@ from torch import nn
 
 from ..accounting import count_flops
 from ..compaction import compact
-from ..criteria import get_criterion
 from ..errors import PrunekitError
 from ..graph import build_graph
-from ..masks import named_parameters, resolve_parameters
-from ..structured import group_masks, group_scores
+from ..masks import named_parameters
+from ..structured import group_masks, score_groups
 from ..training import TrainConfig
 from .base import Layer, MaskedModelProblem
 from .latency import LatencyTable, measure_latency
@@ -56,11 +55,7 @@ class ChannelProblem(MaskedModelProblem):
         groups = self.graph.prunable()
         if not groups:
             raise PrunekitError("the model has no prunable channel group; see prunekit.graph.build_graph(...).rows().")
-        names = sorted({s.name for g in groups for s in g.slices if s.kind == "param"})
-        params = named_parameters(model)
-        weights = [n for n in names if params[n].dim() >= 2]
-        element = get_criterion(criterion).scores(model, resolve_parameters(model, weights))
-        scores = group_scores(model, self.graph, element, how, groups=groups)
+        scores = score_groups(model, self.graph, groups, criterion, how)
         self._order = {g.name: torch.argsort(scores[g.name].float(), stable=True) for g in groups}
         self._sorted = {g.name: scores[g.name].float()[self._order[g.name]] for g in groups}
         self.layers = [Layer(g.name, g.size, min(g.size - 1, int(max_ratio * g.size))) for g in groups]
@@ -70,7 +65,7 @@ class ChannelProblem(MaskedModelProblem):
             for s in g.slices:
                 if s.kind == "param":
                     self._cuts.setdefault((s.name, s.dim), []).append((g.name, s.positions_per_unit))
-        self._shapes = {n: tuple(p.shape) for n, p in params.items()}
+        self._shapes = {n: tuple(p.shape) for n, p in named_parameters(model).items()}
         flops = count_flops(model, example_input)
         self._dense_flops = float(flops["dense_flops"])
         self._macs = {m: v["dense_macs"] for m, v in flops["layers"].items()}

@@ -54,6 +54,7 @@ from .criteria.calibration import batch_list
 from .errors import GraphError, PrunekitError
 from .masks import MaskSet, apply_masks, canonical_name, get_masks, named_parameters
 from .modes import evaluation_mode, training_mode
+from .nested import tensors_in
 
 # Layers whose output is exactly 0 once weight and bias are 0 (the library's own forward only).
 _ZEROABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
@@ -83,17 +84,6 @@ class ZeroBranch(nn.Module):
         return torch.zeros_like(x)
 
 
-def _tensors(obj):
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, (list, tuple)):
-        for o in obj:
-            yield from _tensors(o)
-    elif isinstance(obj, dict):
-        for o in obj.values():
-            yield from _tensors(o)
-
-
 class _Recorder(TorchFunctionMode):
     """Records every add (operands, result) and how many operations read each tensor."""
 
@@ -111,7 +101,7 @@ class _Recorder(TorchFunctionMode):
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
         if name not in _METADATA:
-            for t in _tensors((args, kwargs)):
+            for t in tensors_in((args, kwargs)):
                 self.uses[id(t)] = self.uses.get(id(t), 0) + 1
                 self.readers.setdefault(id(t), []).append(self.stack[-1] if self.stack else "")
                 self.keep.append(t)

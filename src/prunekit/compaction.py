@@ -35,6 +35,7 @@ from .graph import SIZE_SUFFIX, DependencyGraph, build_graph, graph_and_output
 from .graph.tracer import _canonical
 from .masks import get_masks
 from .modes import evaluation_mode
+from .nested import tensors_in
 from .structured import _fully_masked
 
 FORMAT = "prunekit.compaction/1"
@@ -204,17 +205,6 @@ def apply_record(model: nn.Module, record: CompactionRecord) -> nn.Module:
     return model
 
 
-def _outputs(obj):
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, (tuple, list)):
-        for x in obj:
-            yield from _outputs(x)
-    elif isinstance(obj, dict):
-        for x in obj.values():
-            yield from _outputs(x)
-
-
 def _call(model, example_inputs):
     if isinstance(example_inputs, dict):
         return model(**example_inputs)
@@ -224,7 +214,7 @@ def _call(model, example_inputs):
 def relative_error(a, b) -> float:
     """max over outputs of ‖a − b‖ / ‖a‖ (0 when both are zero)."""
     worst = 0.0
-    for x, y in zip(_outputs(a), _outputs(b), strict=True):
+    for x, y in zip(tensors_in(a), tensors_in(b), strict=True):
         if x.shape != y.shape:
             return math.inf
         x, y = x.detach().double(), y.detach().double()

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import torch
 
+from ..nested import tensors_in
 from . import layers
-from .movement import indexing, movement, pad, pixel_shuffle, roll, sized_reshape, split
 from .atoms import squeeze_broadcast, varies_along
+from .movement import indexing, movement, pad, pixel_shuffle, roll, sized_reshape, split
 from .tracer import Trace
 
 ELEMENTWISE_NARY = {
@@ -102,17 +103,6 @@ def op_name(func) -> str:
     return name[:-1] if name.endswith("_") and not name.endswith("__") else name
 
 
-def _flat(obj):
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, (tuple, list)):
-        for x in obj:
-            yield from _flat(x)
-    elif isinstance(obj, dict):
-        for x in obj.values():
-            yield from _flat(x)
-
-
 def dispatch(trace: Trace, func, args, kwargs, out) -> None:
     name = op_name(func)
     if name in METADATA:
@@ -147,9 +137,9 @@ def dispatch(trace: Trace, func, args, kwargs, out) -> None:
 # ----------------------------------------------------------------------------- generic families
 def unknown(trace: Trace, name, func, args, kwargs, out) -> None:
     """Block everything the op touched; its outputs get one blocked atom."""
-    inputs = list(_flat((args, kwargs)))
+    inputs = list(tensors_in((args, kwargs)))
     touched = [t for t in inputs if trace.has_channels(t)]
-    outputs = [t for t in _flat(out) if all(t is not i for i in inputs)]
+    outputs = [t for t in tensors_in(out) if all(t is not i for i in inputs)]
     if not touched:
         for t in outputs:
             trace.set_labels(t, torch.zeros((), dtype=torch.long))
@@ -171,7 +161,7 @@ def unknown(trace: Trace, name, func, args, kwargs, out) -> None:
 
 
 def constant(trace, name, func, args, kwargs, out) -> None:
-    for t in _flat(out):
+    for t in tensors_in(out):
         trace.set_labels(t, torch.zeros((), dtype=torch.long))
 
 
@@ -190,7 +180,7 @@ def elementwise(trace, name, func, args, kwargs, out) -> None:
         return unknown(trace, name, func, args, kwargs, out)
     # A boolean condition that is the same everywhere (an attention or padding mask) selects
     # values but carries no channel of its own.
-    operands = [t for t in _flat((args, kwargs))
+    operands = [t for t in tensors_in((args, kwargs))
                 if not (t.dtype == torch.bool and t is not out and not _varies(trace.labels(t)))]
     try:
         labels = [torch.broadcast_to(trace.labels(t), out.shape) for t in operands]
@@ -240,7 +230,7 @@ def reduction(trace, name, func, args, kwargs, out) -> None:
     if any(trace.units_vary(labels, d) for d in dims):
         trace.block(labels, f"'{name}' in {trace.where()} reduces over a channel axis")
     reduced = labels.amax(dim=dims, keepdim=keepdim) if labels.dim() else labels
-    for t in _flat(out):
+    for t in tensors_in(out):
         if t.dim() == reduced.dim():
             trace.set_labels(t, reduced.reshape(t.shape) if reduced.numel() == t.numel() else reduced.max())
         else:
@@ -259,7 +249,7 @@ def along_dim(trace, name, func, args, kwargs, out) -> None:
     labels = trace.labels(x)
     if trace.units_vary(labels, dim):
         trace.block(labels, f"'{name}' in {trace.where()} mixes values along a channel axis")
-    for t in _flat(out):
+    for t in tensors_in(out):
         trace.set_labels(t, labels if t.shape == labels.shape else trace.opaque(f"'{name}' output"))
 
 

@@ -23,6 +23,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..masks import canonical_name
 from ..modes import evaluation_mode, training_mode
+from ..nested import tensors_in
 from .atoms import AtomSet, squeeze_broadcast, varies_along
 from .sizes import tag_sizes
 
@@ -238,21 +239,9 @@ def _module_hooks(model: nn.Module, trace: Trace, handler_for, stack: ExitStack)
         stack.callback(module.register_forward_hook(post, with_kwargs=True, always_call=True).remove)
 
 
-def _tensors(obj):
-    """Every tensor inside nested tuples / lists / dicts (model outputs)."""
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, (tuple, list)):
-        for item in obj:
-            yield from _tensors(item)
-    elif isinstance(obj, dict):
-        for item in obj.values():
-            yield from _tensors(item)
-
-
 def _one_pass(model, trace: Trace, args, kwargs, dispatch, handler_for, train: bool):
     trace.reset_labels()
-    for t in _tensors((args, kwargs)):
+    for t in tensors_in((args, kwargs)):
         trace.set_labels(t, trace.opaque("the model's input (its channels cannot be removed)"))
     with ExitStack() as stack:
         stack.enter_context(training_mode(model) if train else evaluation_mode(model))
@@ -270,7 +259,7 @@ def _one_pass(model, trace: Trace, args, kwargs, dispatch, handler_for, train: b
         _module_hooks(model, trace, handler_for, stack)
         with _Mode(trace, dispatch):
             output = model(*args, **kwargs)
-    for t in _tensors(output):
+    for t in tensors_in(output):
         trace.block(trace.labels(t), "the model's output (its size is fixed)")
         name = trace.name_of(t)
         if name is not None:

@@ -23,3 +23,21 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+DIGITS_MLP_CONFIG = dict(steps=300, lr=1e-2, batch_size=64)
+
+
+@pytest.fixture(scope="module")
+def digits_mlp():
+    """(model, data, config): a 64-32-32-10 MLP trained briefly on digits (fresh per test module)."""
+    from prunekit.data import load_dataset
+    from prunekit.models import mnist1d_mlp
+    from prunekit.training import TrainConfig, train
+
+    data = load_dataset("digits")
+    torch.manual_seed(0)
+    model = mnist1d_mlp(in_features=64, hidden=32)
+    config = TrainConfig(**DIGITS_MLP_CONFIG)
+    train(model, data.train, config, progress=False)
+    return model, data, config

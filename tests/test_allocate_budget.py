@@ -10,23 +10,18 @@ from prunekit.accounting import count_flops, parameter_counts
 from prunekit.allocate import (GlobalThresholdAllocator, GreedyAllocator, KnapsackAllocator, SensitivityAllocator,
                                TableProblem, UniformAllocator, UnstructuredProblem, knapsack_bruteforce,
                                knapsack_dp, knapsack_greedy, sensitivity_curves)
-from prunekit.data import load_dataset
 from prunekit.errors import PrunekitError
 from prunekit.masks import get_masks
-from prunekit.models import mnist1d_mlp
 from prunekit.prune import prune
-from prunekit.training import TrainConfig, evaluate, train
+from prunekit.training import evaluate
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def trained():
-    data = load_dataset("digits")
-    torch.manual_seed(0)
-    model = mnist1d_mlp(in_features=64, hidden=32)
-    train(model, data.train, TrainConfig(steps=300, lr=1e-2, batch_size=64), progress=False)
+def trained(digits_mlp):
+    model, data, _ = digits_mlp
     return model, data
 
 

@@ -2,27 +2,19 @@
 
 
 import pytest
-import torch
 
 from prunekit.allocate import AMC, NetAdapt, TableProblem, UnstructuredProblem
 from prunekit.allocate.executor import InProcessExecutor, get_executor
-from prunekit.data import load_dataset
 from prunekit.errors import PrunekitError
-from prunekit.models import mnist1d_mlp
 from prunekit.runs import RunDir
-from prunekit.training import TrainConfig, train
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def problem():
-    data = load_dataset("digits")
-    torch.manual_seed(0)
-    model = mnist1d_mlp(in_features=64, hidden=32)
-    config = TrainConfig(steps=300, lr=1e-2, batch_size=64)
-    train(model, data.train, config, progress=False)
+def problem(digits_mlp):
+    model, data, config = digits_mlp
     return UnstructuredProblem(model, data.test, data.example_input(1), metric="flops",
                                train_data=data.train, train_config=config)
 

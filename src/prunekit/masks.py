@@ -290,7 +290,7 @@ def get_masks(model: nn.Module) -> MaskSet:
         for tensor in module.parametrizations:
             mp = _mask_parametrization(module, tensor)
             if mp is not None:
-                found[f"{module_name}.{tensor}" if module_name else tensor] = mp.mask.detach().clone()
+                found[f"{module_name}.{tensor}" if module_name else tensor] = mp.mask  # MaskSet copies it
     return MaskSet(found)
 
 

@@ -24,6 +24,7 @@ Dropout, the other regulariser the source documents pair with pruning, is a mode
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 
 import torch
 import torch.nn.functional as F
@@ -39,8 +40,9 @@ def _check_strength(value, what="strength") -> float:
     return float(value)
 
 
-class Regularizer:
-    """penalty(model) → scalar tensor, differentiable in the model's parameters."""
+class Regularizer(ABC):
+    """penalty(model) → scalar tensor, differentiable in the model's parameters.
+    Subclasses define `term`, the per-tensor penalty without λ."""
 
     def __init__(self, strength: float, params=None):
         self.strength = _check_strength(strength)
@@ -49,8 +51,9 @@ class Regularizer:
     def tensors(self, model: nn.Module) -> dict[str, torch.Tensor]:
         return {name: effective_weight(model, name) for name in resolve_parameters(model, self.params)}
 
-    def term(self, w: torch.Tensor) -> torch.Tensor:  # the per-tensor penalty, without λ
-        raise NotImplementedError
+    @abstractmethod
+    def term(self, w: torch.Tensor) -> torch.Tensor:
+        """The penalty of one tensor, without the strength λ."""
 
     def penalty(self, model: nn.Module) -> torch.Tensor:
         terms = [self.term(w) for w in self.tensors(model).values()]

@@ -70,6 +70,21 @@ def batches(dataset, batch_size: int, generator: torch.Generator) -> Iterator[tu
             yield x[idx], y[idx]
 
 
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x, y, *, loss_fn=F.cross_entropy,
+               grad_clip: float | None = None, step: int = 0) -> float:
+    """One update on the batch (x, y): the loss before the update. A non-finite loss stops
+    training with a clear error instead of filling the weights with NaN."""
+    optimizer.zero_grad(set_to_none=True)
+    loss = loss_fn(model(x), y)
+    if not torch.isfinite(loss):
+        raise PrunekitError(f"Loss became {loss.item()} at step {step}; lower the learning rate.")
+    loss.backward()
+    if grad_clip is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return loss.item()
+
+
 def train(model: nn.Module, dataset, config: TrainConfig, *, loss_fn=F.cross_entropy,
           optimizer: torch.optim.Optimizer | None = None,
           on_step: Callable[[int, nn.Module], None] | None = None,
@@ -85,15 +100,8 @@ def train(model: nn.Module, dataset, config: TrainConfig, *, loss_fn=F.cross_ent
     with training_mode(model):
         for step in tqdm(range(1, config.steps + 1), desc=desc, disable=not progress, leave=False):
             x, y = next(stream)
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y)
-            if not torch.isfinite(loss):
-                raise PrunekitError(f"Loss became {loss.item()} at step {step}; lower the learning rate.")
-            loss.backward()
-            if config.grad_clip is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            recent = (recent + [loss.item()])[-100:]
+            loss = train_step(model, optimizer, x, y, loss_fn=loss_fn, grad_clip=config.grad_clip, step=step)
+            recent = (recent + [loss])[-100:]
             if on_step is not None:
                 on_step(step, model)
     return {"train_loss": sum(recent) / len(recent) if recent else float("nan")}

@@ -107,30 +107,7 @@ def dispatch(trace: Trace, func, args, kwargs, out) -> None:
     name = op_name(func)
     if name in METADATA:
         return
-    handler = TABLE.get(name)
-    if handler is None:
-        if name in ELEMENTWISE_NARY:
-            handler = elementwise
-        elif name in ELEMENTWISE_UNARY:
-            handler = unary
-        elif name in LIKE_FACTORIES:
-            handler = constant
-        elif name in REDUCTIONS:
-            handler = reduction
-        elif name in ALONG_DIM:
-            handler = along_dim
-        elif name in SIZED_RESHAPE:
-            handler = sized_reshape
-        elif name in FREE_MOVEMENT:
-            handler = movement
-        elif name in CONCAT:
-            handler = movement
-        elif name in SPLIT:
-            handler = split
-        elif name in INDEXING:
-            handler = indexing
-        else:
-            handler = unknown
+    handler = TABLE.get(name) or next((h for ops, h in FAMILIES if name in ops), unknown)
     handler(trace, name, func, args, kwargs, out)
 
 
@@ -267,3 +244,10 @@ TABLE = {
     "item": item, "tolist": item, "bool": item, "int": item, "long": item, "index": item, "float": item,
     **layers.TABLE,
 }
+
+# Op families, checked in this order when an op has no entry of its own in TABLE.
+FAMILIES = (
+    (ELEMENTWISE_NARY, elementwise), (ELEMENTWISE_UNARY, unary), (LIKE_FACTORIES, constant),
+    (REDUCTIONS, reduction), (ALONG_DIM, along_dim), (SIZED_RESHAPE, sized_reshape),
+    (FREE_MOVEMENT, movement), (CONCAT, movement), (SPLIT, split), (INDEXING, indexing),
+)

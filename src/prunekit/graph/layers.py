@@ -238,13 +238,17 @@ def prelu(trace, name, func, args, kwargs, out):
     _per_channel(trace, name, func, args, kwargs, out, x, tensors)
 
 
-def _per_channel(trace, name, func, args, kwargs, out, x, tensors):
+def _per_channel(trace, name, func, args, kwargs, out, x, tensors, groups: int | None = None):
+    """Tensors indexed by x's channel (norm scales, biases) go with that channel; with
+    `groups`, the channels of one normalisation group form one unit (its statistics are shared)."""
     tensors = [t for t in tensors if t is not None]
     if any(trace.name_of(t) is None for t in tensors):
         return _weighted_unknown(trace, name, func, args, kwargs, out, "per-channel tensors are computed")
     labels = trace.labels(x)
-    cdim = 1 if x.dim() > 1 else 0
-    atoms = trace.axis_atoms(labels, cdim, name)
+    atoms = trace.axis_atoms(labels, 1 if x.dim() > 1 else 0, name)
+    if groups is not None:
+        for row in atoms.reshape(groups, -1):
+            trace.atoms.union_all(row)
     for t in tensors:
         trace.couple(trace.name_of(t), 0, atoms)
     if tensors:
@@ -255,18 +259,7 @@ def _per_channel(trace, name, func, args, kwargs, out, x, tensors):
 def group_norm(trace, name, func, args, kwargs, out):
     x, groups = args[0], _arg(args, kwargs, 1, "num_groups")
     w, b = _arg(args, kwargs, 2, "weight"), _arg(args, kwargs, 3, "bias")
-    labels = trace.labels(x)
-    atoms = trace.axis_atoms(labels, 1, name)
-    for row in atoms.reshape(groups, -1):  # statistics are per norm group: the group is the unit
-        trace.atoms.union_all(row)
-    tensors = [t for t in (w, b) if t is not None]
-    if any(trace.name_of(t) is None for t in tensors):
-        return _weighted_unknown(trace, name, func, args, kwargs, out, "per-channel tensors are computed")
-    for t in tensors:
-        trace.couple(trace.name_of(t), 0, atoms)
-    if tensors:
-        trace.couple_size(_module_of(trace.name_of(tensors[0])), atoms)
-    trace.set_labels(out, labels)
+    return _per_channel(trace, name, func, args, kwargs, out, x, (w, b), groups=groups)
 
 
 def layer_norm(trace, name, func, args, kwargs, out):

@@ -18,13 +18,12 @@ early-stopping iteration is the step with the minimum validation loss.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import PrunekitError
 from ..masks import apply_masks, get_masks, named_parameters, remove_masks
 from ..modes import training_mode
-from ..training import TrainConfig, batches, evaluate, make_optimizer
+from ..training import TrainConfig, batches, evaluate, make_optimizer, train_step
 
 AUGMENT_SEED = 1_000_003  # decorrelates the augmentation stream from the batch order
 
@@ -62,15 +61,8 @@ def _loop(model, dataset, config, stream, start, validation, test, eval_every, a
             x, y = next(stream)
             if augment is not None:
                 x = augment(x, torch.Generator().manual_seed(config.seed * AUGMENT_SEED + step))
-            optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(x), y)
-            if not torch.isfinite(loss):
-                raise PrunekitError(f"Loss became {loss.item()} at step {step}; lower the learning rate.")
-            loss.backward()
-            if config.grad_clip is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            recent = (recent + [loss.item()])[-100:]
+            loss = train_step(model, optimizer, x, y, grad_clip=config.grad_clip, step=step)
+            recent = (recent + [loss])[-100:]
             if on_step is not None:
                 on_step(step, model)
             if validation is not None and (step % eval_every == 0 or step == config.steps):

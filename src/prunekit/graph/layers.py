@@ -127,6 +127,17 @@ def matmul(trace, name, func, args, kwargs, out):
                              "a product with a parameter on the left, or of vectors, is not understood")
 
 
+def _merge_per_index(trace, rows: torch.Tensor) -> torch.Tensor:
+    """rows[i]: every label that meets at batch/head index i of a product. Each index becomes
+    one unit (its atoms merged); several distinct units are tagged as heads. The unit per index."""
+    for row in torch.unique(rows, dim=0):
+        trace.atoms.union_all(row)
+    per_index = trace.atoms.roots(rows).amax(-1)
+    if len(torch.unique(per_index)) > 1:
+        trace.atoms.tag(per_index, "head")
+    return per_index
+
+
 def _activation_product(trace, name, a, b, out):
     """a @ b of two activations (hand-written attention: q @ kᵀ, softmax(s) @ v).
 
@@ -141,12 +152,7 @@ def _activation_product(trace, name, a, b, out):
             if labels.shape[d] > 1 and not varies_along(labels, labels.dim() + d):
                 labels = labels.narrow(d, 0, 1)
         rows.append(labels.reshape(-1, labels.shape[-2] * labels.shape[-1]))
-    rows = torch.cat(rows, 1)
-    for row in torch.unique(rows, dim=0):
-        trace.atoms.union_all(row)
-    per_index = trace.atoms.roots(rows).amax(-1)
-    if len(torch.unique(per_index)) > 1:
-        trace.atoms.tag(per_index, "head")
+    per_index = _merge_per_index(trace, torch.cat(rows, 1))
     trace.set_labels(out, per_index.reshape(*batch, 1, 1).expand(out.shape))
 
 
@@ -183,12 +189,7 @@ def einsum(trace, name, func, args, kwargs, out):
         labels = trace.labels(t).expand(*(sizes[c] for c in sp))
         perm = [sp.index(c) for c in shared] + [i for i, c in enumerate(sp) if c not in shared]
         rows.append(labels.permute(perm).reshape(max(1, _prod(sizes[c] for c in shared)), -1))
-    rows = torch.cat(rows, 1)
-    for row in torch.unique(rows, dim=0):
-        trace.atoms.union_all(row)
-    per_index = trace.atoms.roots(rows).amax(-1)
-    if len(torch.unique(per_index)) > 1:
-        trace.atoms.tag(per_index, "head")
+    per_index = _merge_per_index(trace, torch.cat(rows, 1))
     labels = per_index.reshape([sizes[c] for c in shared])
     labels = labels.reshape([sizes[c] if c in shared else 1 for c in target]) if shared else labels.reshape(
         [1] * len(target))

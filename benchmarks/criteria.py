@@ -39,7 +39,8 @@ from prunekit.hessian import gradient
 from prunekit.criteria.calibration import LossOfParams, pure
 from prunekit.masks import apply_masks, resolve_parameters
 from prunekit.slimming import slimming_loss
-from prunekit.structured import choose_units, group_masks, unit_values
+from prunekit.selection import prune_lowest, resolve_amount
+from prunekit.structured import group_masks, unit_values
 from prunekit.training import TrainConfig, evaluate, finetune, train
 
 SPARSITY = (0.9, 0.97)
@@ -128,7 +129,7 @@ def channel_masks(model, graph, scores, amount, consumer: bool):
             continue
         values = torch.cat([unit_values(scores[s.name].detach().float(), s.dim, s.index) for s in parts], 1)
         unit[group.name] = values.pow(2).sum(1).sqrt()
-    keep = choose_units(unit, amount, "local")
+    keep = {n: prune_lowest(s, resolve_amount(amount, s.numel())) for n, s in unit.items()}
     return group_masks(graph, keep)
 
 

@@ -19,7 +19,7 @@ import torchvision
 
 from prunekit.compaction import compact
 from prunekit.graph import build_graph
-from prunekit.structured import prune_structured
+from prunekit.prune import prune_structured
 from prunekit.table import format_table
 
 

@@ -21,7 +21,7 @@ from prunekit.accounting import count_flops
 from prunekit.cnn_models import mobilenetv2, resnet8, resnet18
 from prunekit.compaction import compact
 from prunekit.graph import build_graph
-from prunekit.structured import prune_structured
+from prunekit.prune import prune_structured
 from prunekit.table import format_table
 
 RATIOS = (0.3, 0.5, 0.7)

@@ -7,7 +7,8 @@ from torch import nn
 
 import prunekit as pk
 from prunekit import cnn_models
-from prunekit.blocks import (ZeroBranch, block_scores, find_residual_blocks, predicted_params, prune_blocks,
+from prunekit.prune import prune_blocks
+from prunekit.blocks import (ZeroBranch, block_scores, find_residual_blocks, predicted_params,
                              remove_blocks)
 from prunekit.compaction import relative_error
 
@@ -308,7 +309,7 @@ def test_blocks_then_channels(build):
     then compact the channels; the result computes what the masked model computes."""
     model, x = build()
     from prunekit.compaction import compact, predicted_counts
-    from prunekit.structured import prune_structured
+    from prunekit.prune import prune_structured
     prune_structured(model, 0.25, x)
     removed = prune_blocks(model, 0.5, x)
     assert removed

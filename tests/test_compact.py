@@ -13,7 +13,8 @@ from torch.nn.utils import parametrize
 import prunekit as pk
 from prunekit.compaction import CompactionRecord, apply_record, compact, predicted_counts, relative_error
 from prunekit.graph import build_graph
-from prunekit.structured import group_masks, prune_structured
+from prunekit.prune import prune_structured
+from prunekit.structured import group_masks
 
 from models_zoo import ZOO, mha_model, resnet_bottleneck, transformer
 

@@ -130,7 +130,7 @@ def test_per_channel_criteria_are_constant_along_their_unit_slices(name):
 
 def test_channel_criteria_drive_granular_channel_pruning():
     """Out-channel pruning by APoZ removes exactly the channels with the most zeros."""
-    from prunekit.granularity import prune_granular
+    from prunekit.prune import prune_granular
     model, _, batches = _setup("apoz")
     with torch.no_grad():
         model.bn.bias.copy_(torch.tensor([0.5, -3.0, 0.0, -1.0]))  # channel 1, then 3: mostly zero after ReLU

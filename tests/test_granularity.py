@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from prunekit.errors import AmountError, PrunekitError
-from prunekit.granularity import GRANULARITIES, aggregate, nm_mask, prune_granular, prune_nm, unit_ids
+from prunekit.granularity import GRANULARITIES, aggregate, nm_mask, unit_ids
+from prunekit.prune import prune_granular, prune_nm
 from prunekit.masks import get_masks
 
 # An independent definition of each granularity: the tuple of indices that names an element's unit.

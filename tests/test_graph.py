@@ -10,7 +10,7 @@ from torch import nn
 import prunekit as pk
 from prunekit.graph import build_graph, register_handler
 from prunekit.graph.handlers import _MODULE_HANDLERS
-from prunekit.structured import prune_structured
+from prunekit.prune import prune_structured
 from prunekit.compaction import compact
 
 from models_zoo import (ZOO, densenet, fused_qkv, mha_model, mobilenet_v2, resnet_bottleneck, transformer,

@@ -8,7 +8,8 @@ import torch
 import prunekit as pk
 from prunekit.graph import build_graph
 from prunekit.compaction import removable_units
-from prunekit.structured import choose_units, group_masks, group_scores, prune_structured, unit_values
+from prunekit.prune import prune_structured
+from prunekit.structured import group_masks, group_scores, unit_values
 
 from models_zoo import mobilenet_v2, resnet_bottleneck
 
@@ -66,10 +67,10 @@ def test_local_pruning_removes_the_amount_of_every_group_and_the_lowest_units():
 def test_round_to_keeps_multiples():
     model, x = lenet5()
     graph = build_graph(model, x)
-    keep = choose_units({g.name: torch.rand(g.size) for g in graph.prunable()}, 0.6, "local", round_to=8)
-    for name, k in keep.items():
-        size = graph[name].size
-        kept = int(k.sum())
+    plan = pk.Pruner(model, x, granularity="group", allocation="uniform", sparsity=0.6, round_to=8, graph=graph).plan()
+    for row in plan.layers:
+        name, size = row["layer"], row["units"]
+        kept = size - row["pruned"]
         assert kept % 8 == 0 or size <= 8, (name, kept)
         assert kept >= size - round(0.6 * size)  # rounding keeps more, never less
 

@@ -10,23 +10,22 @@
 
 from . import criteria, data, models
 from .accounting import count_flops, parameter_counts, sparsity_table, storage_bytes, summary
-from .blocks import find_residual_blocks, prune_blocks, remove_blocks
+from .blocks import find_residual_blocks, remove_blocks
 from .compaction import CompactionRecord, apply_record, compact, predicted_counts
 from .criteria import CRITERIA, get_criterion
 from .errors import AmountError, GraphError, MaskError, PrunekitError, RecipeError
 from .masks import (MaskSet, apply_masks, effective_weight, get_masks, load_masked_state_dict, named_parameters,
                     remove_masks)
-from .granularity import prune_granular, prune_nm
 from .graph import build_graph, register_handler
-from .prune import prune, prune_threshold
-from .structured import prune_structured
+from .prune import prune, prune_blocks, prune_granular, prune_nm, prune_structured, prune_threshold
+from .pruner import Plan, Pruner
 from .table import format_table
 from .training import TrainConfig, evaluate, finetune, train
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CRITERIA", "CompactionRecord", "find_residual_blocks", "prune_blocks", "remove_blocks", "apply_record", "build_graph", "compact", "get_criterion", "predicted_counts",
+    "CRITERIA", "CompactionRecord", "Plan", "Pruner", "find_residual_blocks", "prune_blocks", "remove_blocks", "apply_record", "build_graph", "compact", "get_criterion", "predicted_counts",
     "prune_granular", "prune_nm", "prune_structured", "register_handler",
     "AmountError", "GraphError", "MaskError", "MaskSet", "PrunekitError", "RecipeError", "TrainConfig",
     "apply_masks", "count_flops", "criteria", "data", "effective_weight", "evaluate", "finetune", "format_table",

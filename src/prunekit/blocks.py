@@ -266,7 +266,8 @@ def _verify_zero_branches(model, example_inputs, blocks):
             b.prunable, b.reason = False, "with its output replaced by zeros the add did not return its input"
 
 
-def _removed(block: ResidualBlock, masks: MaskSet) -> bool:
+def is_removed(block: ResidualBlock, masks: MaskSet) -> bool:
+    """True when every parameter of the branch is masked out."""
     return bool(block.params) and all(n in masks and not masks[n].any() for n in block.params)
 
 
@@ -294,7 +295,7 @@ def block_scores(model: nn.Module, blocks, inputs) -> dict[str, float]:
     return {n: math.sqrt(f) / math.sqrt(x) if x > 0 else 0.0 for n, (f, x) in sums.items()}
 
 
-def _check_silenced(model, masks, blocks, example_inputs):
+def check_silenced(model, masks, blocks, example_inputs):
     """On a masked copy, every given branch must output exact zeros, in eval and train mode.
     (True by construction for the layers in _ZEROABLE unless the branch makes a NaN / inf on the
     way, e.g. by dividing by a norm that is now 0.) The model itself is not touched."""
@@ -316,43 +317,21 @@ def _check_silenced(model, masks, blocks, example_inputs):
                          "(a NaN or inf inside it?); it cannot be removed exactly. Nothing was changed.")
 
 
-def prune_blocks(model: nn.Module, amount, example_inputs, *, batches=None, blocks=None) -> list[str]:
-    """Mask every parameter of the `amount` lowest-scoring prunable residual branches; returns
-    the names of all removed branches. `batches`: calibration batches as for the criteria,
-    [(x, y), ...] or [x, ...] (a DataLoader works; default: example_inputs alone). Validates
-    everything first: on error the model is unchanged."""
-    blocks = [b for b in (blocks if blocks is not None else find_residual_blocks(model, example_inputs))
-              if b.prunable]
-    if not blocks:
-        raise GraphError("No residual block with an identity shortcut and a maskable branch in this model; "
-                         "see find_residual_blocks(model, x) for the reasons.")
-    n = selection.resolve_amount(amount, len(blocks), "residual blocks")
+def calibration_inputs(batches, example_inputs) -> list:
+    """Model inputs for block scores: the criteria's calibration convention ((x, y) pairs or bare
+    inputs, a DataLoader works), or example_inputs alone when batches is None."""
     if batches is None:
-        batches = [example_inputs]
-    else:  # the calibration convention of prunekit.criteria: (inputs, targets) pairs or bare tensors
-        batches = list(batches) if not isinstance(batches, tuple) else [batches]
-        if not batches:
-            raise PrunekitError("batches is empty; pass at least one (x, y) (or leave it None to use example_inputs).")
-        batches = [b[0] for b in batch_list(batches, "block scores", targets=False)]
-    existing = get_masks(model)
-    scores = block_scores(model, blocks, batches)
-    order = torch.tensor([0.0 if _removed(b, existing) else scores[b.name] for b in blocks], dtype=torch.float64)
-    keep = selection.prune_lowest(order, n)
-    gone = [b for b, k in zip(blocks, keep.tolist()) if not k]
-    params = named_parameters(model)
-    new = MaskSet({name: torch.zeros(params[name].shape, dtype=torch.bool) for b in gone for name in b.params})
-    if len(new):
-        combined = existing.intersect(new) if len(existing) else new
-        _check_silenced(model, combined, gone, batches[0])
-        apply_masks(model, combined)
-    masks = get_masks(model)
-    return [b.name for b in blocks if _removed(b, masks)]
+        return [example_inputs]
+    batches = list(batches) if not isinstance(batches, tuple) else [batches]
+    if not batches:
+        raise PrunekitError("batches is empty; pass at least one (x, y) (or leave it None to use example_inputs).")
+    return [b[0] for b in batch_list(batches, "block scores", targets=False)]
 
 
 def removed_blocks(model: nn.Module, blocks) -> list[ResidualBlock]:
     """The blocks whose every parameter is masked, outermost only (one inside another goes with it)."""
     masks = get_masks(model)
-    gone = [b for b in blocks if b.prunable and _removed(b, masks)]
+    gone = [b for b in blocks if b.prunable and is_removed(b, masks)]
     return [b for b in gone if not any(o is not b and b.name.startswith(o.name + ".") for o in gone)]
 
 
@@ -396,4 +375,4 @@ def remove_blocks(model: nn.Module, example_inputs, *, blocks=None, keep_masks: 
 
 
 __all__ = ["ResidualBlock", "ZeroBranch", "block_scores", "find_residual_blocks", "predicted_params",
-           "prune_blocks", "remove_blocks", "removed_blocks"]
+           "calibration_inputs", "check_silenced", "is_removed", "remove_blocks", "removed_blocks"]

@@ -36,7 +36,7 @@ from .graph.tracer import _canonical
 from .masks import get_masks
 from .modes import evaluation_mode
 from .nested import tensors_in
-from .structured import _fully_masked
+from .structured import dead_units
 
 FORMAT = "prunekit.compaction/1"
 
@@ -88,7 +88,7 @@ def removable_units(model: nn.Module, graph: DependencyGraph) -> dict[str, torch
     masks = get_masks(model)
     keep = {}
     for group in graph.prunable():
-        dead = _fully_masked(group, masks)
+        dead = dead_units(group, masks)
         if bool(dead.all()):
             dead[0] = False  # keep one (zero) unit so every tensor keeps a valid shape
         if bool(dead.any()):

@@ -28,10 +28,7 @@ import math
 import torch
 from torch import nn
 
-from . import selection
-from .criteria import get_criterion
 from .errors import AmountError, PrunekitError, did_you_mean
-from .masks import MaskSet, apply_masks, get_masks, resolve_parameters
 
 GRANULARITIES = ("element", "kernel_row", "kernel_col", "kernel", "in_channel", "out_channel", "neuron")
 AGGREGATIONS = ("l1", "l2", "lp", "sum", "mean", "max")
@@ -119,35 +116,7 @@ def unit_scores(scores: torch.Tensor, existing: torch.Tensor | None, granularity
     return per_unit, ids
 
 
-def prune_granular(model: nn.Module, amount, granularity: str = "element", *, criterion="magnitude", how: str = "l2",
-                   p: float = 2.0, scope: str = "local", params=None, batches=None, loss_fn=None) -> MaskSet:
-    """Prune `amount` units (fraction or count of units, per tensor or across tensors) and install masks.
-
-    With params=None every weight whose shape fits the granularity is pruned (e.g. "kernel"
-    takes the conv weights and leaves Linear ones alone); named params must all fit. The new
-    masks are intersected with the existing ones, so masks only shrink. On any error the model
-    is left unchanged.
-    """
-    if scope not in ("local", "global"):
-        raise PrunekitError(f"scope must be 'local' or 'global', not {scope!r}.")
-    if params is None:
-        params = [n for n, p in resolve_parameters(model).items() if fits(p.shape, granularity)]
-    chosen = resolve_parameters(model, params)
-    existing = get_masks(model)
-    raw = get_criterion(criterion).scores(model, chosen, batches=batches, loss_fn=loss_fn)
-    per_unit, ids = {}, {}
-    for name in chosen:
-        per_unit[name], ids[name] = unit_scores(raw[name], existing[name] if name in existing else None, granularity, how, p, name)
-    chooser = selection.local_masks if scope == "local" else selection.global_masks
-    unit_keep = chooser(per_unit, amount)
-    masks = {}
-    for name in chosen:
-        keep = expand(unit_keep[name].cpu(), ids[name])
-        masks[name] = keep & existing[name].cpu() if name in existing else keep
-    return apply_masks(model, masks)
-
-
-def _check_nm(n, m) -> None:
+def check_nm(n, m) -> None:
     if not (isinstance(n, int) and isinstance(m, int) and 0 < n < m):
         raise AmountError(f"N:M needs integers 0 < N < M (e.g. 2:4), not {n}:{m}.")
 
@@ -157,7 +126,7 @@ def nm_mask(scores: torch.Tensor, n: int, m: int, dim: int = 1, name: str = "ten
 
     Exactly m − n zeros per group; ties go to the earlier position (pruned first).
     """
-    _check_nm(n, m)
+    check_nm(n, m)
     if scores.dim() == 1:
         dim = 0
     size = scores.shape[dim]
@@ -170,26 +139,3 @@ def nm_mask(scores: torch.Tensor, n: int, m: int, dim: int = 1, name: str = "ten
     keep = torch.ones_like(groups, dtype=torch.bool)
     keep.scatter_(1, order[:, : m - n], False)
     return keep.reshape(moved.shape).movedim(-1, dim)
-
-
-def prune_nm(model: nn.Module, n: int = 2, m: int = 4, *, criterion="magnitude", params=None,
-             batches=None, loss_fn=None) -> MaskSet:
-    """N:M sparsity on every selected weight along its input dimension (dim 1; dim 0 for vectors).
-
-    Starting from dense weights each group of M keeps exactly N. Already pruned weights are
-    chosen first, so masks only shrink. With params=None the weights whose input dimension M
-    divides are pruned (a 3-channel stem is left dense); named params must all divide. On any
-    error the model is left unchanged.
-    """
-    _check_nm(n, m)
-    if params is None:
-        params = [name for name, p in resolve_parameters(model).items() if p.shape[1 if p.dim() > 1 else 0] % m == 0]
-    chosen = resolve_parameters(model, params)
-    existing = get_masks(model)
-    raw = get_criterion(criterion).scores(model, chosen, batches=batches, loss_fn=loss_fn)
-    ranked = selection.rank_existing_first(raw, existing)
-    masks = {}
-    for name in chosen:
-        keep = nm_mask(ranked[name], n, m, name=name)
-        masks[name] = keep & existing[name].to(keep.device) if name in existing else keep
-    return apply_masks(model, masks)

@@ -12,6 +12,7 @@ forward pass; `remove_masks` bakes the zeros into plain parameters again.
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -241,6 +242,34 @@ def _mask_parametrization(module: nn.Module, tensor: str) -> WeightMask | None:
     return found[0]
 
 
+def _independent_deepcopy(self, memo):
+    """deepcopy for a module carrying prunekit masks: the replica gets its own injected class.
+
+    torch.nn.utils.parametrize gives a parametrized module a generated subclass that holds one
+    property per masked tensor; a plain deepcopy shares that class, so removing or adding a
+    parametrization on the copy would delete or add properties on the original too.
+    """
+    cls = type(self)
+    replica = cls.__new__(cls)
+    memo[id(self)] = replica
+    replica.__dict__ = copy.deepcopy(self.__dict__, memo)
+    replica.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
+    return replica
+
+
+def _own_class(module: nn.Module) -> None:
+    """Give a parametrized module a generated class of its own whose deepcopy does the same, so
+    changing the parametrizations of one module (or of a copy) never touches another."""
+    if not parametrize.is_parametrized(module):
+        return
+    cls = type(module)
+    own = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
+    deepcopy_fn = own.__dict__.get("__deepcopy__")
+    if deepcopy_fn is None or deepcopy_fn.__name__ == "default_deepcopy":  # torch's generic one
+        own.__deepcopy__ = _independent_deepcopy
+    module.__class__ = own
+
+
 def check_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> MaskSet:
     """Validate `masks` against `model` (names, shapes, dtypes) without changing anything."""
     masks = masks if isinstance(masks, MaskSet) else MaskSet(masks)
@@ -275,7 +304,9 @@ def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> MaskSet:
         if existing is not None:
             existing.mask.copy_(mask)
         else:
+            _own_class(module)
             parametrize.register_parametrization(module, tensor, WeightMask(mask), unsafe=True)
+            _own_class(module)
         with torch.no_grad():
             dense.masked_fill_(~mask, 0.0)
     return masks
@@ -301,6 +332,7 @@ def remove_masks(model: nn.Module) -> nn.Module:
     """
     for name in list(get_masks(model)):
         module, tensor = _owner(model, name)
+        _own_class(module)
         parametrize.remove_parametrizations(module, tensor, leave_parametrized=True)
     return model
 

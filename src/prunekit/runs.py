@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from . import rng
 from .errors import PrunekitError
 
 
@@ -72,20 +73,27 @@ class RunDir:
         return self.path / "checkpoints" / f"{tag}.pt"
 
     def save_checkpoint(self, tag: str, state: dict) -> Path:
+        """The state, and beside it every RNG state at this moment (restored by load_checkpoint)."""
         path = self.checkpoint_path(tag)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)  # a killed run never leaves a truncated checkpoint behind
+        for target, value in ((path, state), (path.with_suffix(".rng"), rng.capture())):
+            tmp = target.with_name(target.name + ".tmp")
+            torch.save(value, tmp)
+            os.replace(tmp, target)  # a killed run never leaves a truncated checkpoint behind
         return path
 
     def has_checkpoint(self, tag: str) -> bool:
         return self.checkpoint_path(tag).is_file()
 
-    def load_checkpoint(self, tag: str) -> dict:
+    def load_checkpoint(self, tag: str, *, restore_rng: bool = False) -> dict:
+        """The saved state; with restore_rng=True the RNG states saved with it are restored too, so a
+        resumed run continues exactly as the uninterrupted one did after this checkpoint."""
         path = self.checkpoint_path(tag)
         if not path.is_file():
             raise PrunekitError(f"No checkpoint '{tag}' in {self.path}.")
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if restore_rng and path.with_suffix(".rng").is_file():
+            rng.restore(torch.load(path.with_suffix(".rng"), map_location="cpu", weights_only=True))
+        return state
 
     # Metrics ----------------------------------------------------------------------------
     def rows(self) -> list[dict]:

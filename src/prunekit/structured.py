@@ -1,8 +1,4 @@
-"""Structured pruning: remove whole channels / heads, following the dependency graph.
-
-    prune_structured(model, 0.5, x)                      # half the units of every group
-    prune_structured(model, 0.5, x, scope="global")      # one ranking over all groups
-    prune_structured(model, {"layer1.0.conv1:out": 0.25}, x, round_to=8)
+"""Scores and masks of dependency-graph groups (channels, heads); prunekit.Pruner uses them.
 
 Score of a unit u of a group (how="l2"): s_u = ‖(e_i)_{i ∈ u}‖₂ over the element scores e of
 every ≥2-D parameter slice the unit owns (its filter, the consumer columns …); "l1" uses
@@ -11,7 +7,6 @@ A per-channel criterion (Criterion.unit_dim = d: one value per channel broadcast
 e.g. bn_scale and apoz d = 0, regression d = 1) is read only from the slices whose unit axis is
 d — the producer's rows and the norm's own entries for d = 0, the consumers' input columns for
 d = 1 — because along the other axis the same tensor carries the values of other units.
-Global scope ranks s_u / mean_{v ∈ group}(s_v), so wide and narrow layers compete fairly.
 Masks are installed on *every* coupled parameter — filter rows, biases, norm scales and
 shifts, consumer input columns — so a removed channel is exactly zero everywhere and
 compact() can delete it without changing any output. Running statistics are buffers: they
@@ -26,12 +21,12 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from . import selection
 from .criteria import get_criterion
-from .errors import AmountError, GraphError, PrunekitError, did_you_mean
+from .errors import PrunekitError, did_you_mean
 from .granularity import AGGREGATIONS
-from .graph import DependencyGraph, build_graph
-from .masks import MaskSet, apply_masks, get_masks, named_parameters, resolve_parameters
+from .graph import DependencyGraph
+from .masks import MaskSet, get_masks, named_parameters, resolve_parameters
+
 
 def _partial(values: torch.Tensor, how: str, p: float) -> tuple[torch.Tensor, int]:
     """Per-unit partial aggregate of one slice's values [units, n], and n."""
@@ -90,14 +85,14 @@ def group_scores(model: nn.Module, graph: DependencyGraph, element_scores: Mappi
             raise PrunekitError(f"No element scores for any tensor of group '{group.name}' "
                                 f"({[s.name for s in group.slices if s.kind == 'param']}).")
         score = _aggregate(parts, how, p)
-        dead = _fully_masked(group, masks)
+        dead = dead_units(group, masks)
         score[dead] = -math.inf
         out[group.name] = score
     return out
 
 
-def _fully_masked(group, masks) -> torch.Tensor:
-    """Units whose every parameter slice is masked out (removable by compact)."""
+def dead_units(group, masks) -> torch.Tensor:
+    """Bool per unit of `group`: True where every parameter slice is masked out (removable by compact)."""
     dead = torch.ones(group.size, dtype=torch.bool)
     params = [s for s in group.slices if s.kind == "param"]
     for s in params:
@@ -127,43 +122,6 @@ def group_masks(graph: DependencyGraph, keep: Mapping[str, torch.Tensor]) -> Mas
     return MaskSet(masks)
 
 
-def _rounded_keep(size: int, keep: int, round_to: int) -> int:
-    """Units kept: at least one, a multiple of round_to where the group is that large."""
-    if size <= round_to:
-        return size if round_to > 1 else max(1, keep)
-    keep = max(1, keep)
-    return min(size, math.ceil(keep / round_to) * round_to)
-
-
-def _keep_lowest_out(score: torch.Tensor, n_keep: int) -> torch.Tensor:
-    return selection.prune_lowest(score, score.numel() - n_keep)
-
-
-def choose_units(scores: Mapping[str, torch.Tensor], amount, scope: str = "local",
-                 round_to: int = 1) -> dict[str, torch.Tensor]:
-    """{group: keep BoolTensor}: the lowest-scoring units go (ties: the earlier unit first)."""
-    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
-        raise AmountError(f"round_to must be a positive int, not {round_to!r}.")
-    selection.check_scores({n: s.nan_to_num(neginf=0.0) for n, s in scores.items()})
-    if isinstance(amount, Mapping):
-        return {n: _keep_lowest_out(scores[n], _rounded_keep(
-            scores[n].numel(), scores[n].numel() - selection.resolve_amount(amount[n], scores[n].numel(),
-                                                                             f"units of '{n}'"), round_to))
-            for n in amount}
-    if scope == "local":
-        return {n: _keep_lowest_out(s, _rounded_keep(s.numel(), s.numel() - selection.resolve_amount(
-            amount, s.numel(), f"units of '{n}'"), round_to)) for n, s in scores.items()}
-    # global: rank units normalised by their group's mean live score
-    normalised = {}
-    for n, s in scores.items():
-        live = s[torch.isfinite(s)]
-        scale = live.abs().mean() if len(live) else torch.tensor(1.0)
-        normalised[n] = s / scale.clamp_min(1e-12)
-    chosen = selection.global_masks(normalised, amount)
-    return {n: _keep_lowest_out(scores[n], _rounded_keep(scores[n].numel(), int(k.sum()), round_to))
-            for n, k in chosen.items()}
-
-
 def _scored_tensors(model: nn.Module, groups, unit_dim: int | None) -> list[str]:
     """Tensors to score: per group, its ≥2-D slices (only those along `unit_dim` for a
     per-channel criterion), or its 1-D ones (norm scales, biases) where it has no other."""
@@ -186,35 +144,4 @@ def score_groups(model: nn.Module, graph: DependencyGraph, groups, criterion="ma
     return group_scores(model, graph, element, how, p, groups, unit_dim)
 
 
-def prune_structured(model: nn.Module, amount, example_inputs, *, criterion="magnitude", how: str = "l2",
-                     p: float = 2.0, scope: str = "local", round_to: int = 1, batches=None, loss_fn=None,
-                     graph: DependencyGraph | None = None) -> MaskSet:
-    """Remove `amount` of the units of every prunable group (local) or of all of them (global).
-
-    `amount` is a fraction, a count, or {group name: fraction}. Returns the masks now on the
-    model. Validates everything before installing anything: on error the model is unchanged.
-    """
-    if scope not in ("local", "global"):
-        raise PrunekitError(f"scope must be 'local' or 'global', not {scope!r}.")
-    graph = graph if graph is not None else build_graph(model, example_inputs)
-    if isinstance(amount, Mapping):
-        groups = []
-        for name in amount:
-            group = graph[name]
-            if not group.prunable:
-                raise GraphError(f"Group '{name}' cannot be pruned: {group.reason}.")
-            groups.append(group)
-    else:
-        groups = graph.prunable()
-    if not groups:
-        why = "; ".join(graph.unsupported[:3]) or "; ".join(sorted({g.reason for g in graph.groups if g.reason}))
-        raise GraphError(f"No prunable group in this model ({why or 'no channel-coupled layers found'}).")
-    scores = score_groups(model, graph, groups, criterion, how, p, batches=batches, loss_fn=loss_fn)
-    keep = choose_units(scores, amount, scope, round_to)
-    new = group_masks(graph, keep)
-    existing = get_masks(model)
-    apply_masks(model, existing.intersect(new) if len(existing) else new)
-    return get_masks(model)  # copies: the installed buffers keep changing on later pruning
-
-
-__all__ = ["choose_units", "group_masks", "group_scores", "prune_structured", "score_groups", "unit_values"]
+__all__ = ["dead_units", "group_masks", "group_scores", "score_groups", "unit_values"]

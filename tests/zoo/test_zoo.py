@@ -15,7 +15,7 @@ torchvision = pytest.importorskip("torchvision")
 
 from prunekit.compaction import compact, predicted_counts  # noqa: E402
 from prunekit.graph import build_graph  # noqa: E402
-from prunekit.structured import prune_structured  # noqa: E402
+from prunekit.prune import prune_structured  # noqa: E402
 
 TORCHVISION_MODELS = torchvision.models.list_models(module=torchvision.models)
 # Coupling does not depend on the image size, so CNNs are checked at 64×64 (fast); transformers whose

@@ -70,6 +70,14 @@ class PruningProblem(ABC):
         """Validation accuracy of `model`."""
 
     # Optional capabilities ----------------------------------------------------------------
+    @property
+    def has_validation(self) -> bool:
+        """Whether `evaluate` can measure accuracy (allocators that search need it)."""
+        return True
+
+    def verify(self, masks) -> None:
+        """Raise a prunekit error if installing `masks` would not do what the problem promises."""
+
     def finetune(self, model: nn.Module, steps: int, seed: int = 0) -> nn.Module:
         """Train `model` briefly in place (masks hold); problems without data cannot."""
         raise PrunekitError(f"{type(self).__name__} cannot fine-tune; give it training data.")
@@ -170,7 +178,14 @@ class MaskedModelProblem(PruningProblem):
         apply_masks(pruned, self.masks(counts))
         return pruned
 
+    @property
+    def has_validation(self) -> bool:
+        return self.val is not None
+
     def evaluate(self, model: nn.Module) -> float:
+        if self.val is None:
+            raise PrunekitError("This allocator measures accuracy while it searches: pass validation data "
+                                "(val=, e.g. a DataLoader or TensorDataset of (x, y)).")
         return evaluate(model, self.val)["accuracy"]
 
     def finetune(self, model: nn.Module, steps: int, seed: int = 0) -> nn.Module:
@@ -289,9 +304,16 @@ class Allocator(ABC):
 
     def _result(self, problem: PruningProblem, counts: Mapping[str, int], target: float | None, *,
                 decisions=None, details=None, evaluate: bool = True) -> Allocation:
-        counts = problem.full(counts)
-        return Allocation(method=self.name, metric=problem.metric, counts=counts,
-                          ratios=problem.ratios_for(counts), dense=problem.dense_cost(),
-                          achieved=problem.cost(counts), target=target, tolerance=problem.tolerance(counts),
-                          accuracy=problem.accuracy(counts) if evaluate else None,
-                          decisions=list(decisions or []), details=dict(details or {}))
+        return allocation_of(problem, counts, self.name, target, decisions=decisions, details=details,
+                             evaluate=evaluate)
+
+
+def allocation_of(problem: PruningProblem, counts: Mapping[str, int], method: str, target: float | None = None, *,
+                  decisions=None, details=None, evaluate: bool = True) -> Allocation:
+    """The Allocation record of `counts` on `problem` (accuracy measured when validation data exists)."""
+    counts = problem.full(counts)
+    return Allocation(method=method, metric=problem.metric, counts=counts,
+                      ratios=problem.ratios_for(counts), dense=problem.dense_cost(),
+                      achieved=problem.cost(counts), target=target, tolerance=problem.tolerance(counts),
+                      accuracy=problem.accuracy(counts) if evaluate and problem.has_validation else None,
+                      decisions=list(decisions or []), details=dict(details or {}))

@@ -6,6 +6,7 @@ group score (prunekit.structured.group_scores of the criterion, ℓ2 over each u
 so the removed set at k channels contains the one at k − 1.
 
 Costs are computed from the groups, without building the model:
+  * units = the fraction of channels left, 1 − Σ_g k_g / Σ_g n_g (what `sparsity=` asks for);
   * along every (tensor, dim) the kept fraction is f = 1 − Σ_g k_g · p_g / n, summed over the
     groups g slicing it (p_g positions per unit, n the dim's size);
   * params = Σ_tensors numel · Π_dims f — what compact() leaves;
@@ -28,37 +29,45 @@ from torch import nn
 
 from ..accounting import count_flops
 from ..compaction import compact
-from ..errors import PrunekitError
+from ..errors import GraphError, PrunekitError
 from ..graph import build_graph
-from ..masks import named_parameters
+from ..masks import get_masks, named_parameters
 from ..structured import group_masks, score_groups
 from ..training import TrainConfig
 from .base import Layer, MaskedModelProblem
 from .latency import LatencyTable, measure_latency
 
-METRICS = ("params", "flops", "latency")
+METRICS = ("units", "params", "flops", "latency")
 
 
 class ChannelProblem(MaskedModelProblem):
     """Per-group channel pruning of `model`, evaluated on `val`; see the module docstring."""
 
     def __init__(self, model: nn.Module, val, example_input, *, metric: str = "flops", criterion="magnitude",
-                 how: str = "l2", max_ratio: float = 0.9, latency_input=None, latency_table: LatencyTable | None = None,
-                 latency_grid: int = 6, train_data=None, train_config: TrainConfig | None = None, graph=None):
+                 how: str = "l2", p: float = 2.0, max_ratio: float = 0.9, groups=None, batches=None, loss_fn=None,
+                 latency_input=None, latency_table: LatencyTable | None = None, latency_grid: int = 6,
+                 train_data=None, train_config: TrainConfig | None = None, graph=None):
         if metric not in METRICS:
             raise PrunekitError(f"metric must be one of {METRICS}, not {metric!r}.")
-        if not 0 < max_ratio < 1:
-            raise PrunekitError(f"max_ratio must be in (0, 1), not {max_ratio}.")
+        if not 0 < max_ratio <= 1:
+            raise PrunekitError(f"max_ratio must be in (0, 1], not {max_ratio}.")
         self.model, self.val, self.example_input, self.metric = model, val, example_input, metric
         self.train_data, self.train_config = train_data, train_config or TrainConfig()
         self.graph = graph if graph is not None else build_graph(model, example_input)
-        groups = self.graph.prunable()
-        if not groups:
-            raise PrunekitError("the model has no prunable channel group; see prunekit.graph.build_graph(...).rows().")
-        scores = score_groups(model, self.graph, groups, criterion, how)
+        groups = self._select(groups)
+        scores = score_groups(model, self.graph, groups, criterion, how, p, batches=batches, loss_fn=loss_fn)
         self._order = {g.name: torch.argsort(scores[g.name].float(), stable=True) for g in groups}
         self._sorted = {g.name: scores[g.name].float()[self._order[g.name]] for g in groups}
+        # The global threshold compares s_u / mean of the group's live scores, so that wide and
+        # narrow layers compete fairly (raw norms grow with a layer's fan-in).
+        self._normalised = {}
+        for name, s in self._sorted.items():
+            live = s[torch.isfinite(s)]
+            self._normalised[name] = s / (live.abs().mean().clamp_min(1e-12) if len(live) else 1.0)
+        # A group keeps at least one unit: compact() cannot make a zero-width layer.
         self.layers = [Layer(g.name, g.size, min(g.size - 1, int(max_ratio * g.size))) for g in groups]
+        self._units = sum(g.size for g in groups)
+        self._existing = get_masks(model)
         # (tensor, dim) → [(group, positions per unit)], for kept fractions
         self._cuts: dict[tuple[str, int], list[tuple[str, int]]] = {}
         for g in groups:
@@ -74,6 +83,23 @@ class ChannelProblem(MaskedModelProblem):
         self.table = latency_table
         if metric == "latency" and self.table is None:
             self.table = LatencyTable(model, self.latency_input, grid=latency_grid)
+
+    def _select(self, names):
+        """The groups to prune: all prunable ones, or the named ones (each must be prunable)."""
+        if names is None:
+            groups = self.graph.prunable()
+            if not groups:
+                why = "; ".join(self.graph.unsupported[:3]) or "; ".join(
+                    sorted({g.reason for g in self.graph.groups if g.reason})) or "no channel-coupled layers found"
+                raise GraphError(f"No prunable group in this model ({why}); see prunekit.build_graph(model, x).")
+            return groups
+        groups = []
+        for name in names:
+            group = self.graph[name]
+            if not group.prunable:
+                raise GraphError(f"Group '{name}' cannot be pruned: {group.reason}.")
+            groups.append(group)
+        return groups
 
     # Costs -----------------------------------------------------------------------------------
     def _kept(self, name: str, dim: int, counts: Mapping[str, int]) -> float:
@@ -92,6 +118,8 @@ class ChannelProblem(MaskedModelProblem):
         return out
 
     def cost(self, counts: Mapping[str, int]) -> float:
+        if self.metric == "units":
+            return 1.0 - sum(int(k) for k in counts.values()) / self._units
         if self.metric == "params":
             return float(sum(round(math.prod(shape) * math.prod(self._kept(n, d, counts) for d in range(len(shape))))
                              for n, shape in self._shapes.items()))
@@ -110,7 +138,8 @@ class ChannelProblem(MaskedModelProblem):
             k = torch.ones(layer.units, dtype=torch.bool)
             k[self._order[layer.name][:int(counts.get(layer.name, 0))]] = False
             keep[layer.name] = k
-        return group_masks(self.graph, keep)
+        new = group_masks(self.graph, keep)
+        return self._existing.intersect(new) if len(self._existing) else new
 
 
     def compact(self, model: nn.Module) -> nn.Module:
@@ -121,7 +150,7 @@ class ChannelProblem(MaskedModelProblem):
         return {"latency_s": measure_latency(self.compact(model), self.latency_input)}
 
     def unit_scores(self, name: str):
-        return self._sorted[name]
+        return self._normalised[name]
 
     def features(self, name: str) -> list[float]:
         group = self.graph[name]

@@ -13,9 +13,12 @@ Equivalent to a single threshold τ: a unit goes iff its score is below τ.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..errors import PrunekitError
+from ..selection import resolve_amount
 from .base import Allocation, Allocator, PruningProblem, resolve_target
 
 
@@ -28,9 +31,10 @@ class UniformAllocator(Allocator):
         self.budget, self.ratio = budget, ratio
 
     def _allocate(self, problem: PruningProblem) -> Allocation:
-        if self.ratio is not None:
-            return self._result(problem, problem.counts_for({l.name: self.ratio for l in problem.layers}), None,
-                                details={"ratio": self.ratio})
+        if self.ratio is not None:  # a fraction, or a count of units per layer
+            counts = {l.name: min(l.max_units, resolve_amount(self.ratio, l.units, f"units of '{l.name}'"))
+                      for l in problem.layers}
+            return self._result(problem, counts, None, details={"ratio": self.ratio})
         target = resolve_target(problem, self.budget)
         uniform = lambda r: problem.counts_for({l.name: r for l in problem.layers})  # noqa: E731
         lo, hi = 0.0, 1.0
@@ -65,24 +69,38 @@ class UniformAllocator(Allocator):
 
 
 class GlobalThresholdAllocator(Allocator):
+    """One ranking of every unit; prunes the lowest-scored prefix. Exactly one of: `budget` (the
+    shortest prefix whose cost fits), `count` (exactly that many units), `threshold` (every unit
+    scoring below τ)."""
+
     name = "global"
 
-    def __init__(self, budget: float):
-        self.budget = budget
+    def __init__(self, budget: float | None = None, *, count: int | None = None, threshold: float | None = None):
+        if sum(v is not None for v in (budget, count, threshold)) != 1:
+            raise PrunekitError("GlobalThresholdAllocator needs exactly one of budget=, count= or threshold=.")
+        if threshold is not None and not math.isfinite(threshold):
+            raise PrunekitError(f"threshold must be a finite number, not {threshold!r}.")
+        self.budget, self.count, self.threshold = budget, count, threshold
 
     def _allocate(self, problem: PruningProblem) -> Allocation:
-        target = resolve_target(problem, self.budget)
         names = [l.name for l in problem.layers]
         scores = [np.asarray(problem.unit_scores(n), dtype=np.float64)[:problem.layer(n).max_units] for n in names]
-        owner = np.concatenate([np.full(len(s), i) for i, s in enumerate(scores)])
-        order = np.argsort(np.concatenate(scores), kind="stable")
-        # positions (in the global order) of each layer's units, so a prefix length → counts
-        positions = [np.flatnonzero(owner[order] == i) for i in range(len(names))]
+        flat = np.concatenate(scores)
+        order = np.argsort(flat, kind="stable")  # ties: the earlier layer, then the earlier unit
+        ranked_owner = np.concatenate([np.full(len(s), i) for i, s in enumerate(scores)])[order]
 
         def counts(prefix: int) -> dict:
-            return {n: int(np.searchsorted(positions[i], prefix)) for i, n in enumerate(names)}
+            per_layer = np.bincount(ranked_owner[:prefix], minlength=len(names))
+            return {n: int(per_layer[i]) for i, n in enumerate(names)}
 
-        lo, hi = 0, len(order)
+        target = None
+        if self.count is not None:
+            lo = hi = resolve_amount(self.count, len(order), "units (within each layer's maximum)")
+        elif self.threshold is not None:
+            lo = hi = int(np.searchsorted(flat[order], self.threshold, side="left"))
+        else:
+            target = resolve_target(problem, self.budget)
+            lo, hi = 0, len(order)
         while lo < hi:
             mid = (lo + hi) // 2
             if problem.cost(counts(mid)) <= target:
@@ -90,6 +108,6 @@ class GlobalThresholdAllocator(Allocator):
             else:
                 lo = mid + 1
         chosen = counts(lo)
-        threshold = float(np.concatenate(scores)[order[lo - 1]]) if lo else None
+        threshold = float(flat[order[lo - 1]]) if lo else None
         return self._result(problem, chosen, target, details={"threshold": threshold, "units_pruned": lo},
                             decisions=[{"prefix": lo, "threshold": threshold}])

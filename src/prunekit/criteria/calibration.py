@@ -47,9 +47,12 @@ def batch_list(batches, who: str, max_batches: int | None = None, targets: bool 
         raise PrunekitError(f"Criterion '{who}' got no calibration batches; pass at least one (x, y).")
     if not targets:
         out = [(b,) if isinstance(b, torch.Tensor) else b for b in out]
-    for b in out:
+    for i, b in enumerate(out):
         if not isinstance(b, (tuple, list)) or len(b) < (2 if targets else 1):
             raise PrunekitError(f"Criterion '{who}': every batch must be an (inputs, targets) pair.")
+        if isinstance(b[0], torch.Tensor) and (b[0].dim() == 0 or b[0].shape[0] == 0):
+            raise PrunekitError(f"Criterion '{who}': calibration batch {i} holds no samples (inputs of shape "
+                                f"{tuple(b[0].shape)}); every batch needs at least one example.")
     return out
 
 

@@ -19,13 +19,14 @@ from .masks import (MaskSet, apply_masks, effective_weight, get_masks, load_mask
 from .graph import build_graph, register_handler
 from .prune import prune, prune_blocks, prune_granular, prune_nm, prune_structured, prune_threshold
 from .pruner import Plan, Pruner
+from .saving import load, save
 from .table import format_table
 from .training import TrainConfig, evaluate, finetune, train
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CRITERIA", "CompactionRecord", "Plan", "Pruner", "find_residual_blocks", "prune_blocks", "remove_blocks", "apply_record", "build_graph", "compact", "get_criterion", "predicted_counts",
+    "CRITERIA", "CompactionRecord", "Plan", "Pruner", "load", "save", "find_residual_blocks", "prune_blocks", "remove_blocks", "apply_record", "build_graph", "compact", "get_criterion", "predicted_counts",
     "prune_granular", "prune_nm", "prune_structured", "register_handler",
     "AmountError", "GraphError", "MaskError", "MaskSet", "PrunekitError", "RecipeError", "TrainConfig",
     "apply_masks", "count_flops", "criteria", "data", "effective_weight", "evaluate", "finetune", "format_table",

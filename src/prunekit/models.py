@@ -18,6 +18,10 @@ The counts are asserted in the tests. Every model takes `num_classes`; the two M
 
 from __future__ import annotations
 
+import importlib
+import inspect
+from collections.abc import Callable
+
 from torch import nn
 
 from .cnn_models import vgg_small
@@ -89,7 +93,44 @@ MODELS = {"lenet300100": lenet300100, "lenet5": lenet5, "mnist1d_mlp": mnist1d_m
           "vgg_small": vgg_small}
 
 
-def build_model(name: str, **options) -> nn.Module:
-    if name not in MODELS:
-        raise PrunekitError(f"Unknown model '{name}'.{did_you_mean(name, MODELS)} Available: {', '.join(MODELS)}.")
-    return MODELS[name](**options)
+def resolve_factory(spec) -> Callable[..., nn.Module]:
+    """A model factory: a callable, a name in MODELS, or your own 'package.module:function' (imported)."""
+    if callable(spec):
+        return spec
+    if isinstance(spec, str) and spec in MODELS:
+        return MODELS[spec]
+    if not isinstance(spec, str) or spec.count(":") != 1:
+        raise PrunekitError(f"Unknown model {spec!r}.{did_you_mean(str(spec), MODELS)} Use a built-in name "
+                            f"({', '.join(MODELS)}) or your own factory as 'package.module:function'.")
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise PrunekitError(f"Cannot import '{module_name}' for model '{spec}' ({e}); is it on PYTHONPATH "
+                            "(run from its folder, or pip install it)?") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise PrunekitError(f"'{module_name}' has no callable '{attr}' (model '{spec}').")
+    return factory
+
+
+def build_model(name, *, num_classes: int | None = None, **options) -> nn.Module:
+    """The model `name` (see resolve_factory) built with `options`; `num_classes` is passed only to
+    factories that take it. A misspelt option is refused with the options the factory takes."""
+    factory = resolve_factory(name)
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):
+        signature = None
+    if num_classes is not None and signature is not None and "num_classes" in signature.parameters:
+        options = {"num_classes": num_classes, **options}
+    if signature is not None:
+        try:
+            signature.bind(**options)
+        except TypeError as e:
+            takes = ", ".join(p for p in signature.parameters) or "no options"
+            raise PrunekitError(f"Model '{name}' does not accept these options ({e}); it takes: {takes}.") from None
+    model = factory(**options)
+    if not isinstance(model, nn.Module):
+        raise PrunekitError(f"Model factory '{name}' returned a {type(model).__name__}, not a torch.nn.Module.")
+    return model

@@ -151,8 +151,7 @@ class Pruner:
 
     @property
     def nm(self) -> tuple[int, int] | None:
-        match = _NM.match(self.granularity)
-        return (int(match[1]), int(match[2])) if match else None
+        return nm_pattern(self.granularity)
 
     # The pipeline -------------------------------------------------------------------------------
     def problem(self):
@@ -274,6 +273,12 @@ class Pruner:
         return Plan(self.granularity, self.criterion.name, None, MaskSet(masks), layers)
 
 
+def nm_pattern(granularity: str) -> tuple[int, int] | None:
+    """(N, M) for an "N:M" granularity, else None."""
+    match = _NM.match(granularity) if isinstance(granularity, str) else None
+    return (int(match[1]), int(match[2])) if match else None
+
+
 def _check_granularity(granularity: str) -> str:
     if not isinstance(granularity, str):
         raise PrunekitError(f"granularity must be a string such as 'channel' or '2:4', not {granularity!r}.")
@@ -302,4 +307,4 @@ def _per_layer(problem, amounts: Mapping) -> Allocation:
     return allocation_of(problem, counts, "per-layer", details={"per_layer": dict(amounts)})
 
 
-__all__ = ["GRANULARITIES", "Plan", "Pruner"]
+__all__ = ["GRANULARITIES", "Plan", "Pruner", "nm_pattern"]

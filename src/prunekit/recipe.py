@@ -6,10 +6,11 @@
     model: {name: mnist1d_cnn}
     train: {optimizer: adam, lr: 0.01, steps: 6000, batch_size: 100}
     prune:
+      granularity: element              # … | channel | head | block | "2:4" (see PruneSpec)
       criterion: magnitude
-      scope: global                     # global | local
+      allocation: global                # uniform | global | sensitivity | greedy | knapsack | netadapt | amc
       schedule: iterative               # iterative (cumulative rounds) | one_shot (each from dense)
-      sparsities: [0.5, 0.75, 0.9, 0.95]
+      sparsities: [0.5, 0.75, 0.9, 0.95]  # or budgets: [0.5, 0.25] with metric: flops
     finetune: {steps: 1500, lr_factor: 0.1}
 
 The schema is the dataclasses below: their fields are the only keys, their annotations the
@@ -44,31 +45,78 @@ class ModelSpec:
     options: dict = field(default_factory=dict)
 
 
+DEFAULT_SPARSITIES = (0.5, 0.75, 0.9, 0.95)
+BUDGET_METRICS = ("params", "flops", "latency")
+
+
 @dataclass(frozen=True)
 class PruneSpec:
+    """One prunekit.Pruner per round: what a unit is, how it is scored, how many go where.
+
+    Targets, one list (a round each): `sparsities` — the fraction of units removed — or
+    `budgets` — the fraction of `metric` (params | flops | latency) kept.
+    """
+    granularity: str = "element"        # element | kernel_row | kernel_col | kernel | in_channel | out_channel |
+                                        # neuron | channel | head | group | block | N:M such as "2:4"
     criterion: str = "magnitude"
-    scope: str = "global"
-    schedule: str = "iterative"
-    sparsities: tuple[float, ...] = (0.5, 0.75, 0.9, 0.95)
+    criterion_options: dict = field(default_factory=dict)
+    calibration_batches: int = 8        # training batches given to data-aware criteria and block scores
+    allocation: str = "global"          # uniform | global | sensitivity | greedy | knapsack | netadapt | amc
+    allocation_options: dict = field(default_factory=dict)
+    schedule: str = "iterative"         # iterative: rounds build on each other | one_shot: each from dense
+    sparsities: tuple[float, ...] | None = None
+    budgets: tuple[float, ...] | None = None
+    metric: str = "flops"               # what budgets count
+    how: str = "l2"                     # how element scores add up over a unit: l1 | l2 | lp | sum | mean | max
+    round_to: int = 1                   # graph groups keep a multiple of this many units
 
     def __post_init__(self):
-        from .criteria import CRITERIA
-        from .prune import SCOPES
+        from .allocate import ALLOCATORS
+        from .criteria import get_criterion
+        from .granularity import AGGREGATIONS
+        from .pruner import GRANULARITIES, nm_pattern
 
-        if self.criterion not in CRITERIA:
-            raise PrunekitError(f"unknown criterion '{self.criterion}'.{did_you_mean(self.criterion, CRITERIA)} "
-                                f"Known: {', '.join(sorted(CRITERIA))}.")
-        if self.scope not in SCOPES:
-            raise PrunekitError(f"scope must be one of {SCOPES}.")
+        if self.granularity not in GRANULARITIES[:-1] and nm_pattern(self.granularity) is None:
+            raise PrunekitError(f"unknown granularity '{self.granularity}'."
+                                f"{did_you_mean(self.granularity, GRANULARITIES)} Known: "
+                                f"{', '.join(GRANULARITIES[:-1])}, or N:M such as '2:4'.")
+        get_criterion(self.criterion, **self.criterion_options)  # unknown names and options are refused here
+        if self.allocation not in ALLOCATORS:
+            raise PrunekitError(f"unknown allocation '{self.allocation}'.{did_you_mean(self.allocation, ALLOCATORS)} "
+                                f"Known: {', '.join(ALLOCATORS)}.")
         if self.schedule not in SCHEDULES:
             raise PrunekitError(f"schedule must be one of {SCHEDULES}.{did_you_mean(self.schedule, SCHEDULES)}")
-        if not self.sparsities:
-            raise PrunekitError("sparsities must list at least one target, e.g. [0.5, 0.9].")
-        if any(not 0 <= s < 1 for s in self.sparsities):
-            raise PrunekitError(f"every sparsity must be in [0, 1); got {list(self.sparsities)}.")
-        if self.schedule == "iterative" and list(self.sparsities) != sorted(self.sparsities):
-            raise PrunekitError("iterative sparsities must increase (masks only shrink), "
-                                f"e.g. [0.5, 0.75, 0.9]; got {list(self.sparsities)}.")
+        if self.how not in AGGREGATIONS:
+            raise PrunekitError(f"how must be one of {AGGREGATIONS}.{did_you_mean(self.how, AGGREGATIONS)}")
+        if self.round_to < 1 or self.calibration_batches < 1:
+            raise PrunekitError("round_to and calibration_batches must be ≥ 1.")
+        if self.metric not in BUDGET_METRICS:
+            raise PrunekitError(f"metric must be one of {BUDGET_METRICS}.{did_you_mean(self.metric, BUDGET_METRICS)}")
+        if self.sparsities is not None and self.budgets is not None:
+            raise PrunekitError("give either sparsities (fractions of units removed) or budgets (fractions of "
+                                "the metric kept), not both.")
+        if self.sparsities is None and self.budgets is None:
+            object.__setattr__(self, "sparsities", DEFAULT_SPARSITIES)
+        targets = self.targets
+        if not targets:
+            raise PrunekitError("list at least one target, e.g. sparsities: [0.5, 0.9].")
+        if self.sparsities is not None and any(not 0 <= s < 1 for s in targets):
+            raise PrunekitError(f"every sparsity must be in [0, 1); got {list(targets)}.")
+        if self.budgets is not None and any(not 0 < b <= 1 for b in targets):
+            raise PrunekitError(f"every budget is a fraction of the dense {self.metric} kept, in (0, 1]; "
+                                f"got {list(targets)}.")
+        shrinking = sorted(targets) if self.sparsities is not None else sorted(targets, reverse=True)
+        if self.schedule == "iterative" and list(targets) != shrinking:
+            raise PrunekitError("iterative rounds must prune more each time (masks only shrink): sparsities "
+                                f"increase, budgets decrease; got {list(targets)}.")
+        nm = nm_pattern(self.granularity)
+        if nm is not None and self.sparsities is not None and list(self.sparsities) != [1 - nm[0] / nm[1]]:
+            raise PrunekitError(f"granularity {self.granularity} fixes the sparsity at {1 - nm[0] / nm[1]}: "
+                                f"write sparsities: [{1 - nm[0] / nm[1]}].")
+
+    @property
+    def targets(self) -> tuple[float, ...]:
+        return tuple(self.sparsities if self.sparsities is not None else self.budgets)
 
 
 @dataclass(frozen=True)

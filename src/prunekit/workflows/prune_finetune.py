@@ -1,11 +1,14 @@
 """Train → prune → fine-tune, round by round, from a Recipe; writes a run folder.
 
-Round 0 is the dense model. Each later round prunes to the next target sparsity of the
-selected weights and fine-tunes at lr × lr_factor:
+Round 0 is the dense model. Each later round runs one prunekit.Pruner step to the recipe's
+next target (granularity, criterion, allocation — see prunekit.recipe.PruneSpec) and
+fine-tunes at lr × lr_factor:
   * schedule "iterative": round r starts from round r−1's pruned model (masks only shrink);
   * schedule "one_shot":  every round starts from the dense model.
-Every round is checkpointed and marked done, so re-running the same recipe resumes where a
-killed run stopped and ends with the same results.
+Every round is checkpointed with the RNG states and marked done, so re-running the same recipe
+resumes where a killed run stopped and ends with bit-identical results (dropout included).
+Everything the recipe names — data, model, options, criterion — is built before the run folder
+is created: a bad value writes nothing.
 """
 
 from __future__ import annotations
@@ -18,25 +21,46 @@ import torch.nn.functional as F
 import yaml
 
 from ..accounting import count_flops, parameter_counts, sparsity_table
-from ..data import load_dataset
 from ..masks import get_masks, load_masked_state_dict, resolve_parameters
-from ..models import build_model
 from ..plots import grouped_bars, line_plot
-from ..prune import prune
-from ..recipe import Recipe
+from ..pruner import Pruner
+from ..recipe import PruneSpec, Recipe
 from ..report import Report
 from ..runs import RunDir
 from ..table import format_table
 from ..training import evaluate, finetune, train
+from ..allocate.workflow import split_validation
+from .sources import dataset_from, fresh_model
 
 ROUND_COLUMNS = ["round", "target_sparsity", "sparsity", "accuracy_pruned", "accuracy", "test_loss",
                  "nonzero_params", "total_params", "dense_flops", "sparse_flops", "dense_bytes", "compressed_bytes"]
-CALIBRATION_BATCHES = 8
 
 
 def _fresh_model(recipe: Recipe, num_classes: int):
-    torch.manual_seed(recipe.seed)
-    return build_model(recipe.model.name, num_classes=num_classes, **recipe.model.options)
+    return fresh_model(recipe.model.name, recipe.model.options, num_classes, recipe.seed)
+
+
+def make_pruner(model, spec: PruneSpec, target: float, *, example, calibration, val=None, train_data=None,
+                train_config=None, run=None) -> Pruner:
+    """The Pruner of one round of `spec`: prune to `target` (a sparsity, or a budget of spec.metric)."""
+    from ..criteria import get_criterion
+
+    options = dict(spec.allocation_options)
+    if run is not None and spec.allocation in ("sensitivity", "netadapt", "amc"):
+        options.setdefault("run", run)  # their searches checkpoint and plot into the run folder
+    nm = spec.granularity if ":" in spec.granularity else None
+    target_kwargs = {} if nm else ({"sparsity": target} if spec.sparsities is not None
+                                   else {"budget": {spec.metric: target}})
+    return Pruner(model, example, granularity=spec.granularity,
+                  criterion=get_criterion(spec.criterion, **spec.criterion_options),
+                  allocation=spec.allocation, allocation_options=options, how=spec.how, round_to=spec.round_to,
+                  batches=calibration, loss_fn=F.cross_entropy, val=val, train_data=train_data,
+                  train_config=train_config, **target_kwargs)
+
+
+def calibration_batches(dataset, spec: PruneSpec, batch_size: int) -> list:
+    x, y = dataset.train.tensors
+    return list(zip(x.split(batch_size), y.split(batch_size)))[:spec.calibration_batches]
 
 
 def _measure(model, dataset, example, prunable: list[str]) -> dict:
@@ -53,18 +77,17 @@ def _measure(model, dataset, example, prunable: list[str]) -> dict:
 def run_recipe(recipe: Recipe, *, output_dir: str | Path | None = None, progress: bool = True,
                log=print) -> RunDir:
     """Run (or resume) `recipe`; returns the RunDir holding metrics, checkpoints, plots and report."""
-    run = RunDir.open(output_dir or recipe.output_dir, recipe.name, recipe.settings())
-    (run.path / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-    dataset = load_dataset(recipe.data.name)
-    example = dataset.example_input(1)
+    dataset = dataset_from(recipe.data.name)  # everything the recipe names is built before any file is written
+    example = dataset.example_input(2)
     model = _fresh_model(recipe, dataset.num_classes)
     prunable = list(resolve_parameters(model))
-    calibration = [(x, y) for x, y in zip(dataset.train.tensors[0].split(recipe.train.batch_size),
-                                          dataset.train.tensors[1].split(recipe.train.batch_size))]
-    calibration = calibration[:CALIBRATION_BATCHES]
+    calibration = calibration_batches(dataset, recipe.prune, recipe.train.batch_size)
+    make_pruner(model, recipe.prune, recipe.prune.targets[0], example=example, calibration=calibration)  # validates
+    run = RunDir.open(output_dir or recipe.output_dir, recipe.name, recipe.settings())
+    (run.path / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
 
     if run.is_done("round0"):
-        model.load_state_dict(run.load_checkpoint("round0"))
+        model.load_state_dict(run.load_checkpoint("round0", restore_rng=True))
     else:
         log(f"Training {recipe.model.name} on {recipe.data.name} for {recipe.train.steps} steps")
         train(model, dataset.train, recipe.train, progress="dense training" if progress else False)
@@ -75,18 +98,19 @@ def run_recipe(recipe: Recipe, *, output_dir: str | Path | None = None, progress
     dense_state = {k: v.clone() for k, v in model.state_dict().items()}
     log(format_table(run.rows()[:1], ROUND_COLUMNS))
 
-    for r, target in enumerate(recipe.prune.sparsities, start=1):
+    for r, target in enumerate(recipe.prune.targets, start=1):
         tag = f"round{r}"
         if run.is_done(tag):
             model = _fresh_model(recipe, dataset.num_classes)
-            load_masked_state_dict(model, run.load_checkpoint(tag))
+            load_masked_state_dict(model, run.load_checkpoint(tag, restore_rng=True))
+            log(f"round {r}: finished earlier, loaded from {run.checkpoint_path(tag)}")
             continue
         run.replace_rows([row for row in run.rows() if row["round"] < r])  # drop a killed round's leftovers
         if recipe.prune.schedule == "one_shot":
             model = _fresh_model(recipe, dataset.num_classes)
             model.load_state_dict(dense_state)
-        prune(model, target, scope=recipe.prune.scope, criterion=recipe.prune.criterion,
-              batches=calibration, loss_fn=F.cross_entropy)
+        make_pruner(model, recipe.prune, target, example=example, calibration=calibration, val=split_validation(dataset.train)[1],
+                    train_data=dataset.train, train_config=recipe.train, run=run).step()
         pruned_accuracy = evaluate(model, dataset.test)["accuracy"]
         if recipe.finetune.steps:
             config = dataclasses.replace(recipe.train, seed=recipe.train.seed + r)

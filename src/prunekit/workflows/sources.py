@@ -1,0 +1,53 @@
+"""Where a run's model and data come from: built-in names, or the user's own code.
+
+    model: {name: lenet300100}                 # prunekit.models.MODELS
+    model: {name: "mypkg.models:make_net"}     # your factory, imported; takes num_classes if it wants it
+    data:  {name: mnist5k}                     # prunekit.data.DATASETS
+    data:  {name: "mypkg.data:load"}           # returns a prunekit.data.Dataset or (train, test)
+
+A user's data function returns either a prunekit.data.Dataset or a pair of TensorDatasets
+(train, test) of (inputs, integer labels); the number of classes is then the largest label + 1.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+from torch.utils.data import TensorDataset
+
+from ..data import DATASETS, Dataset, load_dataset
+from ..errors import PrunekitError
+from ..models import build_model
+
+
+def dataset_from(name: str) -> Dataset:
+    if name in DATASETS or ":" not in name:
+        return load_dataset(name)
+    module_name, _, attr = name.partition(":")
+    try:
+        function = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise PrunekitError(f"Cannot load data '{name}' ({e}). Use a built-in set ({', '.join(DATASETS)}) or "
+                            "'package.module:function' importable from here.") from None
+    result = function()
+    if isinstance(result, Dataset):
+        return result
+    if (isinstance(result, tuple) and len(result) == 2
+            and all(isinstance(d, TensorDataset) and len(d.tensors) == 2 for d in result)):
+        train, test = result
+        labels = torch.cat([train.tensors[1], test.tensors[1]])
+        if labels.dtype not in (torch.int64, torch.int32) or len(labels) == 0 or labels.min() < 0:
+            raise PrunekitError(f"Data '{name}': labels must be non-negative integers.")
+        return Dataset(name, train, test, int(labels.max()) + 1, tuple(train.tensors[0].shape[1:]))
+    raise PrunekitError(f"Data function '{name}' returned a {type(result).__name__}; return a prunekit.data.Dataset "
+                        "or a pair (train, test) of TensorDataset(inputs, labels).")
+
+
+def fresh_model(name: str, options: dict, num_classes: int, seed: int):
+    """The model, initialised from `seed` (the same seed, the same weights)."""
+    torch.manual_seed(seed)
+    return build_model(name, num_classes=num_classes, **options)
+
+
+__all__ = ["dataset_from", "fresh_model"]

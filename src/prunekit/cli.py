@@ -7,13 +7,17 @@ import argparse
 import importlib
 import sys
 
+import torch
+
+from . import __version__
 from .errors import PrunekitError
 
-COMMANDS = ["demo", "run", "sensitivity", "lottery", "experiment", "compact"]
+COMMANDS = ["demo", "run", "sensitivity", "lottery", "experiment", "compact", "export", "report"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prunekit", description="Prune PyTorch models and measure the result.")
+    parser.add_argument("--version", action="version", version=f"prunekit {__version__} (torch {torch.__version__})")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"prunekit.commands.{name}").register(sub)
@@ -27,6 +31,9 @@ def main(argv=None) -> int:
     except PrunekitError as e:
         print(f"prunekit: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("prunekit: interrupted; run the same command again to resume where it stopped.", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

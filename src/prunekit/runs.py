@@ -49,6 +49,10 @@ class RunDir:
     @classmethod
     def open(cls, root, name: str, settings: dict) -> RunDir:
         path = Path(root) / f"{name}-{settings_hash(settings)}"
+        for folder in [path, *path.parents]:
+            if folder.exists() and not folder.is_dir():
+                raise PrunekitError(f"Cannot create the run folder {path}: {folder} is a file. "
+                                    "Choose another output folder (--output-dir).")
         saved = path / "settings.json"
         normalised = json.loads(json.dumps(settings, default=str))
         if saved.is_file():

@@ -51,8 +51,10 @@ def _safetensors():
 
 
 def save(model: nn.Module, path, *, record: CompactionRecord | None = None, factory: str | None = None,
-         overwrite: bool = False) -> Path:
-    """Write `model` (plain, masked, or compacted with its `record`) to the folder `path`."""
+         factory_options: dict | None = None, overwrite: bool = False) -> Path:
+    """Write `model` (plain, masked, or compacted with its `record`) to the folder `path`.
+    `factory` ('package.module:function' or a prunekit model name) and its `factory_options` are
+    recorded so that load(path) can rebuild the architecture by itself."""
     if not isinstance(model, nn.Module):
         raise PrunekitError(f"save() takes an nn.Module, not {type(model).__name__}.")
     if factory is not None and not isinstance(factory, str):
@@ -71,6 +73,7 @@ def save(model: nn.Module, path, *, record: CompactionRecord | None = None, fact
     # load_state_dict ties them again through the architecture.
     state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
     manifest = {"format": FORMAT, "masked": sorted(masks), "factory": factory,
+                "factory_options": dict(factory_options or {}),
                 "class": f"{type(model).__module__}.{type(model).__qualname__}",
                 "record": None if record is None else {
                     "shapes": {k: list(v) for k, v in record.shapes.items()},
@@ -117,7 +120,7 @@ def load(path, factory=None) -> nn.Module:
     if spec is None:
         raise PrunekitError(f"{path} records no factory: pass load(path, factory=...) — a callable that builds "
                             f"the {manifest['class']} it was saved from, or 'package.module:function'.")
-    model = build_model(spec)
+    model = build_model(spec, **(manifest.get("factory_options") or {} if factory is None else {}))
     _, load_file = _safetensors()
     try:
         state = load_file(str(path / WEIGHTS))

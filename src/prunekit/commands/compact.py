@@ -16,9 +16,11 @@ import torch
 from ..accounting import count_flops, parameter_counts
 from ..compaction import compact
 from ..errors import PrunekitError
-from ..masks import MaskSet, load_masked_state_dict
 from ..models import build_model
+from ..prune import prune_structured
 from ..table import format_table
+from ..workflows.checkpoints import load_into, read_state_dict
+from .options import add_model_options, model_options
 
 INPUT_SHAPES = {"lenet300100": (1, 28, 28), "lenet5": (1, 28, 28), "mnist1d_mlp": (40,), "mnist1d_cnn": (40,)}
 
@@ -26,7 +28,7 @@ INPUT_SHAPES = {"lenet300100": (1, 28, 28), "lenet5": (1, 28, 28), "mnist1d_mlp"
 def register(sub) -> None:
     parser = sub.add_parser("compact", help="physically remove pruned channels from a checkpoint")
     parser.add_argument("checkpoint", help="state_dict saved with torch.save (masked or plain)")
-    parser.add_argument("--model", required=True, help="architecture name (prunekit.models)")
+    add_model_options(parser, required=True)
     parser.add_argument("--out", required=True, help="where the compacted state_dict goes")
     parser.add_argument("--input-shape", default=None,
                         help="one example's shape, comma-separated (default: the model's own, e.g. 1,28,28)")
@@ -51,23 +53,15 @@ def _input_shape(args) -> tuple:
 def run(args) -> int:
     source, out = Path(args.checkpoint), Path(args.out)
     record_path = out.with_name(out.name + ".record")
-    if not source.is_file():
-        raise PrunekitError(f"Checkpoint {source} does not exist.")
     for path in (out, record_path):
         if path.exists() and not args.overwrite:
             raise PrunekitError(f"{path} exists; pass --overwrite to replace it or choose another --out.")
-    model = build_model(args.model)
-    state = torch.load(source, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise PrunekitError(f"{source} does not hold a state_dict.")
-    if len(MaskSet.from_state_dict(state)):
-        load_masked_state_dict(model, state)
-    else:
-        model.load_state_dict(state)
+    for folder in out.parents:
+        if folder.exists() and not folder.is_dir():
+            raise PrunekitError(f"Cannot write {out}: {folder} is a file, not a folder.")
     x = torch.randn(2, *_input_shape(args))
+    model = load_into(build_model(args.model, **model_options(args)), read_state_dict(source), str(source))
     if args.prune is not None:
-        from ..structured import prune_structured
-
         prune_structured(model, args.prune, x)
     small, record = compact(model, x)
     before, after = parameter_counts(model)["total"], parameter_counts(small)["total"]

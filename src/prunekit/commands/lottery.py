@@ -11,7 +11,7 @@ from ..training import OPTIMIZERS, TrainConfig
 def register(sub) -> None:
     p = sub.add_parser("lottery", help="find lottery tickets by IMP with rewinding; compare with controls")
     p.add_argument("--model", default="mnist1d_mlp", help="mnist1d_mlp, lenet300100, lenet5, mnist1d_cnn")
-    p.add_argument("--dataset", default="mnist1d", help="mnist1d, mnist5k, digits")
+    p.add_argument("--data", "--dataset", dest="data", default="mnist1d", help="mnist1d, mnist5k, digits")
     p.add_argument("--rounds", type=int, default=10, help="pruning rounds (density ≈ (1 − rate)^rounds)")
     p.add_argument("--rate", type=float, default=0.2, help="fraction of surviving weights pruned per round")
     p.add_argument("--scope", choices=("global", "local"), default="global", help="one ranking, or per tensor")
@@ -58,7 +58,7 @@ def _main(args) -> int:
     if args.augment == "shift" and strength is not None:
         strength = int(strength)
     config = LotteryConfig(
-        model=args.model, dataset=args.dataset,
+        model=args.model, dataset=args.data,
         model_options=_model_options(args),
         train=TrainConfig(optimizer=args.optimizer, lr=args.lr, steps=args.steps, batch_size=args.batch_size),
         rounds=args.rounds, rate=args.rate, scope=args.scope, rewind_step=args.rewind_step,

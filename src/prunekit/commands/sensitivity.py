@@ -13,40 +13,29 @@ the smallest threshold that meets the budget (then fitted to within one unit).
 
 from __future__ import annotations
 
-from ..data import load_dataset
 from ..errors import PrunekitError
 from ..recipe import load_recipe, recipe_from_dict
 from ..runs import RunDir
 from ..table import format_table
+from ..workflows.sources import check_fits, dataset_from
+from .options import add_data_option, add_model_options, add_output_options, model_options, show_progress
 
 
 def _ratios(text: str) -> tuple[float, ...]:
     try:
-        return tuple(float(v) for v in text.split(","))
+        ratios = tuple(float(v) for v in text.split(","))
     except ValueError:
-        raise PrunekitError(f"--ratios takes comma-separated fractions, e.g. 0.1,0.5,0.9; got {text!r}.") from None
-
-
-def _option(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise PrunekitError(f"--model-option takes KEY=VALUE, e.g. in_features=64; got {text!r}.")
-    try:
-        return key, int(value)
-    except ValueError:
-        try:
-            return key, float(value)
-        except ValueError:
-            return key, value
+        ratios = ()
+    if not ratios or any(not 0 < r < 1 for r in ratios):
+        raise PrunekitError(f"--ratios takes comma-separated fractions in (0, 1), e.g. 0.1,0.5,0.9; got {text!r}.")
+    return ratios
 
 
 def register(sub) -> None:
     parser = sub.add_parser("sensitivity", help="per-layer sensitivity curves and the ratios they allow")
     parser.add_argument("--recipe", help="take model, data, training and seed from this recipe")
-    parser.add_argument("--model", default="mnist1d_cnn", help="model name (without --recipe)")
-    parser.add_argument("--model-option", type=_option, action="append", default=[], metavar="KEY=VALUE",
-                        help="model constructor option, e.g. in_features=64 (repeatable; without --recipe)")
-    parser.add_argument("--data", default="mnist1d", help="dataset name (without --recipe)")
+    add_model_options(parser, default="mnist1d_cnn")
+    add_data_option(parser, default="mnist1d")
     parser.add_argument("--train-steps", type=int, default=2000, help="dense training steps (without --recipe)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ratios", type=_ratios, default=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9))
@@ -56,8 +45,7 @@ def register(sub) -> None:
     parser.add_argument("--metric", default="flops", choices=["flops", "params"])
     parser.add_argument("--criterion", default="magnitude")
     parser.add_argument("--executor", default="inprocess", choices=["inprocess", "ray"])
-    parser.add_argument("--output-dir", default="runs")
-    parser.add_argument("--no-progress", action="store_true")
+    add_output_options(parser)
     parser.set_defaults(func=_main)
 
 
@@ -69,7 +57,7 @@ def _main(args) -> int:
         recipe = load_recipe(args.recipe)
     else:
         recipe = recipe_from_dict({"name": "sensitivity", "seed": args.seed, "data": {"name": args.data},
-                                   "model": {"name": args.model, "options": dict(args.model_option)},
+                                   "model": {"name": args.model, "options": model_options(args)},
                                    "train": {"steps": args.train_steps, "seed": args.seed}})
     threshold = args.threshold if args.threshold is not None or args.budget is not None else 0.01
     dense_settings = {k: v for k, v in recipe.settings().items() if k in ("seed", "data", "model", "train")}
@@ -78,9 +66,10 @@ def _main(args) -> int:
     run = RunDir.open(args.output_dir, f"{recipe.name}-sensitivity",
                       {**dense_settings, "ratios": list(args.ratios), "threshold": threshold, "budget": args.budget,
                        "metric": args.metric, "criterion": args.criterion})
-    dataset = load_dataset(recipe.data.name)
+    dataset = dataset_from(recipe.data.name)
+    check_fits(recipe, dataset)
     train_data, val = split_validation(dataset.train)
-    model = dense_model(recipe, dense_run, train_data, dataset.num_classes, progress=not args.no_progress)
+    model = dense_model(recipe, dense_run, train_data, dataset.num_classes, progress=show_progress(args))
     problem = build_problem(model, val, dataset.example_input(1), metric=args.metric, criterion=args.criterion)
     allocation = SensitivityAllocator(threshold=threshold, budget=args.budget, ratios=args.ratios,
                                       executor=args.executor, run=run).allocate(problem)

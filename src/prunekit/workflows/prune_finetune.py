@@ -30,7 +30,7 @@ from ..runs import RunDir
 from ..table import format_table
 from ..training import evaluate, finetune, train
 from ..allocate.workflow import split_validation
-from .sources import dataset_from, fresh_model
+from .sources import check_fits, dataset_from, fresh_model
 
 ROUND_COLUMNS = ["round", "target_sparsity", "sparsity", "accuracy_pruned", "accuracy", "test_loss",
                  "nonzero_params", "total_params", "dense_flops", "sparse_flops", "dense_bytes", "compressed_bytes"]
@@ -78,6 +78,7 @@ def run_recipe(recipe: Recipe, *, output_dir: str | Path | None = None, progress
                log=print) -> RunDir:
     """Run (or resume) `recipe`; returns the RunDir holding metrics, checkpoints, plots and report."""
     dataset = dataset_from(recipe.data.name)  # everything the recipe names is built before any file is written
+    check_fits(recipe, dataset)
     example = dataset.example_input(2)
     model = _fresh_model(recipe, dataset.num_classes)
     prunable = list(resolve_parameters(model))

@@ -50,4 +50,22 @@ def fresh_model(name: str, options: dict, num_classes: int, seed: int):
     return build_model(name, num_classes=num_classes, **options)
 
 
-__all__ = ["dataset_from", "fresh_model"]
+def check_fits(recipe, dataset: Dataset) -> None:
+    """One forward pass of the recipe's model on the data's inputs, before anything is trained or
+    written: a model built for other inputs is refused with both shapes named."""
+    model = fresh_model(recipe.model.name, recipe.model.options, dataset.num_classes, recipe.seed)
+    example = dataset.example_input(2)
+    try:
+        with torch.no_grad():
+            out = model.eval()(example)
+    except Exception as e:  # any failure of the user's forward: say which pairing does not fit
+        raise PrunekitError(f"Model '{recipe.model.name}' cannot run on data '{dataset.name}' (inputs of shape "
+                            f"{tuple(example.shape[1:])}): {type(e).__name__}: {str(e).splitlines()[0][:160]}. "
+                            "Choose matching --model/--data (or model options).") from None
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] < dataset.num_classes:
+        raise PrunekitError(f"Model '{recipe.model.name}' must return logits of shape (batch, classes ≥ "
+                            f"{dataset.num_classes}) on data '{dataset.name}', got "
+                            f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}.")
+
+
+__all__ = ["check_fits", "dataset_from", "fresh_model"]

@@ -1,0 +1,55 @@
+"""Reading a user's checkpoint files, with a clear error for every way they go wrong.
+
+Checkpoints are read with torch.load(weights_only=True): a file that holds code (a whole
+pickled model, or anything malicious) is refused, never executed. The errors say what to do.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import PrunekitError
+from ..masks import MaskSet, load_masked_state_dict
+
+
+def read_state_dict(path) -> dict:
+    """The state_dict stored in `path` (a file written by torch.save(model.state_dict(), path))."""
+    path = Path(path)
+    if not path.is_file():
+        raise PrunekitError(f"Checkpoint {path} does not exist" + (" (it is a folder)." if path.is_dir() else "."))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "nn.modules" in str(e) or "Module" in str(e):
+            raise PrunekitError(f"{path} holds a whole pickled model (torch.save(model)); prunekit never unpickles "
+                                "code. Save its weights instead — torch.save(model.state_dict(), path) — or use "
+                                "prunekit.save(model, folder).") from None
+        raise PrunekitError(f"{path} holds Python objects that would have to be executed to load it; prunekit "
+                            "refuses such files. Save a state_dict with torch.save(model.state_dict(), path).") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
+        raise PrunekitError(f"{path} is not a readable PyTorch checkpoint (truncated or another format: "
+                            f"{str(e).splitlines()[0][:120]}).") from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise PrunekitError(f"{path} does not hold a state_dict (a mapping of names to tensors).")
+    return state
+
+
+def load_into(model: nn.Module, state: dict, source="the checkpoint") -> nn.Module:
+    """Load a plain or masked state_dict into a fresh `model`; a mismatch is a clear error."""
+    try:
+        if len(MaskSet.from_state_dict(state)):
+            load_masked_state_dict(model, state)
+        else:
+            model.load_state_dict(state)
+    except RuntimeError as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        detail = (lines[1] if len(lines) > 1 else lines[0])[:160]
+        raise PrunekitError(f"{source} does not fit this model ({detail}); pass the --model (and --model-option) "
+                            "it was trained with. A compacted model is loaded with prunekit.load.") from None
+    return model

@@ -48,11 +48,10 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from . import selection
 from .compaction import _call, _plain_copy, relative_error
 from .criteria.calibration import batch_list
 from .errors import GraphError, PrunekitError
-from .masks import MaskSet, apply_masks, canonical_name, get_masks, named_parameters
+from .masks import MaskSet, apply_masks, canonical_name, get_masks
 from .modes import evaluation_mode, training_mode
 from .nested import tensors_in
 

@@ -31,6 +31,7 @@ from torch.nn.utils import parametrize
 
 from .accounting import count_flops
 from .errors import GraphError, PrunekitError
+from .files import load_tensors, make_parent
 from .graph import SIZE_SUFFIX, DependencyGraph, build_graph, graph_and_output
 from .graph.tracer import _canonical
 from .masks import get_masks
@@ -62,7 +63,7 @@ class CompactionRecord:
         path = Path(path)
         if path.exists() and not overwrite:
             raise PrunekitError(f"{path} exists; pass overwrite=True to replace it or choose another path.")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_parent(path)
         tmp = path.with_name(path.name + ".tmp")
         torch.save({"format": FORMAT, "kept": self.kept, "shapes": {k: list(v) for k, v in self.shapes.items()},
                     "attrs": {m: {a: list(v) if isinstance(v, tuple) else v for a, v in d.items()}
@@ -72,10 +73,7 @@ class CompactionRecord:
 
     @classmethod
     def load(cls, path) -> CompactionRecord:
-        path = Path(path)
-        if not path.is_file():
-            raise PrunekitError(f"Compaction record {path} does not exist.")
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = load_tensors(path, "compaction record")
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise PrunekitError(f"{path} is not a prunekit compaction record ({FORMAT}).")
         attrs = {m: {a: tuple(v) if isinstance(v, list) else v for a, v in d.items()}

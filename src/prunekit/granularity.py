@@ -26,7 +26,6 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 
 from .errors import AmountError, PrunekitError, did_you_mean
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .errors import MaskError, did_you_mean
+from .files import load_tensors, make_parent, write_atomically
 
 _PARAMETRIZED = ".parametrizations."
 
@@ -111,18 +112,12 @@ class MaskSet(Mapping):
         path = Path(path)
         if path.exists() and not overwrite:
             raise MaskError(f"{path} exists; pass overwrite=True to replace it or choose another path.")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save({n: m.cpu() for n, m in self._masks.items()}, tmp)
-        os.replace(tmp, path)  # atomic: a crash never leaves a half-written mask file
-        return path
+        make_parent(path)
+        return write_atomically(path, {n: m.cpu() for n, m in self._masks.items()})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> MaskSet:
-        path = Path(path)
-        if not path.is_file():
-            raise MaskError(f"Mask file {path} does not exist.")
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = load_tensors(path, "mask file")
         if not isinstance(data, dict):
             raise MaskError(f"{path} does not hold a prunekit MaskSet (a dict of name → bool tensor).")
         return cls(data)
@@ -202,6 +197,9 @@ def resolve_parameters(model: nn.Module, params=None) -> dict[str, nn.Parameter]
         names = [n for n, p in available.items() if params(n, p)]
     elif isinstance(params, str):
         raise MaskError(f"params={params!r} is a single string; pass a list of names, e.g. [{params!r}].")
+    elif not isinstance(params, Iterable):
+        raise MaskError(f"params={params!r}: pass a list of parameter names, a predicate (name, parameter) → bool, "
+                        "or None for every weight matrix and kernel.")
     else:
         names = list(params)
     if not names:

@@ -39,7 +39,6 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import torch
 from torch import nn
 
 from . import granularity as gran

@@ -21,10 +21,10 @@ import json
 import os
 from pathlib import Path
 
-import torch
 
 from . import rng
 from .errors import PrunekitError
+from .files import load_tensors, write_atomically
 
 
 def settings_hash(settings: dict) -> str:
@@ -79,10 +79,8 @@ class RunDir:
     def save_checkpoint(self, tag: str, state: dict) -> Path:
         """The state, and beside it every RNG state at this moment (restored by load_checkpoint)."""
         path = self.checkpoint_path(tag)
-        for target, value in ((path, state), (path.with_suffix(".rng"), rng.capture())):
-            tmp = target.with_name(target.name + ".tmp")
-            torch.save(value, tmp)
-            os.replace(tmp, target)  # a killed run never leaves a truncated checkpoint behind
+        write_atomically(path, state)  # a killed run never leaves a truncated checkpoint behind
+        write_atomically(path.with_suffix(".rng"), rng.capture())
         return path
 
     def has_checkpoint(self, tag: str) -> bool:
@@ -94,9 +92,9 @@ class RunDir:
         path = self.checkpoint_path(tag)
         if not path.is_file():
             raise PrunekitError(f"No checkpoint '{tag}' in {self.path}.")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_tensors(path)
         if restore_rng and path.with_suffix(".rng").is_file():
-            rng.restore(torch.load(path.with_suffix(".rng"), map_location="cpu", weights_only=True))
+            rng.restore(load_tensors(path.with_suffix(".rng"), "RNG state"))
         return state
 
     # Metrics ----------------------------------------------------------------------------

@@ -13,6 +13,8 @@ the smallest threshold that meets the budget (then fitted to within one unit).
 
 from __future__ import annotations
 
+import argparse
+
 from ..errors import PrunekitError
 from ..recipe import load_recipe, recipe_from_dict
 from ..runs import RunDir
@@ -27,7 +29,7 @@ def _ratios(text: str) -> tuple[float, ...]:
     except ValueError:
         ratios = ()
     if not ratios or any(not 0 < r < 1 for r in ratios):
-        raise PrunekitError(f"--ratios takes comma-separated fractions in (0, 1), e.g. 0.1,0.5,0.9; got {text!r}.")
+        raise argparse.ArgumentTypeError(f"takes comma-separated fractions in (0, 1), e.g. 0.1,0.5,0.9; got {text!r}")
     return ratios
 
 

@@ -6,34 +6,17 @@ pickled model, or anything malicious) is refused, never executed. The errors say
 
 from __future__ import annotations
 
-import pickle
-import zipfile
-from pathlib import Path
-
 import torch
 from torch import nn
 
 from ..errors import PrunekitError
+from ..files import load_tensors
 from ..masks import MaskSet, load_masked_state_dict
 
 
 def read_state_dict(path) -> dict:
     """The state_dict stored in `path` (a file written by torch.save(model.state_dict(), path))."""
-    path = Path(path)
-    if not path.is_file():
-        raise PrunekitError(f"Checkpoint {path} does not exist" + (" (it is a folder)." if path.is_dir() else "."))
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "nn.modules" in str(e) or "Module" in str(e):
-            raise PrunekitError(f"{path} holds a whole pickled model (torch.save(model)); prunekit never unpickles "
-                                "code. Save its weights instead — torch.save(model.state_dict(), path) — or use "
-                                "prunekit.save(model, folder).") from None
-        raise PrunekitError(f"{path} holds Python objects that would have to be executed to load it; prunekit "
-                            "refuses such files. Save a state_dict with torch.save(model.state_dict(), path).") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
-        raise PrunekitError(f"{path} is not a readable PyTorch checkpoint (truncated or another format: "
-                            f"{str(e).splitlines()[0][:120]}).") from None
+    state = load_tensors(path, "checkpoint")
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                               for k, v in state.items()):
         raise PrunekitError(f"{path} does not hold a state_dict (a mapping of names to tensors).")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import torch
 import torch.nn.functional as F
 import yaml
 

@@ -27,7 +27,7 @@ from prunekit.allocate import (AMC, GreedyAllocator, KnapsackAllocator, NetAdapt
                                UniformAllocator, sensitivity_curves)
 from prunekit.allocate.channels import ChannelProblem
 from prunekit.allocate.latency import measure_latency
-from prunekit.allocate.workflow import split_validation
+from prunekit.workflows.allocation import split_validation
 from prunekit.accounting import count_flops
 from prunekit.data import load_dataset
 from prunekit.models import build_model

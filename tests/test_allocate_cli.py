@@ -6,7 +6,7 @@ import json
 import pytest
 import yaml
 
-from prunekit.allocate.workflow import run_allocation
+from prunekit.workflows.allocation import run_allocation
 from prunekit.cli import main
 from prunekit.errors import PrunekitError
 from prunekit.recipe import recipe_from_dict

@@ -48,7 +48,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .compaction import _call, _plain_copy, relative_error
+from .compaction import call_model, plain_copy, relative_error
 from .criteria.calibration import batch_list
 from .errors import GraphError, PrunekitError
 from .masks import MaskSet, apply_masks, canonical_name, get_masks
@@ -152,7 +152,7 @@ def _module_calls(model, example_inputs, replace=()):
                 handles.append(module.register_forward_pre_hook(pre_hook_for(name)))
                 handles.append(module.register_forward_hook(hook_for(name)))
         with torch.no_grad(), evaluation_mode(model), recorder:
-            _call(model, example_inputs)
+            call_model(model, example_inputs)
     finally:
         for h in handles:
             h.remove()
@@ -287,7 +287,7 @@ def block_scores(model: nn.Module, blocks, inputs) -> dict[str, float]:
             handles.append(model.get_submodule(b.name).register_forward_hook(hook_for(b.name)))
         with torch.no_grad(), evaluation_mode(model):
             for batch in inputs:
-                _call(model, batch)
+                call_model(model, batch)
     finally:
         for h in handles:
             h.remove()
@@ -307,7 +307,7 @@ def check_silenced(model, masks, blocks, example_inputs):
         with torch.no_grad():
             for mode in (evaluation_mode, training_mode):
                 with mode(trial):
-                    _call(trial, example_inputs)
+                    call_model(trial, example_inputs)
     finally:
         for h in hooks:
             h.remove()
@@ -355,7 +355,7 @@ def remove_blocks(model: nn.Module, example_inputs, *, blocks=None, keep_masks: 
     above rtol raises GraphError instead of returning a wrong model.
     """
     blocks = blocks if blocks is not None else find_residual_blocks(model, example_inputs)
-    small = copy.deepcopy(model) if keep_masks else _plain_copy(model)
+    small = copy.deepcopy(model) if keep_masks else plain_copy(model)
     for b in removed_blocks(model, blocks):
         target = b.parent if b.whole else b.name
         owner_name, _, attr = target.rpartition(".")
@@ -366,7 +366,7 @@ def remove_blocks(model: nn.Module, example_inputs, *, blocks=None, keep_masks: 
             setattr(small.get_submodule(owner_name) if owner_name else small, attr, nn.Identity())
     if check:
         with torch.no_grad(), evaluation_mode(model), evaluation_mode(small):
-            error = relative_error(_call(model, example_inputs), _call(small, example_inputs))
+            error = relative_error(call_model(model, example_inputs), call_model(small, example_inputs))
         if not error <= rtol:
             raise GraphError(f"The model without its removed blocks differs from the masked one (relative error "
                              f"{error:.2e} > {rtol:g}); nothing was returned.")

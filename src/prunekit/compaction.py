@@ -33,8 +33,7 @@ from .accounting import count_flops
 from .errors import GraphError, PrunekitError
 from .files import load_tensors, make_parent
 from .graph import SIZE_SUFFIX, DependencyGraph, build_graph, graph_and_output
-from .graph.tracer import _canonical
-from .masks import get_masks
+from .masks import canonical_name, get_masks
 from .modes import evaluation_mode
 from .nested import tensors_in
 from .structured import dead_units
@@ -203,7 +202,7 @@ def apply_record(model: nn.Module, record: CompactionRecord) -> nn.Module:
     return model
 
 
-def _call(model, example_inputs):
+def call_model(model, example_inputs):
     if isinstance(example_inputs, dict):
         return model(**example_inputs)
     return model(*(example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)))
@@ -220,7 +219,7 @@ def relative_error(a, b) -> float:
     return worst
 
 
-def _plain_copy(model: nn.Module) -> nn.Module:
+def plain_copy(model: nn.Module) -> nn.Module:
     """A deep copy with every mask baked in (w ⊙ m) and no parametrization left.
 
     remove_masks() is not used on the copy: parametrized modules of a copy share their
@@ -259,13 +258,13 @@ def compact(model: nn.Module, example_inputs, *, graph: DependencyGraph | None =
     if graph is None:  # the tracing pass is an eval-mode forward: its output is the reference
         graph, reference = graph_and_output(model, example_inputs)
     record = make_record(model, graph, removable_units(model, graph))
-    small = _plain_copy(model)
+    small = plain_copy(model)
     apply_record(small, record)
     if check:
         with torch.no_grad(), evaluation_mode(model), evaluation_mode(small):
             if reference is None:
-                reference = _call(model, example_inputs)
-            error = relative_error(reference, _call(small, example_inputs))
+                reference = call_model(model, example_inputs)
+            error = relative_error(reference, call_model(small, example_inputs))
         if not error <= rtol:
             raise GraphError(f"The compacted model's outputs differ from the masked model's (relative error "
                              f"{error:.2e} > {rtol:g}); nothing was changed. Please report this model.")
@@ -285,7 +284,7 @@ def predicted_counts(model: nn.Module, example_inputs, *, graph: DependencyGraph
     record = make_record(model, graph, removable_units(model, graph))
     params = 0
     for raw, p in model.named_parameters():
-        name = _canonical(raw)
+        name = canonical_name(raw)
         params += math.prod(record.new_shape(name)) if name in record.kept else p.numel()
     return {"params": params, "flops": int(count_flops(model, example_inputs)["sparse_flops"])}
 

@@ -13,7 +13,7 @@ import html
 import os
 from pathlib import Path
 
-from .table import _cell
+from .table import format_cell
 
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
@@ -39,7 +39,7 @@ class Report:
             return self
         columns = columns or list(rows[0])
         head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(r.get(c, '')))}</td>" for c in columns) + "</tr>"
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(format_cell(r.get(c, '')))}</td>" for c in columns) + "</tr>"
                        for r in rows)
         ident = f' id="{html.escape(table_id)}"' if table_id else ""
         self._parts.append(f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-def _cell(value) -> str:
+def format_cell(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.3e}"
     return str(value)
@@ -15,7 +15,7 @@ def format_table(rows: list[dict], columns: list[str] | None = None, headers: di
         return "(no rows)"
     columns = columns or list(rows[0])
     headers = headers or {}
-    cells = [[headers.get(c, c) for c in columns]] + [[_cell(r.get(c, "")) for c in columns] for r in rows]
+    cells = [[headers.get(c, c) for c in columns]] + [[format_cell(r.get(c, "")) for c in columns] for r in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
     lines = ["| " + " | ".join(v.ljust(w) for v, w in zip(line, widths)) + " |" for line in cells]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")

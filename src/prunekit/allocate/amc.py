@@ -32,7 +32,7 @@ from torch import nn
 
 from ..errors import PrunekitError
 from ..plots import line_plot
-from .base import Allocation, Allocator, PruningProblem, _smallest_count, fit_to_budget, resolve_target
+from .base import Allocation, Allocator, PruningProblem, smallest_count, fit_to_budget, resolve_target
 from .executor import evaluate_counts, get_executor
 
 
@@ -85,7 +85,7 @@ class AMC(Allocator):
                     a = float(torch.sigmoid(actor(state))) * top
                 a = min(top, max(0.0, a + sigma * float(torch.randn((), generator=gen))))
             # Clip from below so the budget stays reachable with every later layer at its maximum.
-            k_min = _smallest_count(problem, {**decided, **rest}, l.name, 0, l.max_units, target)
+            k_min = smallest_count(problem, {**decided, **rest}, l.name, 0, l.max_units, target)
             k = max(k_min, min(l.max_units, round(a * l.units)))
             a = k / l.units
             counts[l.name] = k

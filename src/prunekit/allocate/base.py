@@ -211,7 +211,7 @@ def resolve_target(problem: PruningProblem, budget: float) -> float:
     return target
 
 
-def _smallest_count(problem, counts, name, lo, hi, target) -> int:
+def smallest_count(problem, counts, name, lo, hi, target) -> int:
     """Smallest k in [lo, hi] with cost(counts | name=k) ≤ target (cost is non-increasing in k)."""
     while lo < hi:
         mid = (lo + hi) // 2
@@ -237,12 +237,12 @@ def fit_to_budget(problem: PruningProblem, counts: Mapping[str, int], target: fl
         if problem.cost(counts) <= target:
             break
         top = problem.layer(name).max_units
-        counts[name] = _smallest_count(problem, counts, name, counts[name], top, target)
+        counts[name] = smallest_count(problem, counts, name, counts[name], top, target)
     if problem.cost(counts) > target:
         raise PrunekitError(f"cannot reach {target:.6g} {problem.metric}: the minimum is {problem.min_cost():.6g}.")
     for name in reversed(order):
         if counts[name]:
-            counts[name] = _smallest_count(problem, counts, name, 0, counts[name], target)
+            counts[name] = smallest_count(problem, counts, name, 0, counts[name], target)
     return counts
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from ..errors import PrunekitError
 from ..plots import line_plot
-from .base import Allocation, Allocator, PruningProblem, _smallest_count, fit_to_budget, resolve_target
+from .base import Allocation, Allocator, PruningProblem, smallest_count, fit_to_budget, resolve_target
 from .executor import get_executor
 
 
@@ -71,7 +71,7 @@ class NetAdapt(Allocator):
             for l in problem.layers:
                 top = l.max_units
                 if top > counts[l.name] and problem.cost({**counts, l.name: top}) <= goal:
-                    proposals[l.name] = {**counts, l.name: _smallest_count(problem, counts, l.name, counts[l.name],
+                    proposals[l.name] = {**counts, l.name: smallest_count(problem, counts, l.name, counts[l.name],
                                                                          top, goal)}
             if not proposals:  # no single layer reaches the goal: take the layer that gets closest
                 best = min((l for l in problem.layers if l.max_units > counts[l.name]),

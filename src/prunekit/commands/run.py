@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..allocate.workflow import run_allocation
+from ..workflows.allocation import run_allocation
 from ..recipe import load_recipe
 from ..table import format_table
 from ..workflows.prune_finetune import run_recipe

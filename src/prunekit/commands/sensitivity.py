@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import PrunekitError
 from ..recipe import load_recipe, recipe_from_dict
 from ..runs import RunDir
 from ..table import format_table
@@ -53,7 +52,7 @@ def register(sub) -> None:
 
 def _main(args) -> int:
     from ..allocate import SensitivityAllocator
-    from ..allocate.workflow import build_problem, dense_model, split_validation
+    from ..workflows.allocation import build_problem, dense_model, split_validation
 
     if args.recipe:
         recipe = load_recipe(args.recipe)

@@ -24,7 +24,7 @@ from ..errors import PrunekitError
 from ..modes import evaluation_mode
 from .base import Criterion
 from .calibration import batch_list, per_channel
-from .channels import _NORMS, channel_dim, norms_after, owner_name
+from .channels import NORMS, channel_dim, norms_after, owner_name
 
 
 class APoZ(Criterion):
@@ -42,7 +42,7 @@ class APoZ(Criterion):
             if key in self.taps:
                 return self.taps[key]
         module = model.get_submodule(owner) if owner else model
-        return owner if isinstance(module, _NORMS) else following.get(owner, owner)
+        return owner if isinstance(module, NORMS) else following.get(owner, owner)
 
     def zero_fractions(self, model, tap_names, batches) -> dict[str, torch.Tensor]:
         """{module name: APoZ per output channel} over the batches."""

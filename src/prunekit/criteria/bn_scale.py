@@ -15,7 +15,7 @@ from __future__ import annotations
 from ..errors import PrunekitError
 from .base import Criterion
 from .calibration import batch_list, per_channel
-from .channels import _NORMS, norms_after, owner_name
+from .channels import NORMS, norms_after, owner_name
 
 
 class BNScale(Criterion):
@@ -34,7 +34,7 @@ class BNScale(Criterion):
         for name, p in params.items():
             owner = owner_name(name)
             module = model.get_submodule(owner) if owner else model
-            norm_name = owner if isinstance(module, _NORMS) else following.get(owner)
+            norm_name = owner if isinstance(module, NORMS) else following.get(owner)
             if norm_name is None:
                 if self.unmatched == "keep":
                     out[name] = p.detach().new_full(p.shape, float("inf"))

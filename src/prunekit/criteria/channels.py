@@ -17,7 +17,7 @@ from torch import nn
 
 from ..modes import evaluation_mode
 
-_NORMS = (nn.modules.batchnorm._BatchNorm,)
+NORMS = (nn.modules.batchnorm._BatchNorm,)
 
 
 def owner_name(param_name: str) -> str:
@@ -29,7 +29,7 @@ def out_channels(module: nn.Module) -> int | None:
         return module.out_features
     if isinstance(module, nn.modules.conv._ConvNd):
         return module.out_channels
-    if isinstance(module, _NORMS):
+    if isinstance(module, NORMS):
         return module.num_features
     return None
 
@@ -64,7 +64,7 @@ def traced_norms(model: nn.Module, example: torch.Tensor) -> dict[str, str]:
         for module in model.modules():
             if _weighted(module):
                 handles.append(module.register_forward_hook(after))
-            elif isinstance(module, _NORMS):
+            elif isinstance(module, NORMS):
                 handles.append(module.register_forward_pre_hook(before))
         with evaluation_mode(model), torch.no_grad():
             model(example)
@@ -80,7 +80,7 @@ def ordered_norms(model: nn.Module) -> dict[str, str]:
     for name, module in model.named_modules():
         if _weighted(module):
             pending = (name, out_channels(module))
-        elif isinstance(module, _NORMS) and pending is not None:
+        elif isinstance(module, NORMS) and pending is not None:
             if pending[1] == module.num_features:
                 found[pending[0]] = name
             pending = None

@@ -28,7 +28,7 @@ from ..report import Report
 from ..runs import RunDir
 from ..table import format_table
 from ..training import evaluate, finetune, train
-from ..allocate.workflow import split_validation
+from .allocation import split_validation
 from .sources import check_fits, dataset_from, fresh_model
 
 ROUND_COLUMNS = ["round", "target_sparsity", "sparsity", "accuracy_pruned", "accuracy", "test_loss",

@@ -45,9 +45,11 @@ def dataset_from(name: str) -> Dataset:
 
 
 def fresh_model(name: str, options: dict, num_classes: int, seed: int):
-    """The model, initialised from `seed` (the same seed, the same weights)."""
-    torch.manual_seed(seed)
-    return build_model(name, num_classes=num_classes, **options)
+    """The model, initialised from `seed` (the same seed, the same weights); the caller's global
+    torch generator is left where it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_model(name, num_classes=num_classes, **options)
 
 
 def check_fits(recipe, dataset: Dataset) -> None:

@@ -15,19 +15,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from torch.utils.data import TensorDataset
 
 from ..accounting import count_flops, parameter_counts
 from ..data import load_dataset
 from ..errors import PrunekitError
-from ..models import build_model
 from ..recipe import AllocatorSpec, Recipe
 from ..runs import RunDir
 from ..training import evaluate, train
-from .base import Allocator, PruningProblem
-from .channels import ChannelProblem
-from .problems import UnstructuredProblem
+from .sources import fresh_model
+from ..allocate.base import Allocator, PruningProblem
+from ..allocate.channels import ChannelProblem
+from ..allocate.problems import UnstructuredProblem
 
 VALIDATION_SHARE = 0.1
 
@@ -41,7 +40,7 @@ def split_validation(dataset: TensorDataset, share: float = VALIDATION_SHARE) ->
 
 def make_allocator(spec: AllocatorSpec, run: RunDir | None = None) -> Allocator:
     """The allocator a recipe's `allocator:` section describes."""
-    from . import ALLOCATORS
+    from ..allocate import ALLOCATORS
 
     cls = ALLOCATORS[spec.name]
     kwargs = {k: v for k, v in spec.options.items() if k != "granularity"}  # granularity is the problem's
@@ -77,8 +76,7 @@ def build_problem(model, val, example, *, metric: str, granularity: str = "eleme
 
 def dense_model(recipe: Recipe, run: RunDir, train_data, num_classes: int, progress: bool = True):
     """The recipe's trained dense model, from the run folder when it is already there."""
-    torch.manual_seed(recipe.seed)
-    model = build_model(recipe.model.name, num_classes=num_classes, **recipe.model.options)
+    model = fresh_model(recipe.model.name, recipe.model.options, num_classes, recipe.seed)
     if run.is_done("dense"):
         model.load_state_dict(run.load_checkpoint("dense"))
     else:

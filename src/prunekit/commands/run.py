@@ -6,11 +6,11 @@ from ..workflows.allocation import run_allocation
 from ..recipe import load_recipe
 from ..table import format_table
 from ..workflows.prune_finetune import run_recipe
+from .options import add_output_options, show_progress
 
 
 def add_run_options(parser) -> None:
-    parser.add_argument("--output-dir", default=None, help="where run folders go (default: the recipe's, 'runs')")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_output_options(parser, default_dir=None)
 
 
 def register(sub) -> None:
@@ -22,11 +22,11 @@ def register(sub) -> None:
 
 def execute(recipe, args) -> int:
     if recipe.allocator is not None:  # an allocator decides the per-layer ratios
-        run, _ = run_allocation(recipe, output_dir=args.output_dir, progress=not args.no_progress)
+        run, _ = run_allocation(recipe, output_dir=args.output_dir, progress=show_progress(args))
         print(format_table(run.rows()))
         print(f"\nrun folder: {run.path}")
         return 0
-    run = run_recipe(recipe, output_dir=args.output_dir, progress=not args.no_progress)
+    run = run_recipe(recipe, output_dir=args.output_dir, progress=show_progress(args))
     print(f"\nrun folder: {run.path}\nreport:     {run.path / 'report.html'}")
     return 0
 

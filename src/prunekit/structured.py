@@ -23,32 +23,9 @@ from torch import nn
 
 from .criteria import get_criterion
 from .errors import PrunekitError, did_you_mean
-from .granularity import AGGREGATIONS
+from .granularity import AGGREGATIONS, aggregate
 from .graph import DependencyGraph
 from .masks import MaskSet, get_masks, named_parameters, resolve_parameters
-
-
-def _partial(values: torch.Tensor, how: str, p: float) -> tuple[torch.Tensor, int]:
-    """Per-unit partial aggregate of one slice's values [units, n], and n."""
-    values = values.float()
-    if how == "max":
-        return values.amax(1), values.shape[1]
-    if how in ("sum", "mean"):
-        return values.sum(1), values.shape[1]
-    power = {"l1": 1.0, "l2": 2.0}.get(how, p)
-    return values.abs().pow(power).sum(1), values.shape[1]
-
-
-def _aggregate(parts: list[tuple[torch.Tensor, int]], how: str, p: float) -> torch.Tensor:
-    """Combine slice partials: the formulas of prunekit.granularity.aggregate over the union."""
-    if how == "max":
-        return torch.stack([v for v, _ in parts]).amax(0)
-    total = torch.stack([v for v, _ in parts]).sum(0)
-    if how == "sum":
-        return total
-    if how == "mean":
-        return total / sum(n for _, n in parts)
-    return total.pow(1.0 / {"l1": 1.0, "l2": 2.0}.get(how, p))
 
 
 def unit_values(tensor: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
@@ -79,12 +56,13 @@ def group_scores(model: nn.Module, graph: DependencyGraph, element_scores: Mappi
             raise PrunekitError(f"Group '{group.name}' has no tensor slice along dimension {unit_dim}, where a "
                                 f"per-channel criterion puts its values ({[(s.name, s.dim) for s in scored]}). "
                                 "Use an element-wise criterion, or leave this group out of `amount`.")
-        parts = [_partial(unit_values(element_scores[s.name].detach(), s.dim, s.index).cpu(), how, p)
-                 for s in own]
-        if not parts:
+        if not own:
             raise PrunekitError(f"No element scores for any tensor of group '{group.name}' "
                                 f"({[s.name for s in group.slices if s.kind == 'param']}).")
-        score = _aggregate(parts, how, p)
+        # every entry each unit owns, across all its slices, aggregated as any granularity's units are
+        values = torch.cat([unit_values(element_scores[s.name].detach(), s.dim, s.index).cpu() for s in own], 1)
+        ids = torch.arange(group.size).repeat_interleave(values.shape[1])
+        score = aggregate(values.reshape(-1), ids, group.size, how, p).float()
         dead = dead_units(group, masks)
         score[dead] = -math.inf
         out[group.name] = score

@@ -128,6 +128,7 @@ def test_threshold_is_the_global_allocation_with_tau():
     (dict(granularity="2:4", sparsity=0.5), "fixes the sparsity pattern"),
     (dict(threshold=0.1, allocation="uniform"), "allocation='global'"),
     (dict(granularity="channel", sparsity=0.5, example_inputs=None), "pass example_inputs"),
+    (dict(granularity="channel", sparsity=0.5, params=["0.weight"]), "params= selects tensors"),
 ])
 def test_bad_pruner_arguments_are_refused_before_anything_changes(kwargs, message):
     model = pk.models.build_model("lenet5")

@@ -142,6 +142,9 @@ class Pruner:
         elif self.sparsity is not None:
             _check_amount(self.sparsity, "sparsity")
         if self.granularity in GRAPH_GRANULARITIES or self.granularity == "block":
+            if self.params is not None:
+                raise PrunekitError(f"params= selects tensors; granularity '{self.granularity}' prunes graph units. "
+                                    "Choose groups with sparsity={group name: amount} instead.")
             if self.example_inputs is None:
                 raise PrunekitError(f"granularity '{self.granularity}' traces the model: pass example_inputs "
                                     "(a tensor, a tuple of positional inputs, or a dict of keyword inputs).")

@@ -30,7 +30,7 @@ from ..training import TrainConfig, batches, make_optimizer
 
 
 class GatedBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, kernel: int = 3, pool: bool = True, gate_bias: float = 3.0):
+    def __init__(self, c_in: int, c_out: int, kernel: int = 3, pool: bool = True, gate_bias: float = 1.0):
         super().__init__()
         self.conv = nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, bias=False)
         self.bn = nn.BatchNorm2d(c_out)
@@ -130,13 +130,20 @@ def dense_flops(model: GatedCNN, example: torch.Tensor) -> float:
 
 
 def train_gated(model: GatedCNN, dataset, config: TrainConfig, *, target: float | None = None,
-                weight: float = 1.0) -> dict:
+                weight: float = 1.0, gate_lr: float | None = None) -> dict:
     """Train for config.steps batches; with `target` (a fraction of the dense FLOPs) the loss
-    adds weight · max(0, mean executed FLOPs / dense − target). Returns the last step's numbers."""
+    adds weight · max(0, mean executed FLOPs / dense − target). `gate_lr`: the gates' own
+    learning rate (they must travel further than fine-tuned weights). Returns the last step's
+    numbers."""
     if target is not None and not 0 < target <= 1:
         raise PrunekitError(f"target must be a fraction of the dense FLOPs in (0, 1], not {target!r}.")
     dense = dense_flops(model, dataset.tensors[0])
     optimizer = make_optimizer(model, config)
+    if gate_lr is not None:  # move the gate parameters into a group of their own
+        gate_params = [p for block in model.blocks for p in block.gate.parameters()]
+        gate_ids = {id(p) for p in gate_params}
+        optimizer.param_groups[0]["params"] = [p for p in optimizer.param_groups[0]["params"] if id(p) not in gate_ids]
+        optimizer.add_param_group({"params": gate_params, "lr": gate_lr})
     stream = batches(dataset, config.batch_size, torch.Generator().manual_seed(config.seed))
     out = {}
     with training_mode(model):

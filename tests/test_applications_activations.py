@@ -80,6 +80,7 @@ def test_masks_count_as_zero_weights_and_the_model_is_left_alone():
     data = TensorDataset(x, torch.zeros(2, dtype=torch.long))
     rows = {r["layer"]: r for r in activation_sparsity(model, data, batch_size=1)}
     assert rows["2"]["both (EIE) FLOPs"] == 0.0 and rows["2"]["weight-sparse FLOPs"] == 4.0
+    assert rows["2"]["type"] == "Linear"
     assert all(m.training for m in model.modules())
     assert not any(m._forward_hooks for m in model.modules())
 

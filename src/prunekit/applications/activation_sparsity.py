@@ -23,6 +23,7 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
+from torch.nn.utils.parametrize import type_before_parametrizations
 from torch.utils.data import TensorDataset
 
 from ..errors import PrunekitError
@@ -102,7 +103,7 @@ def activation_sparsity(model: nn.Module, data, *, batch_size: int = 500) -> lis
         entry = stats[name]
         if entry["entries"] == 0:
             continue  # a layer the forward pass never called
-        rows.append(_row(name, type(module).__name__, entry, examples))
+        rows.append(_row(name, type_before_parametrizations(module).__name__, entry, examples))
     totals = {"zeros": sum(stats[r["layer"]]["zeros"] for r in rows),
               "entries": sum(stats[r["layer"]]["entries"] for r in rows),
               **{k: sum(stats[r["layer"]][k] for r in rows) for k in KINDS}}

@@ -8,6 +8,9 @@
 |           | digits, stratified split with seed 0, /255     |              |          |         |
 | digits    | sklearn.datasets.load_digits(): 1,797 real 8×8 | 1437 / 360   | (1,8,8)  | 10      |
 |           | digits, stratified split with seed 0, /16      |              |          |         |
+| fashion_mnist | Fashion-MNIST from Debian's                | 60000 / 10000| (1,28,28)| 10      |
+|           | dataset-fashion-mnist (IDX files), the         |              |          |         |
+|           | published split, /255                          |              |          |         |
 
 The splits never depend on the experiment's seed: every run sees the same test set.
 The cache directory is $PRUNEKIT_CACHE, else ~/.cache/prunekit.
@@ -15,6 +18,7 @@ The cache directory is $PRUNEKIT_CACHE, else ~/.cache/prunekit.
 
 from __future__ import annotations
 
+import gzip
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,7 +111,67 @@ def digits() -> Dataset:
                    _tensors(x[test], bunch.target[test], (1, 8, 8)), 10, (1, 8, 8))
 
 
-DATASETS = {"mnist1d": mnist1d, "mnist5k": mnist5k, "digits": digits}
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot")
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """An IDX file (the MNIST format; gzip-compressed when the name ends in .gz) as an array.
+
+    Header: two zero bytes, a dtype code, the number of dimensions n, then n big-endian
+    uint32 sizes; the values follow in row-major order.
+    """
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise PrunekitError(f"{path} is not an IDX file (bad magic number); is the download complete?")
+    ndim = raw[3]
+    shape = tuple(int(v) for v in np.frombuffer(raw, ">u4", count=ndim, offset=4))
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    values = np.frombuffer(raw, dtype, offset=4 + 4 * ndim)
+    if values.size != int(np.prod(shape)):
+        raise PrunekitError(f"{path} holds {values.size} values but its header says {shape}; the file is damaged.")
+    return values.reshape(shape)
+
+
+def _idx_file(folder: Path, stem: str) -> Path:
+    for name in (f"{stem}.gz", stem):
+        if (folder / name).is_file():
+            return folder / name
+    raise PrunekitError(f"Fashion-MNIST file {stem}(.gz) is missing from {folder}. On Debian/Ubuntu install it with "
+                        "`sudo apt-get install dataset-fashion-mnist` (`make install` does this when run as root), "
+                        "or set PRUNEKIT_FASHION_MNIST to a folder holding the four IDX files.")
+
+
+def fashion_mnist() -> Dataset:
+    """Fashion-MNIST (Zalando's 70,000 28×28 clothing images), the published 60k/10k split,
+    pixels scaled to [0, 1]. Read from the IDX files of Debian's `dataset-fashion-mnist`
+    (or the folder $PRUNEKIT_FASHION_MNIST); nothing is downloaded."""
+    folder = Path(os.environ.get("PRUNEKIT_FASHION_MNIST", FASHION_MNIST_DIR))
+    parts = {}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        x = read_idx(_idx_file(folder, f"{prefix}-images-idx3-ubyte")).astype(np.float32) / 255.0
+        y = read_idx(_idx_file(folder, f"{prefix}-labels-idx1-ubyte")).astype(np.int64)
+        if len(x) != len(y):
+            raise PrunekitError(f"Fashion-MNIST {split} images ({len(x)}) and labels ({len(y)}) differ in number; "
+                                "reinstall the dataset.")
+        parts[split] = _tensors(x, y, (1, 28, 28))
+    return Dataset("fashion_mnist", parts["train"], parts["test"], 10, (1, 28, 28))
+
+
+def fashion_mnist_available() -> bool:
+    """True when the Fashion-MNIST IDX files are installed (tests skip otherwise)."""
+    folder = Path(os.environ.get("PRUNEKIT_FASHION_MNIST", FASHION_MNIST_DIR))
+    return all(any((folder / f"{stem}{ext}").is_file() for ext in (".gz", ""))
+               for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                            "t10k-labels-idx1-ubyte"))
+
+
+DATASETS = {"mnist1d": mnist1d, "mnist5k": mnist5k, "digits": digits, "fashion_mnist": fashion_mnist}
 
 
 def load_dataset(name: str) -> Dataset:

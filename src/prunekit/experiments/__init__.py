@@ -5,6 +5,11 @@
     c  augment      strong augmentation vs none: ticket's advantage over reinit
     d  dropout      dropout-trained vs plain: accuracy drop after the same pruning
     e  landscape    restricted-Hessian λmax and κ vs the rewinding point τ
+    f  mincut       removing one class: minimum cut vs attribution vs random units
+    g  gating       input-dependent channel gates vs static channel pruning at equal FLOPs
+    h  notebook     the mnist1d notebook's lottery procedure (residual MLP, hidden 500)
+    i  lenet-paper  LeNet-300-100 with Frankle & Carbin's per-layer rates (output at half),
+                    on MNIST-5k and Fashion-MNIST
 
 Each writes <out>/<folder>/table.md (+ csv/json) and plot.png, with mean ± std over the
 seeds (≥ 3 for the reported tables).
@@ -16,13 +21,18 @@ import time
 from pathlib import Path
 
 from ..errors import PrunekitError, did_you_mean
+from .capability import experiment_f
 from .common import SCALES
+from .faithful import experiment_h, experiment_i
+from .gating import experiment_g
 from .landscape_rewind import experiment_e
 from .robustness import experiment_d
 from .tickets import experiment_a, experiment_b, experiment_c
 
-EXPERIMENTS = {"a": experiment_a, "b": experiment_b, "c": experiment_c, "d": experiment_d, "e": experiment_e}
-ALIASES = {"tickets": "a", "rewind": "b", "augment": "c", "dropout": "d", "landscape": "e"}
+EXPERIMENTS = {"a": experiment_a, "b": experiment_b, "c": experiment_c, "d": experiment_d, "e": experiment_e,
+               "f": experiment_f, "g": experiment_g, "h": experiment_h, "i": experiment_i}
+ALIASES = {"tickets": "a", "rewind": "b", "augment": "c", "dropout": "d", "landscape": "e", "mincut": "f", "gating": "g", "notebook": "h",
+           "lenet-paper": "i"}
 
 
 def run_experiment(name: str, out: str | Path = "runs/experiments", *, seeds=(0, 1, 2), scale: str = "full",

@@ -22,6 +22,8 @@ class LotteryConfig:
     rate         fraction of the *remaining* prunable weights removed per round (p)
     rounds       density after round r is ≈ (1 − p)^r
     scope        "global" (one ranking over all weight tensors) or "local" (p of each tensor)
+    output_rate  with scope="local": the rate of the last weight tensor (the output layer);
+                 Frankle & Carbin prune it at half the rate of the others (None: same rate)
     rewind_step  k: surviving weights are reset to their values at iteration k (0 = init)
     controls     "reinit" (same mask, fresh random init), "random" (random mask, same
                  per-tensor counts, rewound weights)
@@ -36,6 +38,7 @@ class LotteryConfig:
     rounds: int = 10
     rate: float = 0.2
     scope: str = "global"
+    output_rate: float | None = None
     rewind_step: int = 0
     controls: tuple = CONTROLS
     validation: int = 500
@@ -56,6 +59,12 @@ class LotteryConfig:
             raise PrunekitError(f"rounds must be ≥ 0, not {self.rounds!r}.")
         if self.scope not in SCOPES:
             raise PrunekitError(f"scope must be one of {SCOPES}, not {self.scope!r}.")
+        if self.output_rate is not None:
+            if self.scope != "local":
+                raise PrunekitError("output_rate needs scope='local' (one rate per layer); a global ranking has "
+                                    "no per-layer rate.")
+            if not 0 <= self.output_rate < 1:
+                raise PrunekitError(f"output_rate must be in [0, 1), not {self.output_rate!r}.")
         if not 0 <= self.rewind_step < self.train.steps:
             raise PrunekitError(f"rewind_step must be in [0, {self.train.steps}) (the dense run's steps), "
                                 f"not {self.rewind_step!r}.")
@@ -77,6 +86,8 @@ class LotteryConfig:
 
     def settings(self) -> dict:
         out = dataclasses.asdict(self)
+        if out["output_rate"] is None:
+            del out["output_rate"]  # settings written before the option existed keep their hash
         out["kind"] = "lottery"
         return out
 

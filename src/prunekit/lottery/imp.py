@@ -56,14 +56,18 @@ def build(config: LotteryConfig, num_classes: int, init_seed: int) -> nn.Module:
         return build_model(config.model, num_classes=num_classes, **config.model_options)
 
 
-def magnitude_masks(weights: dict[str, torch.Tensor], current: MaskSet, rate: float, scope: str) -> dict:
-    """Remove round(rate · survivors) more weights of smallest |w| (per tensor if scope="local")."""
+def magnitude_masks(weights: dict[str, torch.Tensor], current: MaskSet, rate: float, scope: str,
+                    rates: dict[str, float] | None = None) -> dict:
+    """Remove round(rate · survivors) more weights of smallest |w| (per tensor if scope="local";
+    `rates` overrides the rate of single tensors there, e.g. the output layer at half the rate)."""
     scores = rank_existing_first({n: w.detach().abs() for n, w in weights.items()}, current)
     if scope == "global":
         kept = sum(int(current[n].sum()) for n in weights)
         pruned_before = sum(current[n].numel() for n in weights) - kept
         return global_masks(scores, pruned_before + round(rate * kept))
-    return {n: local_masks({n: s}, (s.numel() - int(current[n].sum())) + round(rate * int(current[n].sum())))[n]
+    rates = rates or {}
+    return {n: local_masks({n: s}, (s.numel() - int(current[n].sum()))
+                           + round(rates.get(n, rate) * int(current[n].sum())))[n]
             for n, s in scores.items()}
 
 
@@ -165,7 +169,8 @@ class Experiment:
         current = get_masks(previous) if r > 1 else MaskSet.ones_like({n: named_parameters(previous)[n]
                                                                       for n in self.prunable})
         weights = {n: named_parameters(previous)[n] for n in self.prunable}
-        masks = MaskSet(magnitude_masks(weights, current, cfg.rate, cfg.scope))
+        rates = {self.prunable[-1]: cfg.output_rate} if cfg.output_rate is not None else None
+        masks = MaskSet(magnitude_masks(weights, current, cfg.rate, cfg.scope, rates))
         rewind_state = run.load_checkpoint(f"step{cfg.rewind_step}")
         starts = {"ticket": (rewind_state, masks)}
         if "reinit" in cfg.controls:

@@ -1,0 +1,95 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+import prunekit as pk
+from prunekit.accounting import count_flops
+from prunekit.applications import (GatedCNN, dense_flops, evaluate_gated, executed_flops, static_channel_masks,
+                                   static_masks_for_flops, train_gated)
+from prunekit.training import TrainConfig
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _set_gates(block, open_channels):
+    """Gate logits independent of the input: +1 for the open channels, −1 for the others."""
+    with torch.no_grad():
+        block.gate.weight.zero_()
+        block.gate.bias.fill_(-1.0)
+        block.gate.bias[list(open_channels)] = 1.0
+
+
+def test_hard_gate_zeros_exactly_the_gated_channels():
+    torch.manual_seed(0)
+    model = GatedCNN(widths=(4, 3)).eval()
+    x = torch.randn(2, 1, 8, 8)
+    block = model.blocks[0]
+    model.set_gating(False)
+    ungated = F.relu(block.bn(block.conv(x)))
+    model.set_gating(True)
+    _set_gates(block, [0, 2])
+    g = block.gates(x)
+    assert g.tolist() == [[1.0, 0.0, 1.0, 0.0]] * 2
+    y = F.relu(block.bn(block.conv(x))) * g[:, :, None, None]
+    assert bool((y[:, [1, 3]] == 0).all()) and torch.equal(y[:, [0, 2]], ungated[:, [0, 2]])
+    torch.testing.assert_close(block(x), F.max_pool2d(y, 2))
+
+
+def test_executed_flops_on_a_tiny_case_by_hand():
+    torch.manual_seed(0)
+    model = GatedCNN(num_classes=10, widths=(2, 3)).eval()
+    _set_gates(model.blocks[0], [0])
+    _set_gates(model.blocks[1], [0, 1])
+    model(torch.randn(1, 1, 4, 4))
+    # block 1: 16 positions · 9 taps · 1 input · 1 open channel + gate 1·2
+    # block 2: (pooled) 4 positions · 9 · 1 active input · 2 open + gate 2·3;  classifier: 2 active · 10
+    macs = 16 * 9 * 1 * 1 + 2 + 4 * 9 * 1 * 2 + 6 + 2 * 10
+    assert executed_flops(model).tolist() == [2.0 * macs]
+
+
+def test_dense_flops_agree_with_torch_flop_counter():
+    model = GatedCNN(widths=(4, 8, 8))
+    x = torch.randn(1, 1, 12, 12)
+    model.set_gating(False)
+    assert dense_flops(model, x) == count_flops(model, x)["dense_flops"]
+
+
+def test_gradients_reach_the_gates_through_the_straight_through_estimator():
+    torch.manual_seed(0)
+    model = GatedCNN(widths=(4, 4)).train()
+    x = torch.randn(3, 1, 8, 8)
+    out = model(x)
+    assert set(model.blocks[0].last_gates.unique().tolist()) <= {0.0, 1.0}  # hard in the forward pass
+    (out.sum() + executed_flops(model).sum()).backward()
+    assert model.blocks[0].gate.weight.grad.abs().sum() > 0
+
+
+def test_static_masks_follow_bn_scales_and_meet_the_flops():
+    torch.manual_seed(0)
+    model = GatedCNN(widths=(4, 8))
+    with torch.no_grad():
+        model.blocks[0].bn.weight.copy_(torch.tensor([0.1, -2.0, 0.5, 1.0]))
+    masks = static_channel_masks(model, 0.5)
+    assert masks[0].tolist() == [False, True, False, True] and int(masks[1].sum()) == 4
+    x = torch.randn(1, 1, 8, 8)
+    budget = 0.4 * dense_flops(model, x)
+    chosen, cost = static_masks_for_flops(model, budget, x)
+    assert cost <= budget
+    model.set_fixed(chosen)
+    model.eval()(x)
+    assert float(executed_flops(model)[0]) == cost
+    with pytest.raises(pk.PrunekitError, match="mask of that length"):
+        model.set_fixed([torch.ones(3, dtype=torch.bool), None])
+
+
+def test_training_with_a_flops_target_closes_gates():
+    data = pk.data.load_dataset("digits")
+    config = TrainConfig(optimizer="adam", lr=3e-2, steps=40, batch_size=32)
+    results = {}
+    for target in (None, 0.3):
+        torch.manual_seed(0)
+        model = GatedCNN(widths=(4, 4))
+        train_gated(model, data.train, config, target=target, weight=10.0)
+        results[target] = evaluate_gated(model, data.test)
+    assert results[0.3]["flops_fraction"] < 0.6 * results[None]["flops_fraction"]
+    assert results[0.3]["flops_min"] <= results[0.3]["flops"] <= results[0.3]["flops_max"]

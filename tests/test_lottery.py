@@ -237,8 +237,9 @@ def test_cli_lottery_runs_and_resumes(tmp_path, capsys):
     assert [(r["round"], r["variant"]) for r in rows] == [(0, "dense"), (1, "ticket"), (1, "random"),
                                                           (2, "ticket"), (2, "random")]
     assert f"{rows[-1]['accuracy']:.4g}" in first
-    assert main(argv) == 0  # a rerun finds the finished folder and prints the same table
-    assert capsys.readouterr().out == first
+    assert main(argv) == 0  # a rerun finds the finished folder, says so, and prints the same table
+    again = capsys.readouterr().out
+    assert again.startswith("resuming ") and again.split("\n", 1)[1] == first
 
 
 @pytest.mark.slow

@@ -18,9 +18,11 @@ rerun with the same settings resumes after its last finished round and ends iden
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -185,13 +187,23 @@ class Experiment:
             run.record(self._row(r, variant, model, result, variant_masks))
         run.mark_done(f"round{r}")
 
-    def run(self) -> RunDir:
-        self.dense()
-        for r in range(1, self.config.rounds + 1):
-            self.round(r)
-            last = [row for row in self.run_dir.rows() if row["round"] == r]
-            self.log("  round {:2d}  density {:.4f}  ".format(r, last[0]["density"]) +
-                     "  ".join(f"{row['variant']} {row['accuracy']:.3f}" for row in last))
+    def run(self, progress: bool | None = None) -> RunDir:
+        """Every round not done yet; progress bar with ETA (default: when stderr is a terminal)."""
+        rounds = range(0, self.config.rounds + 1)
+        finished = [r for r in rounds if self.run_dir.is_done(f"round{r}")]
+        if finished:
+            self.log(f"resuming {self.run_dir.path}: rounds 0–{max(finished)} are done")
+        show = sys.stderr.isatty() if progress is None else progress
+        with tqdm(total=len(rounds), initial=len(finished), desc="IMP rounds", unit="round", disable=not show) as bar:
+            self.dense()
+            bar.update(0 in rounds and 0 not in finished)
+            for r in rounds[1:]:
+                if r not in finished:
+                    self.round(r)
+                    bar.update(1)
+                last = [row for row in self.run_dir.rows() if row["round"] == r]
+                self.log("  round {:2d}  density {:.4f}  ".format(r, last[0]["density"]) +
+                         "  ".join(f"{row['variant']} {row['accuracy']:.3f}" for row in last))
         write_summary(self.run_dir)
         return self.run_dir
 

@@ -212,3 +212,17 @@ def test_an_endless_generator_serves_steps_and_an_exhausted_one_is_explained():
     once = (b for b in [(torch.randn(4, 8), torch.zeros(4, dtype=torch.long))])
     with pytest.raises(pk.PrunekitError, match="only once"):
         train(toy_model(), once, SGD, steps=2, progress=False)
+
+
+def test_fastest_threads_times_every_candidate_on_a_copy_and_restores_the_setting():
+    from prunekit.training import fastest_threads
+
+    model = toy_model()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    threads_before = torch.get_num_threads()
+    best, times = fastest_threads(model, toy_data(), SGD, candidates=[1, 2], steps=1, rounds=1)
+    assert set(times) == {1, 2} and best == min(times, key=times.get) and all(t > 0 for t in times.values())
+    assert torch.get_num_threads() == threads_before
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(pk.PrunekitError, match="thread counts"):
+        fastest_threads(model, toy_data(), candidates=[0])

@@ -26,8 +26,12 @@ whether the model is pruned, nor on which device it is.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
+import os
+import statistics
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 
@@ -306,6 +310,44 @@ def evaluate(model: nn.Module, data, *, loss_fn=F.cross_entropy, metric: Callabl
     if count == 0:
         raise PrunekitError("Nothing to evaluate: data yielded no examples.")
     return {key: value / count for key, value in totals.items()}
+
+
+def fastest_threads(model: nn.Module, data, config: TrainConfig | None = None, *, candidates=None,
+                    steps: int = 3, rounds: int = 3, loss_fn=F.cross_entropy) -> tuple[int, dict[int, float]]:
+    """The intra-op thread count that trains `model` fastest on this machine, measured.
+
+    Times `steps` training steps on one batch of `data` with each candidate count (default
+    1, 2, 4 up to the logical cores), `rounds` times in turn, so that load from other processes
+    hits every candidate alike; returns (fastest count, {count: median seconds per step}).
+    Small models are often fastest on one thread: their operations are too short to share,
+    and more threads mostly wait for each other or for the cores other processes hold.
+    A copy of the model is timed: the model and the thread setting are left as they were.
+    """
+    config = config if config is not None else TrainConfig()
+    cores = os.cpu_count() or 1
+    candidates = list(candidates) if candidates is not None else [n for n in (1, 2, 4) if n <= cores]
+    if not candidates or any(not isinstance(n, int) or n < 1 for n in candidates):
+        raise PrunekitError(f"candidates must be thread counts ≥ 1, not {candidates!r}.")
+    _check_data(data)
+    probe = copy.deepcopy(model)
+    inputs, targets = _to(_split(next(_stream(data, config))), model_device(probe))
+    optimizer = make_optimizer(probe, config)
+    times: dict[int, list[float]] = {n: [] for n in candidates}
+    before = torch.get_num_threads()
+    try:
+        with training_mode(probe):
+            for _ in range(rounds):
+                for n in candidates:
+                    torch.set_num_threads(n)
+                    _update(probe, optimizer, inputs, targets, loss_fn, None, 0)  # warm-up at this count
+                    start = time.perf_counter()
+                    for _ in range(steps):
+                        _update(probe, optimizer, inputs, targets, loss_fn, None, 0)
+                    times[n].append((time.perf_counter() - start) / steps)
+    finally:
+        torch.set_num_threads(before)
+    medians = {n: statistics.median(t) for n, t in times.items()}
+    return min(medians, key=medians.get), medians
 
 
 def finetune(model: nn.Module, data, config: TrainConfig | None = None, *, lr_factor: float = 0.1,

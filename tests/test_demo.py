@@ -19,10 +19,10 @@ def data():
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
+def demo(tmp_path_factory, data):
     root = tmp_path_factory.mktemp("runs")
     lines = []
-    path, metrics = run_demo(DemoSettings().quick(), output_dir=root, progress=False, log=lines.append)
+    path, metrics = run_demo(DemoSettings().quick(), output_dir=root, progress=False, log=lines.append, data=data)
     return root, path, metrics, lines
 
 
@@ -84,14 +84,14 @@ def test_rerun_loads_the_finished_parts(demo):
     assert again["headline"] == metrics["headline"]
 
 
-def test_paired_latency_alternates_the_models_and_restores_their_modes():
+def test_paired_latency_alternates_the_models_in_both_orders_and_restores_their_modes():
     calls = []
     first, second = nn.Linear(4, 4), nn.Linear(4, 4)
     first.register_forward_hook(lambda *_: calls.append("first"))
     second.register_forward_hook(lambda *_: calls.append("second"))
     second.eval()
     result = paired_latency(first, second, torch.randn(2, 4), repeats=5, warmup=2)
-    assert calls == ["first", "second"] * 7
+    assert calls == ["first", "second", "second", "first"] * 3 + ["first", "second"]  # order flips every pair
     assert first.training and not second.training
     assert result["first_s"] > 0 and result["second_s"] > 0 and result["ratio"] > 0
 

@@ -51,7 +51,7 @@ class Browser:
              f"--window-size={WIDTH},900", "about:blank"],
             # close_fds=False: the duplicates on 3 and 4 must survive into the browser; every other
             # descriptor of ours is non-inheritable (PEP 446) and closes anyway
-            stdout=subprocess.DEVNULL, stderr=None if os.environ.get("DEBUG_BROWSER") else subprocess.DEVNULL, close_fds=False, preexec_fn=descriptors_3_and_4)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=False, preexec_fn=descriptors_3_and_4)
         os.close(commands_read)
         os.close(replies_write)
         self._buffer, self._next_id, self.events = b"", 0, []

@@ -1,5 +1,6 @@
 # make demo   – create .venv, install prunekit, run the demo (a run folder + report.html)
-# make test   – create/update .venv and run the default test suite
+# make test   – create/update .venv, install Chromium for the report's browser test (Debian, as root),
+#               and run the default test suite
 # make test-slow – the long experiment checks (marked `slow`)
 # make bench  – the benchmark tables in benchmarks/
 # make test-zoo – masked == compacted on every torchvision classifier and HuggingFace models built
@@ -11,7 +12,7 @@ PY      := $(VENV)/bin/python
 PIP     := $(PY) -m pip --disable-pip-version-check -q
 STAMP   := $(VENV)/.installed
 
-.PHONY: install fashion-mnist demo test test-slow test-zoo bench clean
+.PHONY: install fashion-mnist browser demo test test-slow test-zoo bench clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,7 +44,16 @@ install: $(STAMP) fashion-mnist
 demo: install
 	$(VENV)/bin/prunekit demo
 
-test: install
+# Headless Chromium (Debian package) for the report's browser test; where apt is not usable
+# (not root, no Debian) the test is skipped and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  (command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+	   (DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
+	    (apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1))) || \
+	  echo "chromium could not be installed: the report's browser test will be skipped"
+
+test: install browser
 	$(PY) -m pytest -q
 
 test-slow: install

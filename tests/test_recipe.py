@@ -6,7 +6,7 @@ from prunekit.recipe import bundled_recipe, load_recipe, recipe_from_dict
 
 
 def test_bundled_demo_recipe_is_valid():
-    recipe = load_recipe(bundled_recipe("demo"))
+    recipe = load_recipe(bundled_recipe("mnist1d_cnn"))
     assert recipe.model.name == "mnist1d_cnn"
     assert recipe.prune.sparsities == (0.5, 0.75, 0.9, 0.95)
     assert recipe.finetune.lr_factor == 0.1
@@ -49,7 +49,7 @@ def test_load_recipe_file_errors(tmp_path):
 
 
 def test_settings_round_trip_through_yaml(tmp_path):
-    recipe = load_recipe(bundled_recipe("demo"))
+    recipe = load_recipe(bundled_recipe("mnist1d_cnn"))
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(recipe.to_dict()))
     assert load_recipe(path) == recipe

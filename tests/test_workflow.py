@@ -14,7 +14,7 @@ from prunekit.workflows.prune_finetune import ROUND_COLUMNS, run_recipe
 
 
 def short_demo():
-    recipe = load_recipe(bundled_recipe("demo"))
+    recipe = load_recipe(bundled_recipe("mnist1d_cnn"))
     return dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, steps=300),
                                finetune=dataclasses.replace(recipe.finetune, steps=60))
 

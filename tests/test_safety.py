@@ -64,7 +64,9 @@ def test_resume_after_a_kill_is_bit_identical_with_dropout(tmp_path):
                                "train": {"steps": 30, "batch_size": 32},
                                "prune": {"sparsities": [0.5, 0.8]}, "finetune": {"steps": 30}})
     quiet = dict(progress=False, log=lambda *_: None)
+    before = torch.get_rng_state()
     whole = run_recipe(recipe, output_dir=tmp_path / "a", **quiet)
+    assert torch.equal(torch.get_rng_state(), before)  # the caller's generator is left where it was
     killed = run_recipe(recipe, output_dir=tmp_path / "b", **quiet)
     for name in ("round2.done", "checkpoints/round2.pt", "checkpoints/round2.rng"):  # as if killed in round 2
         (killed.path / name).unlink()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import torch
 import torch.nn.functional as F
 import yaml
 
@@ -75,7 +76,17 @@ def _measure(model, dataset, example, prunable: list[str]) -> dict:
 
 def run_recipe(recipe: Recipe, *, output_dir: str | Path | None = None, progress: bool = True,
                log=print) -> RunDir:
-    """Run (or resume) `recipe`; returns the RunDir holding metrics, checkpoints, plots and report."""
+    """Run (or resume) `recipe`; returns the RunDir holding metrics, checkpoints, plots and report.
+
+    The run draws dropout and other randomness from torch's generator seeded with recipe.seed, in
+    a forked state: the same recipe gives the same results whatever the caller did before, and
+    the caller's generator is where it was afterwards."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe.seed)
+        return _run_rounds(recipe, output_dir, progress, log)
+
+
+def _run_rounds(recipe: Recipe, output_dir, progress: bool, log) -> RunDir:
     dataset = dataset_from(recipe.data.name)  # everything the recipe names is built before any file is written
     check_fits(recipe, dataset)
     example = dataset.example_input(2)

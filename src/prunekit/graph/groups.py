@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .layers import owner_module
 from .tracer import SIZE_SUFFIX, Trace
 
 
@@ -149,12 +150,13 @@ def build_groups(trace: Trace) -> DependencyGraph:
     codes = torch.full((len(unit_roots), width + 2), -1, dtype=torch.long)
     codes[unit_of_run, within] = run_key * base + run_count
     reason_ids: dict[tuple, int] = {(): 0}
-    for u, root in enumerate(unit_roots.tolist()):
-        reasons = trace.atoms.reasons(root)
-        if reasons:
-            codes[u, width] = reason_ids.setdefault(tuple(reasons), len(reason_ids))
-        if "head" in trace.atoms.tags(root):
-            codes[u, width + 1] = 1
+    unit_of_root = {root: u for u, root in enumerate(unit_roots.tolist())}
+    for root, reasons in trace.atoms.blocked().items():  # only the few annotated units: no loop over all
+        if root in unit_of_root and reasons:
+            codes[unit_of_root[root], width] = reason_ids.setdefault(tuple(reasons), len(reason_ids))
+    for root, tags in trace.atoms.tagged().items():
+        if root in unit_of_root and "head" in tags:
+            codes[unit_of_root[root], width + 1] = 1
     reason_of = {i: r for r, i in reason_ids.items()}
     rows, family_of_unit = torch.unique(codes, dim=0, return_inverse=True)
     order = torch.argsort(family_of_unit, stable=True)
@@ -177,7 +179,8 @@ def build_groups(trace: Trace) -> DependencyGraph:
         for column, (k, count) in enumerate(layout):
             index = pos[run_start[runs[:, column]].unsqueeze(1) + torch.arange(count)]
             name, dim = keys[k]
-            slices.append(Slice(name, dim, index, trace.kinds.get(name, "param")))
+            kind = "buffer" if (name, dim) in trace.unmasked else trace.kinds.get(name, "param")
+            slices.append(Slice(name, dim, index, kind))
         named_layout = tuple((keys[k], c) for k, c in layout)
         name = _group_name(named_layout, is_head, trace)
         taken[name] = taken.get(name, 0) + 1
@@ -201,7 +204,7 @@ def _group_name(layout, is_head: bool, trace: Trace) -> str:
     keys = [key for key, _ in layout]
     produced = [key for key in keys if key in trace.producers]
     name, dim = (produced or [k for k in keys if trace.kinds.get(k[0]) == "param"] or keys)[0]
-    module = name[: -len(SIZE_SUFFIX)] if name.endswith(SIZE_SUFFIX) else (name.rpartition(".")[0] or name)
+    module = name[: -len(SIZE_SUFFIX)] if name.endswith(SIZE_SUFFIX) else (owner_module(name) or name)
     if is_head:
         return f"{module}:heads"
     return f"{module}:out" if produced else f"{module}:in"

@@ -110,8 +110,7 @@ def sized_reshape(trace, name, func, args, kwargs, out) -> None:
     elif written:
         for d in written:  # merge along the written axis: whole slices only
             moved = labels.movedim(d, -1).reshape(-1, labels.shape[d])
-            for row in torch.unique(moved, dim=0):
-                trace.atoms.union_all(row)
+            trace.atoms.union_rows(moved)
     trace.set_labels(out, labels)
 
 
@@ -136,8 +135,7 @@ def split(trace, name, func, args, kwargs, out) -> None:
         if (name == "chunk" or follows) and labels.shape[dim] % pieces == 0:
             # equal chunks stay equal only if every chunk loses the same positions
             parts = labels.movedim(dim, 0).reshape(pieces, labels.shape[dim] // pieces, -1)
-            for i in range(1, pieces):
-                trace.atoms.union_pairs(parts[0], parts[i])
+            trace.atoms.union_pairs(parts[:1].expand_as(parts), parts)
         else:
             trace.block(labels, f"'{name}' in {trace.where()} cuts a channel axis at fixed positions")
     movement(trace, name, func, args, kwargs, out)
@@ -212,8 +210,8 @@ def pixel_shuffle(trace, name, func, args, kwargs, out) -> None:
     labels = trace.labels(x)
     c = x.shape[-3]
     block = labels.movedim(-3, 0).reshape(c // (r * r), r * r, -1)
-    for i in range(1, r * r):  # the r² channels that become one output channel go together
-        trace.atoms.union_pairs(block[:, 0], block[:, i])
+    # the r² channels that become one output channel go together
+    trace.atoms.union_pairs(block[:, :1].expand_as(block), block)
     movement(trace, name, func, args, kwargs, out)
 
 

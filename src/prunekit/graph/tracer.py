@@ -21,10 +21,11 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.overrides import TorchFunctionMode
 
-from ..masks import canonical_name
+from ..masks import WeightMask, canonical_name
 from ..modes import evaluation_mode, training_mode
 from ..nested import tensors_in
 from .atoms import AtomSet, squeeze_broadcast, varies_along
+from .derived import Derived, identity
 from .sizes import tag_sizes
 
 SIZE_SUFFIX = ".<channels>"  # pseudo tensor: a module's channel count that no parameter dimension carries
@@ -41,6 +42,7 @@ class Trace:
     """Everything learnt during the forward pass; the API handlers use."""
 
     def __init__(self, model: nn.Module):
+        self.model = model
         self.atoms = AtomSet()
         self._labels: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._names: dict[int, str] = {}
@@ -55,6 +57,8 @@ class Trace:
         self.unsupported: list[str] = []
         self.producers: set[tuple[str, int]] = set()
         self.seen: set[str] = set()      # tensors some operation used
+        self.derived: dict[int, tuple[torch.Tensor, Derived]] = {}  # tensors computed from parameters alone
+        self.unmasked: set[tuple[str, int]] = set()  # (tensor, dim) sliced by compaction but never masked
         self._alive: list[torch.Tensor] = []
         self.unused: list[str] = []      # parameters no pass used
         self.output = None               # the model's eval-mode output on the example
@@ -85,6 +89,31 @@ class Trace:
             self.seen.add(name)
         return name
 
+    def is_source(self, tensor) -> bool:
+        """A parameter, buffer, or a tensor computed from them alone (no activation involved)."""
+        return isinstance(tensor, torch.Tensor) and (id(tensor) in self._names or self._derived(tensor) is not None)
+
+    def _derived(self, tensor) -> Derived | None:
+        entry = self.derived.get(id(tensor))
+        return entry[1] if entry is not None and entry[0] is tensor else None
+
+    def source_of(self, tensor) -> Derived | None:
+        """How `tensor` follows parameter axes (identity for a parameter itself); None for activations."""
+        if not isinstance(tensor, torch.Tensor):
+            return None
+        name = self.name_of(tensor)
+        if name is not None:
+            return identity(name, tensor.dim())
+        return self._derived(tensor)
+
+    def set_derived(self, tensor: torch.Tensor, derived: Derived) -> None:
+        self.derived[id(tensor)] = (tensor, derived)
+        self._labels.pop(id(tensor), None)
+
+    def has_activation_labels(self, tensor) -> bool:
+        entry = self._labels.get(id(tensor))
+        return entry is not None and entry[0] is tensor and bool((entry[1] != 0).any())
+
     def where(self) -> str:
         return self.module_stack[-1] if self.module_stack and self.module_stack[-1] else "the model's forward"
 
@@ -99,11 +128,36 @@ class Trace:
             # A parameter or buffer used directly by an elementwise or movement op (a layer
             # scale, a class token): each element gets its own atom; groups.py later finds the
             # dimension along which these atoms were merged with channels.
-            self.seen.add(name)
-            if name not in self.element_atoms:
-                self.element_atoms[name] = self.atoms.new(tensor.numel()).reshape(tensor.shape)
-            return self.element_atoms[name]
+            return self._element_atoms(name, tensor)
+        derived = self._derived(tensor)
+        if derived is not None:
+            labels = self._derived_labels(derived, tensor)
+            self._labels[id(tensor)] = (tensor, labels)
+            return labels
         return torch.zeros(tensor.shape, dtype=torch.long)
+
+    def _element_atoms(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        self.seen.add(name)
+        if name not in self.element_atoms:
+            self.element_atoms[name] = self.atoms.new(tensor.numel()).reshape(tensor.shape)
+        return self.element_atoms[name]
+
+    def _derived_labels(self, derived: Derived, tensor: torch.Tensor) -> torch.Tensor:
+        """Labels of a computed tensor that meets activations: its one source's element atoms laid
+        out by the alignment; anything else (several sources, mixed axes) is opaque."""
+        if len(derived.align) == 1 and not any(derived.mixed.values()):
+            (name, align), = derived.align.items()
+            shape = self.shapes[name]
+            order = [a for axes in align for a in axes]
+            if sorted(order) == sorted(a for a in range(len(shape)) if shape[a] > 1):
+                rest = [a for a in range(len(shape)) if a not in order]
+                atoms = self._element_atoms(name, torch.empty(shape, device="meta"))
+                sizes = [max(1, torch.Size([shape[a] for a in axes]).numel()) for axes in align]
+                return atoms.permute(order + rest).reshape(sizes).expand(tensor.shape)
+        for name in derived.align:
+            self.freeze(name, f"{name} reaches the activations in {self.where()} through a computation "
+                              "prunekit does not follow")
+        return self.opaque(f"a tensor computed from {', '.join(derived.align)} in {self.where()}")
 
     def reset_labels(self) -> None:
         """Forget activations (a new pass); atoms, couplings and element atoms stay."""
@@ -126,8 +180,7 @@ class Trace:
         return varies_along(self.atoms.roots(squeeze_broadcast(labels, keep=dim)[0]), dim)
 
     def has_channels(self, tensor) -> bool:
-        return isinstance(tensor, torch.Tensor) and (self.name_of(tensor) is not None
-                                                     or bool((self.labels(tensor) != 0).any()))
+        return isinstance(tensor, torch.Tensor) and (self.is_source(tensor) or bool((self.labels(tensor) != 0).any()))
 
     def new(self, n: int, producer: tuple[str, int] | None = None) -> torch.Tensor:
         """n fresh atoms; `producer` = (tensor name, dim) whose positions create them (names groups)."""
@@ -158,6 +211,7 @@ class Trace:
         if name is None:
             return
         atoms = atoms.reshape(-1).to(torch.long)
+        self.seen.add(name)
         key = (name, dim % max(1, len(self.shapes[name])))
         if self.shapes[name][key[1]] != atoms.numel():
             self.freeze(name, f"{name} is used with a shape prunekit did not expect in {self.where()}")
@@ -212,6 +266,8 @@ class _Mode(TorchFunctionMode):
             name = getattr(getattr(func, "__self__", None), "__name__", name)
         if name not in ("size", "shape"):
             return out
+        if self.trace.is_source(args[0]):  # a parameter's shape: never channel labels, no atoms made
+            return out
         labels = self.trace.labels(args[0])
         channel_dims = {d for d in range(labels.dim()) if varies_along(labels, d)}
         dim = args[1] if len(args) > 1 else kwargs.get("dim")
@@ -231,9 +287,13 @@ def _module_hooks(model: nn.Module, trace: Trace, handler_for, stack: ExitStack)
         def post(mod, args, kwargs, output, name=name, handler=handler):
             trace.module_stack.pop()
             if handler is not None:
-                trace.module_handlers_active -= 1
-                if not trace.module_handlers_active:
-                    handler(trace, mod, name, args, kwargs, output)
+                if trace.module_handlers_active == 1:  # the outermost handled module: describe it whole
+                    try:  # its own tensor calls (module.weight.shape …) are not part of the model's trace
+                        handler(trace, mod, name, args, kwargs, output)
+                    finally:
+                        trace.module_handlers_active -= 1
+                else:
+                    trace.module_handlers_active -= 1
 
         stack.callback(module.register_forward_pre_hook(pre, with_kwargs=True).remove)
         stack.callback(module.register_forward_hook(post, with_kwargs=True, always_call=True).remove)
@@ -253,7 +313,9 @@ def _one_pass(model, trace: Trace, args, kwargs, dispatch, handler_for, train: b
         stack.enter_context(parametrize.cached())
         for module_name, module in model.named_modules():
             if parametrize.is_parametrized(module):
-                for tensor_name in module.parametrizations:
+                for tensor_name, chain in module.parametrizations.items():
+                    if not all(isinstance(p, WeightMask) for p in chain):
+                        continue  # another parametrization (weight_norm): traced as a computed weight
                     full = f"{module_name}.{tensor_name}" if module_name else tensor_name
                     trace.alias(getattr(module, tensor_name), full)  # cached: the very object forward sees
         _module_hooks(model, trace, handler_for, stack)

@@ -245,19 +245,42 @@ def test_the_output_check_refuses_a_wrong_model(monkeypatch):
 
     model, x = build("lenet5")
     prune_structured(model, 0.5, x)
-    real = compact_module.apply_record
+    real = compact_module.materialise
 
-    def corrupting(target, record):
-        real(target, record)
+    def corrupting(target, source, record):
+        real(target, source, record)
         with torch.no_grad():
             target[0].bias.add_(1.0)  # what a wrong slice would do
         return target
 
-    monkeypatch.setattr(compact_module, "apply_record", corrupting)
+    monkeypatch.setattr(compact_module, "materialise", corrupting)
     with pytest.raises(pk.GraphError, match="differ"):
         compact(model, x)
     small, _ = compact(model, x, check=False)  # the check is what caught it
     assert relative_error(model(x), small(x)) > 1e-3
+
+
+def test_any_exception_of_the_compacted_forward_is_a_graph_error():
+    class Fixed(nn.Module):
+        """A size the graph cannot see: the forward checks a channel count against a number."""
+
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 8, 1), nn.Linear(8, 2)
+
+        def forward(self, x):
+            y = self.conv(x)
+            if y.shape[1] != 8:
+                raise ValueError("expected 8 channels")
+            return self.fc(y.mean((2, 3)))
+
+    model, x = Fixed(), torch.randn(2, 3, 4, 4)
+    prune_structured(model, 0.5, x)
+    masks = pk.get_masks(model)
+    with pytest.raises(pk.GraphError, match="cannot run.*ValueError: expected 8 channels") as info:
+        compact(model, x)
+    assert isinstance(info.value.__cause__, ValueError)
+    assert pk.get_masks(model) == masks and model(x).shape == (2, 2)  # the masked model still works
 
 
 def test_tied_weights_stay_tied():

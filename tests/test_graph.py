@@ -9,7 +9,7 @@ from torch import nn
 
 import prunekit as pk
 from prunekit.graph import build_graph, register_handler
-from prunekit.graph.handlers import _MODULE_HANDLERS
+from prunekit.graph import unregister_handler
 from prunekit.structured import prune_structured
 from prunekit.compaction import compact
 
@@ -215,7 +215,7 @@ def test_custom_module_handler():
     try:
         assert build_graph(Net(), x)["conv1:out"].prunable
     finally:
-        _MODULE_HANDLERS.pop(Mystery)
+        unregister_handler(Mystery)
 
 
 def test_keyword_inputs_and_masked_model():

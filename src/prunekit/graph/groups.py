@@ -55,6 +55,8 @@ class DependencyGraph:
         self.unused = list(unused or [])  # parameters the forward passes never used: never pruned
         self.unsupported = unsupported
         self.shapes = shapes
+        self.handlers = None          # the layer handlers the graph was built with (compaction reuses them)
+        self.train_pass_error = ""    # why the train-mode pass could not run, if it could not
         self._by_name = {g.name: g for g in groups}
 
     def __getitem__(self, name: str) -> Group:

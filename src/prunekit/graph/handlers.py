@@ -13,7 +13,7 @@ in-place suffixes stripped, so `torch.relu_`, `F.relu` and `x.relu()` are one en
   parameter slices belong to which atom.
 
 Anything else that touches a channel blocks it, with the operation's name as the reason.
-`register_handler(ModuleType, fn)` lets users describe a custom layer as a whole.
+A custom layer is described as a whole by a layer handler (registry.py).
 """
 
 from __future__ import annotations
@@ -69,31 +69,6 @@ FREE_MOVEMENT = {"permute", "transpose", "t", "T", "mT", "flatten", "squeeze", "
 CONCAT = {"cat", "concat", "concatenate", "stack", "hstack", "vstack", "dstack", "column_stack"}
 SPLIT = {"split", "chunk", "tensor_split", "unbind", "split_with_sizes", "hsplit", "vsplit", "dsplit"}
 INDEXING = {"getitem", "narrow", "select", "index_select"}
-
-_MODULE_HANDLERS: dict[type, object] = {}
-
-
-def register_handler(module_type: type, handler) -> None:
-    """Describe a custom layer as a whole: `handler(trace, module, name, args, kwargs, output)`.
-
-    While the module runs, its inner operations are not traced; the handler sets the output
-    labels (`trace.set_labels`) and couples parameter slices (`trace.couple(param_name, dim,
-    atoms)`), using `trace.labels(tensor)`, `trace.axis_atoms(labels, dim, op)` and `trace.new(n)`.
-    """
-    if not isinstance(module_type, type):
-        raise TypeError(f"register_handler needs a module class, not {module_type!r}.")
-    _MODULE_HANDLERS[module_type] = handler
-
-
-def handler_for(module):
-    """The handler for a module: a registered one, else a built-in one for a known layout."""
-    for module_type, handler in _MODULE_HANDLERS.items():
-        if isinstance(module, module_type):
-            return handler
-    if layers.is_transposed_linear(module):
-        return layers.transposed_linear
-    return None
-
 
 def op_name(func) -> str:
     name = getattr(func, "__name__", None) or type(func).__name__

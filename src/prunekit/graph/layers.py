@@ -276,7 +276,7 @@ def _prod(values) -> int:
 
 def is_transposed_linear(module) -> bool:
     """GPT-2's Conv1D: y = x @ W + b with W of shape (in, out) and the width in `nf`."""
-    if type(module).__name__ != "Conv1D" or not hasattr(module, "nf"):
+    if not any(k.__name__ == "Conv1D" for k in type(module).__mro__) or not hasattr(module, "nf"):
         return False  # decided before reading `weight`: a parametrized weight is computed on access
     weight = getattr(module, "weight", None)
     return isinstance(weight, torch.Tensor) and weight.dim() == 2 and weight.shape[1] == module.nf

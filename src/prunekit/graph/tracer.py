@@ -14,6 +14,7 @@ read through `parametrize.cached()` so the masked weight is recognised as its pa
 
 from __future__ import annotations
 
+import copy
 from contextlib import ExitStack
 
 import torch
@@ -23,7 +24,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..masks import WeightMask, canonical_name
 from ..modes import evaluation_mode, training_mode
-from ..nested import tensors_in
+from ..nested import ExampleInputs, tensors_in
 from .atoms import AtomSet, squeeze_broadcast, varies_along
 from .derived import Derived, identity
 from .sizes import tag_sizes
@@ -31,7 +32,7 @@ from .sizes import tag_sizes
 SIZE_SUFFIX = ".<channels>"  # pseudo tensor: a module's channel count that no parameter dimension carries
 
 
-def _canonical(name: str) -> str:
+def parameter_name(name: str) -> str:
     """Canonical parameter name, also for a masked parameter of the root module."""
     if name.startswith("parametrizations.") and name.endswith(".original"):
         return name[len("parametrizations."): -len(".original")]
@@ -62,12 +63,29 @@ class Trace:
         self._alive: list[torch.Tensor] = []
         self.unused: list[str] = []      # parameters no pass used
         self.output = None               # the model's eval-mode output on the example
+        self.train_pass_error = ""       # why the train-mode pass could not run, if it could not
         self.heads: list[tuple[torch.Tensor, torch.Tensor]] = []  # (poison atom, head atoms)
         for name, p in model.named_parameters():
-            self._register(p, _canonical(name), "param")
+            self._register(p, parameter_name(name), "param")
         for name, b in model.named_buffers():
             if not name.endswith(".mask") or ".parametrizations." not in name:
                 self._register(b, name, "buffer")
+
+    def checkpoint(self):
+        """A function that puts the bookkeeping back as it is now (undo a failed pass)."""
+        atoms = self.atoms
+        saved_atoms = (atoms._parent.clone(), atoms._size.clone(), atoms._n,
+                       {k: list(v) for k, v in atoms._reasons.items()}, {k: set(v) for k, v in atoms._tags.items()})
+        saved = {key: copy.copy(value) for key, value in vars(self).items()
+                 if key not in ("atoms", "model", "_labels", "derived", "output")}
+        saved["frozen"] = {k: list(v) for k, v in self.frozen.items()}
+
+        def restore():
+            atoms._parent, atoms._size, atoms._n, atoms._reasons, atoms._tags = saved_atoms
+            vars(self).update(saved)
+            self.module_stack.clear()
+            self.module_handlers_active = 0
+        return restore
 
     # ----------------------------------------------------------------- tensors and names
     def _register(self, tensor: torch.Tensor, name: str, kind: str) -> None:
@@ -274,10 +292,10 @@ class _Mode(TorchFunctionMode):
         return tag_sizes(out, channel_dims, None if dim is None else dim % max(1, labels.dim()))
 
 
-def _module_hooks(model: nn.Module, trace: Trace, handler_for, stack: ExitStack) -> None:
-    """Keep a stack of module names (for messages) and run registered module handlers."""
+def _module_hooks(model: nn.Module, trace: Trace, handlers, stack: ExitStack) -> None:
+    """Keep a stack of module names (for messages) and run whole-layer handlers."""
     for name, module in model.named_modules():
-        handler = handler_for(module)
+        handler = handlers.tracer_for(module)
 
         def pre(mod, args, kwargs, name=name, handler=handler):
             trace.module_stack.append(name)
@@ -299,9 +317,9 @@ def _module_hooks(model: nn.Module, trace: Trace, handler_for, stack: ExitStack)
         stack.callback(module.register_forward_hook(post, with_kwargs=True, always_call=True).remove)
 
 
-def _one_pass(model, trace: Trace, args, kwargs, dispatch, handler_for, train: bool):
+def _one_pass(model, trace: Trace, example: ExampleInputs, dispatch, handlers, train: bool):
     trace.reset_labels()
-    for t in tensors_in((args, kwargs)):
+    for t in example.tensors():
         trace.set_labels(t, trace.opaque("the model's input (its channels cannot be removed)"))
     with ExitStack() as stack:
         stack.enter_context(training_mode(model) if train else evaluation_mode(model))
@@ -318,9 +336,9 @@ def _one_pass(model, trace: Trace, args, kwargs, dispatch, handler_for, train: b
                         continue  # another parametrization (weight_norm): traced as a computed weight
                     full = f"{module_name}.{tensor_name}" if module_name else tensor_name
                     trace.alias(getattr(module, tensor_name), full)  # cached: the very object forward sees
-        _module_hooks(model, trace, handler_for, stack)
+        _module_hooks(model, trace, handlers, stack)
         with _Mode(trace, dispatch):
-            output = model(*args, **kwargs)
+            output = example(model)
     for t in tensors_in(output):
         trace.block(trace.labels(t), "the model's output (its size is fixed)")
         name = trace.name_of(t)
@@ -336,22 +354,27 @@ def _restore_buffers(model: nn.Module, saved: dict) -> None:
                 b.copy_(saved[name])
 
 
-def run_trace(model: nn.Module, example_inputs, dispatch, handler_for) -> Trace:
-    """Trace `model` on `example_inputs` (a tensor, tuple, or dict of kwargs).
+def run_trace(model: nn.Module, example_inputs, dispatch, handlers) -> Trace:
+    """Trace `model` on `example_inputs` (anything ExampleInputs.of accepts).
 
     The pass runs in eval mode. If some parameters were not used (auxiliary heads that only
     run in training), a second pass in train mode adds their couplings — its atoms meet the
     first pass's at every shared parameter — with buffers and the random state restored.
+    If that pass cannot run on the example (BatchNorm on a batch of one, a map smaller than a
+    kernel), the graph of the eval pass is kept, those parameters stay unused (never pruned)
+    and `trace.train_pass_error` says why.
     """
+    example = ExampleInputs.of(example_inputs)
     trace = Trace(model)
-    if isinstance(example_inputs, dict):
-        args, kwargs = (), dict(example_inputs)
-    else:
-        args, kwargs = (example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)), {}
-    trace.output = _one_pass(model, trace, args, kwargs, dispatch, handler_for, train=False)  # eval, no_grad
-    params = {_canonical(n) for n, _ in model.named_parameters()}
+    trace.output = _one_pass(model, trace, example, dispatch, handlers, train=False)  # eval, no_grad
+    params = {parameter_name(n) for n, _ in model.named_parameters()}
     if params - trace.seen:
-        _one_pass(model, trace, args, kwargs, dispatch, handler_for, train=True)
+        restore = trace.checkpoint()
+        try:
+            _one_pass(model, trace, example, dispatch, handlers, train=True)
+        except Exception as e:  # noqa: BLE001 - any failure of the user's train-mode forward
+            restore()
+            trace.train_pass_error = f"{type(e).__name__}: {e}"
     trace.unused = sorted(params - trace.seen)
     used = {trace.atoms.find(int(a)) for atoms in trace.coupled.values()
             for a in torch.unique(atoms).tolist()} if trace.heads else set()
@@ -362,4 +385,4 @@ def run_trace(model: nn.Module, example_inputs, dispatch, handler_for) -> Trace:
     return trace
 
 
-__all__ = ["Trace", "run_trace", "SIZE_SUFFIX"]
+__all__ = ["Trace", "run_trace", "parameter_name", "SIZE_SUFFIX"]

@@ -244,3 +244,34 @@ def weight_norm(trace, v: Derived, g: Derived | None, ndim: int, dim: int) -> De
             for k, x in g.mixed.items():
                 result.mixed.setdefault(k, {}).update(x)
     return result
+
+
+def indexed(trace, d: Derived, ndim: int, index) -> Derived | None:
+    """w[0], w[:, :4], w[None]: basic indexing (ints, slices, None, ...) of a computed weight.
+
+    An int drops its axis, a partial slice keeps it; either fixes positions of that source axis,
+    which is therefore mixed (a layer cannot shrink along it). None when the index holds
+    tensors (gathers are followed element by element, by the label handlers)."""
+    items = index if isinstance(index, tuple) else (index,)
+    if not all(i is None or i is Ellipsis or isinstance(i, (int, slice)) for i in items) or isinstance(index, bool):
+        return None
+    consumed = sum(1 for i in items if i is not None and i is not Ellipsis)
+    result = Derived({}, {k: dict(v) for k, v in d.mixed.items()}, d.zero_preserving)
+    for src, align in d.align.items():
+        new, dim = [], 0
+        for i in items:
+            if i is None:
+                new.append(())
+            elif i is Ellipsis:
+                new.extend(align[dim: dim + ndim - consumed])
+                dim += ndim - consumed
+            else:
+                if not (isinstance(i, slice) and i == slice(None)):
+                    result.with_mixed(src, [a for a in align[dim] if trace.shapes[src][a] > 1],
+                                      f"indexing in {trace.where()} picks fixed positions of {src}")
+                if isinstance(i, slice):
+                    new.append(align[dim])
+                dim += 1
+        new.extend(align[dim:])
+        result.align[src] = tuple(new)
+    return result

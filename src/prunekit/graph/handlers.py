@@ -23,7 +23,7 @@ import torch
 from ..nested import tensors_in
 from . import derived, layers
 from .atoms import squeeze_broadcast, varies_along
-from .movement import indexing, movement, pad, pixel_shuffle, roll, sized_reshape, split
+from .movement import concat, indexing, movement, pad, pixel_shuffle, roll, sized_reshape, split
 from .tracer import Trace
 
 ELEMENTWISE_NARY = {
@@ -118,6 +118,10 @@ def computed_weight(trace: Trace, name, func, args, kwargs, out) -> bool:
         result = derived.permuted(source, order)
     elif name in derived.RESHAPES and source is not None and isinstance(out, torch.Tensor):
         result = derived.reshaped(trace, name, source, tuple(first.shape), tuple(out.shape))
+    elif name == "getitem" and source is not None and isinstance(out, torch.Tensor):
+        result = derived.indexed(trace, source, first.dim(), args[1])
+        if result is None:
+            return False
     elif name == "batch_norm" and source is not None:
         training = bool(layers._arg(args, kwargs, 5, "training", False))
         has_stats = layers._arg(args, kwargs, 1, "running_mean") is not None
@@ -298,5 +302,5 @@ TABLE = {
 FAMILIES = (
     (ELEMENTWISE_NARY, elementwise), (ELEMENTWISE_UNARY, unary), (LIKE_FACTORIES, constant),
     (REDUCTIONS, reduction), (ALONG_DIM, along_dim), (SIZED_RESHAPE, sized_reshape),
-    (FREE_MOVEMENT, movement), (CONCAT, movement), (SPLIT, split), (INDEXING, indexing),
+    (FREE_MOVEMENT, movement), (CONCAT, concat), (SPLIT, split), (INDEXING, indexing),
 )

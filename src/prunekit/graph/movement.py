@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .atoms import varies_along
+from .atoms import squeeze_broadcast, varies_along
 from .sizes import is_channel_count
 
 
@@ -60,6 +60,30 @@ def movement(trace, name, func, args, kwargs, out) -> None:
     except (RuntimeError, TypeError, ValueError, IndexError):
         return _unknown(trace, name, func, args, kwargs, out)
     _assign(trace, out, labels)
+
+
+def concat(trace, name, func, args, kwargs, out) -> None:
+    """cat / stack: every input must keep the same size along the axes it is not joined on, so
+    position k of such an axis is one unit across all inputs (stack: unit j of every input)."""
+    tensors = args[0] if args else kwargs.get("tensors")
+    if name in ("cat", "concat", "concatenate", "stack") and isinstance(tensors, (tuple, list)) and len(tensors) > 1 \
+            and all(isinstance(t, torch.Tensor) for t in tensors):
+        labels = [trace.labels(t) for t in tensors]
+        if name == "stack":
+            if all(lab.shape == labels[0].shape for lab in labels):
+                for lab in labels[1:]:
+                    trace.atoms.union_pairs(labels[0], lab)
+        else:
+            dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
+            ndim = labels[0].dim()
+            if isinstance(dim, int) and ndim and all(lab.dim() == ndim for lab in labels):
+                dim %= ndim
+                for e in range(ndim):
+                    if e != dim and any(trace.units_vary(lab, e) for lab in labels):
+                        rows = [squeeze_broadcast(lab, keep=e)[0].movedim(e, 0).reshape(lab.shape[e], -1)
+                                for lab in labels]
+                        trace.atoms.union_rows(torch.cat(rows, 1))
+    movement(trace, name, func, args, kwargs, out)
 
 
 def _requested_sizes(name, x, args, kwargs):

@@ -220,7 +220,9 @@ class Trace:
             return rows[0].clone()  # the usual case: every row the same
         rows = torch.unique(rows, dim=0) if rows.shape[0] > 1 else rows
         first = rows.max(0).values
-        if rows.shape[0] > 1 and not bool(((rows == 0) | (rows == first)).all()):
+        roots = self.atoms.roots(rows)  # atoms already merged into one unit per feature are consistent
+        same = (roots == 0) | (roots == self.atoms.roots(first))
+        if rows.shape[0] > 1 and not bool(same.all()):
             self.block(labels, f"{op} in {self.where()} reads features whose channels differ along another axis")
         return first
 

@@ -101,6 +101,8 @@ def _resolve_elements(trace: Trace) -> None:
             shape = [1] * atoms.dim()
             shape[d] = -1
             if bool((roots == line.reshape(shape)).all()) and (atoms.shape[d] > 1 or atoms.numel() == 1):
+                if d in trace.indexed.get(name, ()):
+                    trace.freeze(name, f"{name} is read at fixed positions along the axis that carries channels")
                 trace.couple(name, d, line)
                 break
         else:

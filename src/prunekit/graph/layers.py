@@ -397,13 +397,27 @@ def multi_head_attention(trace, name, func, args, kwargs, out):
 
 
 def sdpa(trace, name, func, args, kwargs, out):
+    """scaled_dot_product_attention: the query, key and value dims of one (batch, head) index
+    form one unit. With grouped-query attention (fewer key/value heads, `enable_gqa`), key/value
+    head j serves query heads j·G … j·G+G−1: those and it are one unit. A per-head attn_mask
+    (T5's relative position bias, Swin's) follows its head."""
     q, k, v = args[0], _arg(args, kwargs, 1, "key"), _arg(args, kwargs, 2, "value")
+    mask = _arg(args, kwargs, 3, "attn_mask")
     reduced = []
     for t in (q, k, v):
         labels = trace.labels(t)
         if t.dim() >= 2 and trace.units_vary(labels, t.dim() - 2):
             trace.block(labels, f"'{name}' in {trace.where()} gets channels that vary along the sequence")
         reduced.append(labels.amax(dim=-2) if t.dim() >= 2 else labels)
+    if q.dim() >= 3 and k.dim() >= 3 and q.shape[-3] != k.shape[-3] and q.shape[-3] % k.shape[-3] == 0:
+        group = q.shape[-3] // k.shape[-3]  # grouped-query attention
+        reduced[1:] = [r.repeat_interleave(group, dim=-2) for r in reduced[1:]]
+    if isinstance(mask, torch.Tensor) and mask.dim() >= 2 and trace.has_channels(mask):
+        labels = trace.labels(mask)
+        if any(trace.units_vary(labels, d) for d in (mask.dim() - 1, mask.dim() - 2)):
+            trace.block(labels, f"'{name}' in {trace.where()} gets an attention mask whose channels vary "
+                                "along the sequence")
+        reduced.append(labels.amax(dim=(-2, -1)).unsqueeze(-1))
     shape = torch.broadcast_shapes(*(r.shape[:-1] for r in reduced))
     rows = torch.cat([r.expand(*shape, r.shape[-1]) for r in reduced], -1).reshape(-1, sum(r.shape[-1]
                                                                                           for r in reduced))

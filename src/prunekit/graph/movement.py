@@ -197,7 +197,12 @@ def indexing(trace, name, func, args, kwargs, out) -> None:
             dims = [kwargs.get("dim", args[1] if len(args) > 1 else 0) % x.dim()]
     except (TypeError, AttributeError):
         return _unknown(trace, name, func, args, kwargs, out)
-    if any(trace.units_vary(labels, d) for d in dims):
+    table = trace.name_of(x)
+    if table is not None:
+        # A parameter table read at fixed positions (relative position biases): fine unless the
+        # read axis turns out to carry channels, which groups.py checks once couplings are known.
+        trace.indexed.setdefault(table, set()).update(dims)
+    elif any(trace.units_vary(labels, d) for d in dims):
         trace.block(labels, f"'{name}' in {trace.where()} picks fixed positions of a channel axis")
     if name == "getitem":
         try:

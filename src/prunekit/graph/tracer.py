@@ -59,7 +59,8 @@ class Trace:
         self.producers: set[tuple[str, int]] = set()
         self.seen: set[str] = set()      # tensors some operation used
         self.derived: dict[int, tuple[torch.Tensor, Derived]] = {}  # tensors computed from parameters alone
-        self.unmasked: set[tuple[str, int]] = set()  # (tensor, dim) sliced by compaction but never masked
+        self.unmasked: set[tuple[str, int]] = set()
+        self.indexed: dict[str, set[int]] = {}  # parameter → axes read at fixed positions (tables)  # (tensor, dim) sliced by compaction but never masked
         self._alive: list[torch.Tensor] = []
         self.unused: list[str] = []      # parameters no pass used
         self.output = None               # the model's eval-mode output on the example
@@ -258,6 +259,13 @@ class Trace:
         if reason not in reasons:
             reasons.append(reason)
 
+    def handler_failed(self, func, args, kwargs, out, error: Exception) -> None:
+        """A handler raised on this call: block what it touched, naming the op and the error."""
+        from .handlers import op_name, unknown  # local: handlers imports this module
+
+        name = op_name(func)
+        unknown(self, f"{name}' ({type(error).__name__}: {error}) '", func, args, kwargs, out)
+
     def opaque(self, reason: str) -> torch.Tensor:
         """A fresh blocked atom: the label of an output prunekit cannot see through."""
         atom = self.new(1)
@@ -276,7 +284,10 @@ class _Mode(TorchFunctionMode):
         if not self.trace.module_handlers_active:
             if isinstance(out, (int, torch.Size)) and args and isinstance(args[0], torch.Tensor):
                 return self._sizes(func, args, kwargs, out)
-            self.dispatch(self.trace, func, args, kwargs, out)
+            try:
+                self.dispatch(self.trace, func, args, kwargs, out)
+            except Exception as e:  # noqa: BLE001 - a handler that cannot follow this call blocks, never aborts
+                self.trace.handler_failed(func, args, kwargs, out, e)
         return out
 
     def _sizes(self, func, args, kwargs, out):

@@ -303,3 +303,34 @@ def test_tied_weights_stay_tied():
     small, _ = compact(model, x, graph=graph)
     assert small.head.weight is small.embed.weight and small.embed.weight.shape == (20, 4)
     assert relative_error(model(x), small(x)) <= 1e-5
+
+
+def _tiny_decoder(kind):
+    transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install transformers)")
+    config = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=8,
+                  num_key_value_heads=4, vocab_size=50, max_position_embeddings=32)
+    if kind == "llama":
+        return transformers.LlamaModel(transformers.LlamaConfig(**config))
+    return transformers.Qwen2Model(transformers.Qwen2Config(**config))
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_grouped_query_attention_heads_are_removed_exactly(kind):
+    torch.manual_seed(0)
+    model = randomise(_tiny_decoder(kind)).eval()
+    tokens = torch.randint(0, 50, (2, 7))
+    graph = build_graph(model, tokens)
+    heads = graph["layers.0.self_attn.q_proj:heads"]
+    # 4 key/value heads, each shared by 2 query heads of size 4: one unit = 2 query heads + 1 KV head
+    assert heads.kind == "head" and heads.size == 4 and heads.prunable
+    found = {(s.name, s.dim): s.index for s in heads.slices}
+    assert torch.equal(found[("layers.0.self_attn.q_proj.weight", 0)][1], torch.arange(8, 16))
+    assert torch.equal(found[("layers.0.self_attn.k_proj.weight", 0)][1], torch.arange(4, 8))
+    assert torch.equal(found[("layers.0.self_attn.o_proj.weight", 1)][1], torch.arange(8, 16))
+    pk.apply_masks(model, group_masks(graph, {heads.name: torch.tensor([True, False, True, False])}))
+    small, _ = compact(model, tokens, graph=graph)
+    attn = small.layers[0].self_attn
+    assert attn.q_proj.weight.shape == (16, 32) and attn.k_proj.weight.shape == attn.v_proj.weight.shape == (8, 32)
+    assert attn.o_proj.weight.shape == (32, 16)
+    with torch.no_grad():
+        assert relative_error(model(tokens).last_hidden_state, small(tokens).last_hidden_state) <= 1e-5

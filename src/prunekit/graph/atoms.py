@@ -75,9 +75,9 @@ class AtomSet:
         keep = (ra != 0) & (rb != 0) & (ra != rb)
         if not bool(keep.any()):
             return
-        pairs = torch.unique(torch.stack([ra[keep], rb[keep]], 1), dim=0)
-        nodes, local = torch.unique(pairs, return_inverse=True)     # the roots involved, local ids
-        src, dst = local[:, 0], local[:, 1]
+        keys = torch.unique(ra[keep] * self._n + rb[keep])            # one int per pair: a fast 1-D unique
+        nodes, local = torch.unique(torch.stack([keys // self._n, keys % self._n]), return_inverse=True)
+        src, dst = local[0], local[1]                                 # the roots involved, as local ids
         label = torch.arange(len(nodes))
         while True:  # min-label propagation with pointer jumping: each component ends at its smallest id
             new = label.clone()
@@ -110,7 +110,7 @@ class AtomSet:
         """Merge the atoms of each row of `rows` [n, k] into one component per row."""
         if rows.numel() == 0:
             return
-        rows = torch.unique(rows.reshape(rows.shape[0], -1), dim=0)
+        rows = rows.reshape(rows.shape[0], -1)
         anchor = rows.amax(1, keepdim=True)
         self.union_pairs(anchor.expand_as(rows), rows)
 

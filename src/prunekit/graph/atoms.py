@@ -71,11 +71,16 @@ class AtomSet:
     def union_pairs(self, a: torch.Tensor, b: torch.Tensor) -> None:
         """Merge a[i] with b[i] for every i (broadcastable tensors); zeros never merge."""
         a, b = squeeze_broadcast(*torch.broadcast_tensors(torch.as_tensor(a), torch.as_tensor(b)))
-        ra, rb = self.roots(a.reshape(-1)), self.roots(b.reshape(-1))
-        keep = (ra != 0) & (rb != 0) & (ra != rb)
+        a, b = a.reshape(-1), b.reshape(-1)
+        keep = (a != 0) & (b != 0) & (a != b)
         if not bool(keep.any()):
             return
-        keys = torch.unique(ra[keep] * self._n + rb[keep])            # one int per pair: a fast 1-D unique
+        pairs = torch.unique(a[keep] * self._n + b[keep])             # one int per pair: a fast 1-D unique
+        ra, rb = self.roots(pairs // self._n), self.roots(pairs % self._n)
+        keep = ra != rb
+        if not bool(keep.any()):
+            return
+        keys = torch.unique(ra[keep] * self._n + rb[keep])
         nodes, local = torch.unique(torch.stack([keys // self._n, keys % self._n]), return_inverse=True)
         src, dst = local[0], local[1]                                 # the roots involved, as local ids
         label = torch.arange(len(nodes))
@@ -95,10 +100,11 @@ class AtomSet:
 
     def _move_annotations(self, old_roots: torch.Tensor, new_roots: torch.Tensor) -> None:
         """Reasons and tags belong to roots: carry those of merged roots to their new root."""
-        keys = list(self._reasons) + list(self._tags)
-        if not keys:
+        if not self._reasons and not self._tags:
             return
-        hit = torch.isin(old_roots, torch.tensor(keys, dtype=torch.long))
+        flags = torch.zeros(self._n, dtype=torch.bool)  # annotated roots, as a lookup table
+        flags[torch.tensor(list(self._reasons) + list(self._tags), dtype=torch.long)] = True
+        hit = flags[old_roots]
         for old, new in zip(old_roots[hit].tolist(), new_roots[hit].tolist()):
             if old in self._reasons:
                 merged = self._reasons.setdefault(new, [])
@@ -124,7 +130,9 @@ class AtomSet:
         return self.find(int(values[0]))
 
     def _unique_roots(self, atoms) -> list[int]:
-        roots = torch.unique(self.roots(torch.unique(torch.as_tensor(atoms, dtype=torch.long))))
+        atoms = torch.as_tensor(atoms, dtype=torch.long)
+        atoms = squeeze_broadcast(atoms)[0] if atoms.dim() else atoms  # expanded labels: unique over what is stored
+        roots = torch.unique(self.roots(torch.unique(atoms)))
         return [r for r in roots.tolist() if r != 0]
 
     def block(self, atoms, reason: str) -> None:
@@ -186,3 +194,14 @@ def squeeze_broadcast(*tensors: torch.Tensor, keep: int | None = None) -> list[t
         if d != keep and all(t.shape[d] > 1 and t.stride(d) == 0 for t in tensors):
             tensors = tuple(t.narrow(d, 0, 1) for t in tensors)
     return list(tensors)
+
+
+def compress(labels: torch.Tensor, threshold: int = 4096, keep: int | None = None) -> torch.Tensor:
+    """Labels materialised at full size (by a movement op), cut to size 1 along every axis they
+    do not vary along (but `keep`), so later operations cost O(channels) again."""
+    if labels.numel() <= threshold or labels.dim() == 0:
+        return labels
+    for d in range(labels.dim()):
+        if d != keep and labels.shape[d] > 1 and labels.stride(d) != 0 and not varies_along(labels, d):
+            labels = labels.narrow(d, 0, 1)
+    return squeeze_broadcast(labels, keep=keep)[0]

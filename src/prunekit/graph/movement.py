@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .atoms import squeeze_broadcast, varies_along
+from .atoms import compress, squeeze_broadcast, varies_along
 from .sizes import is_channel_count
 
 
@@ -133,7 +133,7 @@ def sized_reshape(trace, name, func, args, kwargs, out) -> None:
         trace.block(labels, f"'{name}' in {trace.where()} writes the channel count {sizes} into the code")
     elif written:
         for d in written:  # merge along the written axis: whole slices only
-            moved = labels.movedim(d, -1).reshape(-1, labels.shape[d])
+            moved = compress(labels, 0, keep=d).movedim(d, -1).reshape(-1, labels.shape[d])
             trace.atoms.union_rows(moved)
     trace.set_labels(out, labels)
 

@@ -25,7 +25,7 @@ from torch.overrides import TorchFunctionMode
 from ..masks import WeightMask, canonical_name
 from ..modes import evaluation_mode, training_mode
 from ..nested import ExampleInputs, tensors_in
-from .atoms import AtomSet, squeeze_broadcast, varies_along
+from .atoms import AtomSet, compress, squeeze_broadcast, varies_along
 from .derived import Derived, identity
 from .sizes import tag_sizes
 
@@ -185,7 +185,7 @@ class Trace:
     def set_labels(self, tensor: torch.Tensor, labels: torch.Tensor) -> None:
         if isinstance(tensor, torch.Tensor) and id(tensor) not in self._names:
             # an expanded view: a conv output's labels cost C integers, not N·C·H·W
-            self._labels[id(tensor)] = (tensor, _compressed(labels).expand(tensor.shape))
+            self._labels[id(tensor)] = (tensor, compress(labels).expand(tensor.shape))
 
     def units_vary(self, labels: torch.Tensor, dim: int) -> bool:
         """True when removing a unit could change the size of axis `dim`.
@@ -271,17 +271,6 @@ class Trace:
         atom = self.new(1)
         self.block(atom, reason)
         return atom.reshape(())
-
-
-def _compressed(labels: torch.Tensor, threshold: int = 4096) -> torch.Tensor:
-    """Labels a movement op materialised at full size, cut back to size 1 along every axis they
-    do not vary along, so later operations cost O(channels) again."""
-    if labels.numel() <= threshold or labels.dim() == 0:
-        return labels
-    for d in range(labels.dim()):
-        if labels.shape[d] > 1 and labels.stride(d) != 0 and not varies_along(labels, d):
-            labels = labels.narrow(d, 0, 1)
-    return labels
 
 
 class _Mode(TorchFunctionMode):

@@ -63,6 +63,11 @@ def params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _first_tensor(out):
+    """HF models return ModelOutput objects: Torch-Pruning traces from the hidden states."""
+    return out if isinstance(out, torch.Tensor) else out[0]
+
+
 def run_prunekit(model, example, ratio, ignored):
     from prunekit.compaction import compact
     from prunekit.graph import build_graph
@@ -87,7 +92,8 @@ def run_torch_pruning(model, example, ratio, ignored):
     times = {}
     start = time.perf_counter()
     pruner = tp.pruner.MagnitudePruner(model, example, importance=tp.importance.MagnitudeImportance(p=2),
-                                       pruning_ratio=ratio, ignored_layers=ignored)
+                                       pruning_ratio=ratio, ignored_layers=ignored,
+                                       output_transform=_first_tensor)
     times["graph"] = time.perf_counter() - start
     start = time.perf_counter()
     pruner.step()  # scores, selects and removes channels in one call

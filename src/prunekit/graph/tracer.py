@@ -131,7 +131,7 @@ class Trace:
 
     def has_activation_labels(self, tensor) -> bool:
         entry = self._labels.get(id(tensor))
-        return entry is not None and entry[0] is tensor and bool((entry[1] != 0).any())
+        return entry is not None and entry[0] is tensor and bool((squeeze_broadcast(entry[1])[0] != 0).any())
 
     def where(self) -> str:
         return self.module_stack[-1] if self.module_stack and self.module_stack[-1] else "the model's forward"

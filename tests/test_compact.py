@@ -334,3 +334,35 @@ def test_grouped_query_attention_heads_are_removed_exactly(kind):
     assert attn.o_proj.weight.shape == (32, 16)
     with torch.no_grad():
         assert relative_error(model(tokens).last_hidden_state, small(tokens).last_hidden_state) <= 1e-5
+
+
+def test_in_place_compaction_turns_the_model_itself_into_the_small_one():
+    model, x = build("resnet_bottleneck")
+    randomise(model).eval()
+    graph = build_graph(model, x)
+    prune_structured(model, 0.5, x, graph=graph)
+    with torch.no_grad():
+        expected = model(x)
+    kept_fc_bias = model.fc.bias  # an unmasked tensor that keeps its shape keeps its identity
+    before = pk.parameter_counts(model)["total"]
+    small, record = compact(model, x, graph=graph, inplace=True)
+    assert small is model and not pk.get_masks(model)
+    assert not any(parametrize.is_parametrized(m) for m in model.modules())
+    assert model.fc.bias is kept_fc_bias and pk.parameter_counts(model)["total"] < before
+    with torch.no_grad():
+        assert relative_error(expected, model(x)) <= 1e-5
+
+
+def test_the_copy_is_streamed_from_a_tensorless_skeleton():
+    from prunekit.compaction import plain_copy, skeleton_copy
+
+    model, x = build("transformer")
+    pk.prune(model, 0.5)
+    skeleton = skeleton_copy(model)
+    assert all(t.numel() == 0 for t in list(skeleton.parameters()) + list(skeleton.buffers()))
+    plain = plain_copy(model)  # masks baked in, nothing sliced, nothing shared with the original
+    assert not any(parametrize.is_parametrized(m) for m in plain.modules())
+    assert torch.equal(plain.blocks[0].attn.q.weight, model.blocks[0].attn.q.weight)
+    assert plain.blocks[0].attn.q.weight.data_ptr() != model.blocks[0].attn.q.weight.data_ptr()
+    with torch.no_grad():
+        assert torch.equal(plain(x), model(x))

@@ -172,11 +172,17 @@ def apply_record(model: nn.Module, record: CompactionRecord) -> nn.Module:
 
 
 def skeleton_copy(model: nn.Module) -> nn.Module:
-    """A deep copy of the module tree whose tensors are empty placeholders (no data copied)."""
+    """A deep copy of the module tree whose tensors are empty placeholders (no data copied).
+
+    The parametrizations (masks) are not copied at all: the skeleton refers to the original's
+    until `materialise` bakes them from the original and drops the reference."""
     memo = {}
     for t in list(model.parameters()) + list(model.buffers()):
         empty = torch.empty(0, dtype=t.dtype, device=t.device)
         memo[id(t)] = nn.Parameter(empty, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else empty
+    for module in model.modules():
+        if parametrize.is_parametrized(module):
+            memo[id(module.parametrizations)] = module.parametrizations
     return copy.deepcopy(model, memo)
 
 

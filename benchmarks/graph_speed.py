@@ -128,6 +128,7 @@ def main():
     parser.add_argument("--models", default=",".join(TORCHVISION + HF))
     parser.add_argument("--tools", default="prunekit,torch_pruning")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--timeout", type=float, default=600, help="seconds one run may take")
     parser.add_argument("--worker", nargs=2, metavar=("MODEL", "TOOL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -140,11 +141,15 @@ def main():
     for r in range(args.repeats):
         for name in models:
             for tool in (tools if r % 2 == 0 else tools[::-1]):
-                out = subprocess.run([sys.executable, __file__, "--worker", name, tool, "--ratio", str(args.ratio),
-                                      "--threads", str(args.threads)], capture_output=True, text=True)
-                lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
-                result = json.loads(lines[-1]) if lines else {"model": name, "tool": tool,
-                                                              "error": out.stderr.strip().splitlines()[-1][:120]}
+                command = [sys.executable, __file__, "--worker", name, tool, "--ratio", str(args.ratio),
+                           "--threads", str(args.threads)]
+                try:
+                    out = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
+                    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+                    result = json.loads(lines[-1]) if lines else {
+                        "model": name, "tool": tool, "error": (out.stderr.strip().splitlines() or ["?"])[-1][:120]}
+                except subprocess.TimeoutExpired:
+                    result = {"model": name, "tool": tool, "error": f"over {args.timeout} s"}
                 results.setdefault((name, tool), []).append(result)
                 print(f"  {name:18s} {tool:14s} "
                       f"{result.get('error') or sum(result['times'].values()):.>10}", file=sys.stderr)

@@ -124,14 +124,45 @@ def _positions(trace: Trace):
         positions.append(live)
         key_ids.append(torch.full((len(live),), i, dtype=torch.long))
     root, key_id, pos = torch.cat(roots), torch.cat(key_ids), torch.cat(positions)
-    order = torch.argsort(pos, stable=True)
-    for column in (key_id, root):  # lexicographic: root, then key, then position
-        order = order[torch.argsort(column[order], stable=True)]
+    order = torch.argsort(_lexicographic_key(root, key_id, pos))  # by root, then key, then position
     root, key_id, pos = root[order], key_id[order], pos[order]
     pair = root * len(keys) + key_id
     _, counts = torch.unique_consecutive(pair, return_counts=True)
     starts = torch.cumsum(counts, 0) - counts
     return keys, pos, root[starts], key_id[starts], counts, starts
+
+
+def _lexicographic_key(*columns: torch.Tensor) -> torch.Tensor:
+    """One int64 per row that sorts like the rows (non-negative columns, most significant first):
+    the columns ranked, then packed in mixed radix — exact, since ranks fit in 63 bits together."""
+    key = torch.zeros_like(columns[0])
+    for column in columns:
+        values, rank = torch.unique(column, return_inverse=True)
+        key = key * len(values) + rank
+    return key
+
+
+def _unique_rows(codes: torch.Tensor):
+    """(distinct rows, row index of every row) like torch.unique(codes, dim=0, return_inverse=True),
+    through one int64 key per row (a 1-D unique, much faster than unique over rows); checked
+    exactly, with the slow path as fallback."""
+    weights = torch.randint(1, 2**61, (codes.shape[1],), generator=torch.Generator().manual_seed(0))
+    keys = (codes * weights).sum(1)  # wraps around on overflow: a hash
+    _, first, inverse = _first_of_each(keys)
+    if torch.equal(codes[first][inverse], codes):  # no two different rows share a key
+        order = torch.argsort(first)  # families in the order their units were met: deterministic
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(len(order))
+        return codes[first][order], rank[inverse]
+    return torch.unique(codes, dim=0, return_inverse=True)
+
+
+def _first_of_each(keys: torch.Tensor):
+    """(unique keys, index of one row per key — the last — , key index of every row)."""
+    values, inverse = torch.unique(keys, return_inverse=True)
+    first = torch.empty(len(values), dtype=torch.long)
+    first[inverse] = torch.arange(len(keys))
+    return values, first, inverse
 
 
 def build_groups(trace: Trace) -> DependencyGraph:
@@ -162,7 +193,7 @@ def build_groups(trace: Trace) -> DependencyGraph:
         if root in unit_of_root and "head" in tags:
             codes[unit_of_root[root], width + 1] = 1
     reason_of = {i: r for r, i in reason_ids.items()}
-    rows, family_of_unit = torch.unique(codes, dim=0, return_inverse=True)
+    rows, family_of_unit = _unique_rows(codes)
     order = torch.argsort(family_of_unit, stable=True)
     sizes = torch.bincount(family_of_unit, minlength=len(rows)).tolist()
     families = {}

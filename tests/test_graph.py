@@ -470,3 +470,31 @@ def test_example_inputs_are_one_type_everywhere():
         counts = predicted_counts(model, example)
         small, _ = compact(model, example)
         assert counts["params"] == sum(p.numel() for p in small.parameters()) == 4 * 3 + 3 + 3 * 2 + 2
+
+
+def test_vectorised_union_find_matches_a_plain_one():
+    from prunekit.graph.atoms import AtomSet
+
+    gen = torch.Generator().manual_seed(0)
+    atoms = AtomSet()
+    ids = atoms.new(300)
+    parent = list(range(301))
+
+    def find(a):
+        while parent[a] != a:
+            a = parent[a]
+        return a
+
+    for _ in range(20):
+        a = ids[torch.randint(0, 300, (25,), generator=gen)]
+        b = ids[torch.randint(0, 300, (25,), generator=gen)]
+        atoms.union_pairs(a, b)
+        for x, y in zip(a.tolist(), b.tolist()):
+            parent[find(x)] = find(y)
+        atoms.block(ids[:1], "first")
+        ours, theirs = atoms.roots(ids), torch.tensor([find(i) for i in ids.tolist()])
+        # same partition: two atoms share a root in one exactly when they do in the other
+        assert torch.equal(ours[:, None] == ours[None], theirs[:, None] == theirs[None])
+        sizes = torch.bincount(theirs)[theirs]
+        assert torch.equal(atoms.merged(ids), (sizes > 1) | (ours == ours[0]))
+    assert atoms.reasons(int(ids[0])) == ["first"]

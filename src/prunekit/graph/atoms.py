@@ -47,6 +47,15 @@ class AtomSet:
         self._n = end
         return atoms
 
+    def snapshot(self):
+        """A function that puts the union-find back as it is now."""
+        saved = (self._parent.clone(), self._size.clone(), self._n, {k: list(v) for k, v in self._reasons.items()},
+                 {k: set(v) for k, v in self._tags.items()})
+
+        def restore():
+            self._parent, self._size, self._n, self._reasons, self._tags = saved
+        return restore
+
     def roots(self, atoms: torch.Tensor) -> torch.Tensor:
         """The component root of every entry (0 stays 0), same shape; compresses the paths it walks."""
         atoms = torch.as_tensor(atoms, dtype=torch.long)
@@ -63,10 +72,6 @@ class AtomSet:
 
     def find(self, a: int) -> int:
         return int(self.roots(torch.tensor([int(a)]))[0])
-
-    def union(self, a: int, b: int) -> int:
-        self.union_pairs(torch.tensor([int(a)]), torch.tensor([int(b)]))
-        return self.find(a or b)
 
     def union_pairs(self, a: torch.Tensor, b: torch.Tensor) -> None:
         """Merge a[i] with b[i] for every i (broadcastable tensors); zeros never merge."""
@@ -120,15 +125,6 @@ class AtomSet:
         anchor = rows.amax(1, keepdim=True)
         self.union_pairs(anchor.expand_as(rows), rows)
 
-    def union_all(self, atoms) -> int:
-        """Merge every atom in `atoms` into one component; returns its root (0 if none)."""
-        values = torch.unique(torch.as_tensor(atoms, dtype=torch.long))
-        values = values[values != 0]
-        if not len(values):
-            return 0
-        self.union_pairs(values[:1].expand_as(values), values)
-        return self.find(int(values[0]))
-
     def _unique_roots(self, atoms) -> list[int]:
         atoms = torch.as_tensor(atoms, dtype=torch.long)
         atoms = squeeze_broadcast(atoms)[0] if atoms.dim() else atoms  # expanded labels: unique over what is stored
@@ -161,9 +157,6 @@ class AtomSet:
     def reasons(self, root: int) -> list[str]:
         return list(self._reasons.get(self.find(root), []))
 
-    def tags(self, root: int) -> set[str]:
-        return set(self._tags.get(self.find(root), set()))
-
     def component_size(self, a: int) -> int:
         return int(self._size[self.find(a)])
 
@@ -174,10 +167,6 @@ def varies_along(labels: torch.Tensor, dim: int) -> bool:
         return False
     labels = squeeze_broadcast(labels, keep=dim)[0]
     return bool((labels != labels.narrow(dim, 0, 1)).any())
-
-
-def varying_dims(labels: torch.Tensor) -> list[int]:
-    return [d for d in range(labels.dim()) if varies_along(labels, d)]
 
 
 def squeeze_broadcast(*tensors: torch.Tensor, keep: int | None = None) -> list[torch.Tensor]:

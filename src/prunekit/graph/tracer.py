@@ -74,15 +74,13 @@ class Trace:
 
     def checkpoint(self):
         """A function that puts the bookkeeping back as it is now (undo a failed pass)."""
-        atoms = self.atoms
-        saved_atoms = (atoms._parent.clone(), atoms._size.clone(), atoms._n,
-                       {k: list(v) for k, v in atoms._reasons.items()}, {k: set(v) for k, v in atoms._tags.items()})
+        restore_atoms = self.atoms.snapshot()
         saved = {key: copy.copy(value) for key, value in vars(self).items()
                  if key not in ("atoms", "model", "_labels", "derived", "output")}
         saved["frozen"] = {k: list(v) for k, v in self.frozen.items()}
 
         def restore():
-            atoms._parent, atoms._size, atoms._n, atoms._reasons, atoms._tags = saved_atoms
+            restore_atoms()
             vars(self).update(saved)
             self.module_stack.clear()
             self.module_handlers_active = 0

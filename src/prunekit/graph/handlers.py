@@ -287,8 +287,12 @@ def item(trace, name, func, args, kwargs, out) -> None:
     if isinstance(out, torch.Tensor):  # x.bool(), x.int(): casts
         return unary(trace, name, func, args, kwargs, out)
     x = args[0]
-    if trace.has_channels(x):
-        trace.block(trace.labels(x), f"'{name}' in {trace.where()} turns channel values into Python numbers")
+    reason = f"'{name}' in {trace.where()} turns channel values into Python numbers"
+    if trace.is_source(x):  # a number computed from weights: they stay whole, no atoms needed
+        for src in trace.source_of(x).align:
+            trace.freeze(src, reason)
+    elif trace.has_channels(x):
+        trace.block(trace.labels(x), reason)
 
 
 TABLE = {

@@ -69,9 +69,7 @@ def _first_tensor(out):
 
 
 def run_prunekit(model, example, ratio, ignored):
-    from prunekit.compaction import compact
-    from prunekit.graph import build_graph
-    from prunekit.structured import prune_structured
+    from prunekit import build_graph, compact, prune_structured
 
     times = {}
     start = time.perf_counter()

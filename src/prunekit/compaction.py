@@ -35,8 +35,8 @@ from torch.nn.utils import parametrize
 
 from .accounting import count_flops
 from .errors import GraphError, PrunekitError
-from .graph import SIZE_SUFFIX, DependencyGraph, Handlers, build_graph, graph_and_output, parameter_name
-from .masks import get_masks
+from .graph import SIZE_SUFFIX, DependencyGraph, Handlers, build_graph, graph_and_output
+from .masks import canonical_name, get_masks
 from .modes import evaluation_mode
 from .nested import ExampleInputs, tensors_in
 from .structured import _fully_masked
@@ -326,7 +326,7 @@ def predicted_counts(model: nn.Module, example_inputs, *, graph: DependencyGraph
     record = make_record(model, graph, removable_units(model, graph))
     params = 0
     for raw, p in model.named_parameters():
-        name = parameter_name(raw)
+        name = canonical_name(raw)
         params += math.prod(record.new_shape(name)) if name in record.kept else p.numel()
     return {"params": params, "flops": int(count_flops(model, example_inputs, handlers=graph.handlers)["sparse_flops"])}
 

@@ -22,7 +22,7 @@ from ..nested import ExampleInputs
 from .groups import DependencyGraph, Group, Slice, build_groups
 from .handlers import dispatch, op_name
 from .registry import Handlers, LayerHandler, layer_handlers, register_handler, unregister_handler
-from .tracer import SIZE_SUFFIX, parameter_name, run_trace
+from .tracer import SIZE_SUFFIX, run_trace
 
 
 def build_graph(model: nn.Module, example_inputs, *, handlers=None) -> DependencyGraph:
@@ -60,5 +60,5 @@ def graph_and_output(model: nn.Module, example_inputs, *, handlers=None):
 
 
 __all__ = ["DependencyGraph", "ExampleInputs", "Group", "Handlers", "LayerHandler", "Slice", "SIZE_SUFFIX",
-           "build_graph", "graph_and_output", "layer_handlers", "op_name", "parameter_name", "register_handler",
+           "build_graph", "graph_and_output", "layer_handlers", "op_name", "register_handler",
            "unregister_handler"]

@@ -32,13 +32,6 @@ from .sizes import tag_sizes
 SIZE_SUFFIX = ".<channels>"  # pseudo tensor: a module's channel count that no parameter dimension carries
 
 
-def parameter_name(name: str) -> str:
-    """Canonical parameter name, also for a masked parameter of the root module."""
-    if name.startswith("parametrizations.") and name.endswith(".original"):
-        return name[len("parametrizations."): -len(".original")]
-    return canonical_name(name)
-
-
 class Trace:
     """Everything learnt during the forward pass; the API handlers use."""
 
@@ -67,7 +60,7 @@ class Trace:
         self.train_pass_error = ""       # why the train-mode pass could not run, if it could not
         self.heads: list[tuple[torch.Tensor, torch.Tensor]] = []  # (poison atom, head atoms)
         for name, p in model.named_parameters():
-            self._register(p, parameter_name(name), "param")
+            self._register(p, canonical_name(name), "param")
         for name, b in model.named_buffers():
             if not name.endswith(".mask") or ".parametrizations." not in name:
                 self._register(b, name, "buffer")
@@ -378,7 +371,7 @@ def run_trace(model: nn.Module, example_inputs, dispatch, handlers) -> Trace:
     example = ExampleInputs.of(example_inputs)
     trace = Trace(model)
     trace.output = _one_pass(model, trace, example, dispatch, handlers, train=False)  # eval, no_grad
-    params = {parameter_name(n) for n, _ in model.named_parameters()}
+    params = {canonical_name(n) for n, _ in model.named_parameters()}
     if params - trace.seen:
         restore = trace.checkpoint()
         try:
@@ -396,4 +389,4 @@ def run_trace(model: nn.Module, example_inputs, dispatch, handlers) -> Trace:
     return trace
 
 
-__all__ = ["Trace", "run_trace", "parameter_name", "SIZE_SUFFIX"]
+__all__ = ["Trace", "run_trace", "SIZE_SUFFIX"]

@@ -127,6 +127,8 @@ def main():
     parser.add_argument("--tools", default="prunekit,torch_pruning")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=600, help="seconds one run may take")
+    parser.add_argument("--log", help="append every run's result (one JSON line) to this file")
+    parser.add_argument("--table-from", help="print the table of the runs logged in this file, run nothing")
     parser.add_argument("--worker", nargs=2, metavar=("MODEL", "TOOL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -136,7 +138,14 @@ def main():
 
     models, tools = args.models.split(","), args.tools.split(",")
     results: dict[tuple[str, str], list[dict]] = {}
-    for r in range(args.repeats):
+    if args.table_from:  # the table of runs logged earlier (a run cut short, or several sessions)
+        with open(args.table_from) as f:
+            for line in f:
+                result = json.loads(line)
+                results.setdefault((result["model"], result["tool"]), []).append(result)
+        models = [m for m in models if any((m, t) in results for t in tools)]
+        args.repeats = max(len(v) for v in results.values())
+    for r in range(0 if args.table_from else args.repeats):
         for name in models:
             for tool in (tools if r % 2 == 0 else tools[::-1]):
                 command = [sys.executable, __file__, "--worker", name, tool, "--ratio", str(args.ratio),
@@ -149,6 +158,9 @@ def main():
                 except subprocess.TimeoutExpired:
                     result = {"model": name, "tool": tool, "error": f"over {args.timeout} s"}
                 results.setdefault((name, tool), []).append(result)
+                if args.log:
+                    with open(args.log, "a") as f:
+                        f.write(json.dumps(result) + "\n")
                 print(f"  {name:18s} {tool:14s} "
                       f"{result.get('error') or sum(result['times'].values()):.>10}", file=sys.stderr)
     rows, ratios = [], []
@@ -156,10 +168,11 @@ def main():
         row = {"model": name}
         totals = {}
         for tool in tools:
-            runs = [x for x in results[(name, tool)] if "times" in x]
+            runs = [x for x in results.get((name, tool), []) if "times" in x]
             short = "pk" if tool == "prunekit" else "tp"
             if not runs:
-                row[f"{short} total s"] = "failed: " + results[(name, tool)][0].get("error", "?")[:40]
+                failed = results.get((name, tool), [{"error": "not run"}])[0].get("error", "?")
+                row[f"{short} total s"] = "failed: " + failed[:40]
                 continue
             first = runs[0]
             row["params M"] = f"{first['params'] / 1e6:.1f}"

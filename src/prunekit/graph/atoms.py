@@ -30,6 +30,8 @@ class AtomSet:
         self._n = 1  # atom 0 exists and is its own root
         self._reasons: dict[int, list[str]] = {}
         self._tags: dict[int, set[str]] = {}
+        self._annotated = torch.zeros(1024, dtype=torch.bool)  # root has reasons or tags: a lookup table
+        self._blocked = torch.zeros(1024, dtype=torch.bool)    # root has reasons
 
     def __len__(self) -> int:
         return self._n - 1
@@ -41,6 +43,8 @@ class AtomSet:
             capacity = max(end, 2 * len(self._parent))
             self._parent = torch.cat([self._parent, torch.zeros(capacity - len(self._parent), dtype=torch.long)])
             self._size = torch.cat([self._size, torch.ones(capacity - len(self._size), dtype=torch.long)])
+            extra = torch.zeros(capacity - len(self._annotated), dtype=torch.bool)
+            self._annotated, self._blocked = torch.cat([self._annotated, extra]), torch.cat([self._blocked, extra])
         atoms = torch.arange(start, end, dtype=torch.long)
         self._parent[start:end] = atoms
         self._size[start:end] = 1
@@ -50,10 +54,11 @@ class AtomSet:
     def snapshot(self):
         """A function that puts the union-find back as it is now."""
         saved = (self._parent.clone(), self._size.clone(), self._n, {k: list(v) for k, v in self._reasons.items()},
-                 {k: set(v) for k, v in self._tags.items()})
+                 {k: set(v) for k, v in self._tags.items()}, self._annotated.clone(), self._blocked.clone())
 
         def restore():
-            self._parent, self._size, self._n, self._reasons, self._tags = saved
+            (self._parent, self._size, self._n, self._reasons, self._tags, self._annotated,
+             self._blocked) = saved
         return restore
 
     def roots(self, atoms: torch.Tensor) -> torch.Tensor:
@@ -105,12 +110,14 @@ class AtomSet:
 
     def _move_annotations(self, old_roots: torch.Tensor, new_roots: torch.Tensor) -> None:
         """Reasons and tags belong to roots: carry those of merged roots to their new root."""
-        if not self._reasons and not self._tags:
+        hit = self._annotated[old_roots]
+        if not bool(hit.any()):
             return
-        flags = torch.zeros(self._n, dtype=torch.bool)  # annotated roots, as a lookup table
-        flags[torch.tensor(list(self._reasons) + list(self._tags), dtype=torch.long)] = True
-        hit = flags[old_roots]
-        for old, new in zip(old_roots[hit].tolist(), new_roots[hit].tolist()):
+        old_hit, new_hit = old_roots[hit], new_roots[hit]
+        self._blocked[new_hit] |= self._blocked[old_hit]
+        self._annotated[new_hit] = True
+        self._annotated[old_hit] = self._blocked[old_hit] = False
+        for old, new in zip(old_hit.tolist(), new_hit.tolist()):
             if old in self._reasons:
                 merged = self._reasons.setdefault(new, [])
                 merged.extend(r for r in self._reasons.pop(old) if r not in merged)
@@ -132,20 +139,23 @@ class AtomSet:
         return [r for r in roots.tolist() if r != 0]
 
     def block(self, atoms, reason: str) -> None:
-        for root in self._unique_roots(atoms):
+        roots = self._unique_roots(atoms)
+        self._annotated[roots] = self._blocked[roots] = True
+        for root in roots:
             reasons = self._reasons.setdefault(root, [])
             if reason not in reasons:
                 reasons.append(reason)
 
     def tag(self, atoms, tag: str) -> None:
-        for root in self._unique_roots(atoms):
+        roots = self._unique_roots(atoms)
+        self._annotated[roots] = True
+        for root in roots:
             self._tags.setdefault(root, set()).add(tag)
 
     def merged(self, atoms: torch.Tensor) -> torch.Tensor:
         """Bool per entry: its component holds other atoms too, or is blocked."""
         roots = self.roots(atoms)
-        blocked = torch.isin(roots, torch.tensor(list(self._reasons), dtype=torch.long))
-        return (self._size[roots] > 1) | blocked
+        return (self._size[roots] > 1) | self._blocked[roots]
 
     def blocked(self) -> dict[int, list[str]]:
         """{root: reasons} of every blocked component."""

@@ -95,6 +95,18 @@ def couple_source(trace, tensor, dim: int, atoms: torch.Tensor, op: str) -> bool
     return True
 
 
+def _input_atoms(trace, x, dim: int, op: str) -> torch.Tensor:
+    """One atom per input feature of a layer; a parameter or buffer fed in as the input (a fixed
+    coordinate table) is a constant input: its features get atoms that are blocked, not one
+    atom per element."""
+    if trace.is_source(x):
+        atoms = trace.new(x.shape[dim])
+        trace.block(atoms, f"'{op}' in {trace.where()} reads the fixed tensor "
+                           f"{', '.join(trace.source_of(x).align) or 'computed from parameters'}")
+        return atoms
+    return trace.axis_atoms(trace.labels(x), dim, op)
+
+
 def _first_source(trace, tensor) -> str | None:
     derived = trace.source_of(tensor)
     return next(iter(derived.align), None) if derived is not None else None
@@ -127,7 +139,7 @@ def conv(trace, name, func, args, kwargs, out):
         return _weighted_unknown(trace, name, func, args, kwargs, out, "its weight depends on the input")
     module = owner_module(_first_source(trace, w))
     cdim = 1 if x.dim() == w.dim() else 0
-    x_atoms = trace.axis_atoms(trace.labels(x), cdim, name)
+    x_atoms = _input_atoms(trace, x, cdim, name)
     c_out, per_group = w.shape[0], w.shape[1]
     trace.couple_size(module, x_atoms)
     fixed = _fixed_groups(trace, module, groups)
@@ -156,7 +168,7 @@ def conv_transpose(trace, name, func, args, kwargs, out):
     if not trace.is_source(w) or groups != 1 or (b is not None and not trace.is_source(b)):
         return _weighted_unknown(trace, name, func, args, kwargs, out, "its weight depends on the input, or groups > 1")
     cdim = 1 if x.dim() == w.dim() else 0
-    x_atoms = trace.axis_atoms(trace.labels(x), cdim, name)
+    x_atoms = _input_atoms(trace, x, cdim, name)
     couple_source(trace, w, 0, x_atoms, name)
     out_atoms = trace.new(w.shape[1], producer=(_first_source(trace, w), 1))
     couple_source(trace, w, 1, out_atoms, name)
@@ -167,7 +179,7 @@ def conv_transpose(trace, name, func, args, kwargs, out):
 
 def _dense(trace, name, x, w, in_dim, out_dim, n_out, bias, out):
     """y = x·W (+ b): W's `in_dim` follows x's features, its `out_dim` makes fresh atoms."""
-    x_atoms = trace.axis_atoms(trace.labels(x), -1, name)
+    x_atoms = _input_atoms(trace, x, -1, name)
     couple_source(trace, w, in_dim, x_atoms, name)
     out_atoms = trace.new(n_out, producer=(_first_source(trace, w), out_dim % w.dim()))
     couple_source(trace, w, out_dim, out_atoms, name)

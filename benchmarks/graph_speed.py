@@ -4,7 +4,8 @@ Runs in the zoo environment (torchvision, transformers, torch-pruning; `make tes
 
     .venv-zoo/bin/python benchmarks/graph_speed.py [--repeats 3] [--ratio 0.5] [--models resnet18,bert]
 
-Each (model, tool) run is a fresh process, so its peak RSS is its own; runs are interleaved
+Each (model, tool) run is a fresh process, so its peak RSS is its own (reported relative to the
+model's size: the model plus everything the run added, activations included); runs are interleaved
 (model by model, the tools' order alternating between repeats) so load on a shared machine
 hits both tools alike. Per model: median seconds of each stage, the median total ratio
 prunekit / Torch-Pruning, and peak RSS relative to the model's own size after it was built.
@@ -181,8 +182,9 @@ def main():
                     row[f"{short} {stage} s"] = f"{statistics.median(x['times'][stage] for x in runs):.2f}"
             totals[tool] = statistics.median(sum(x["times"].values()) for x in runs)
             row[f"{short} total s"] = f"{totals[tool]:.2f}"
-            peak = statistics.median(x["peak_rss_mb"] for x in runs)
-            row[f"{short} peak/built"] = f"{peak / first['rss_built_mb']:.2f}"
+            row["model MB"] = f"{first['model_mb']:.0f}"
+            extra = statistics.median(x["peak_rss_mb"] - x["rss_built_mb"] for x in runs)
+            row[f"{short} peak/model"] = f"{(extra + first['model_mb']) / first['model_mb']:.2f}"
             row[f"{short} kept"] = f"{first['kept']:.2f}"
         if len(totals) == 2:
             ratio = totals["prunekit"] / totals["torch_pruning"]
@@ -195,7 +197,8 @@ def main():
     if ratios:
         print(f"\nmedian prunekit / Torch-Pruning total time over {len(ratios)} models both ran: "
               f"{statistics.median(ratios):.2f}")
-    print("peak/built: peak RSS of the run over the RSS right after the model was built (model + interpreter).")
+    print("peak/model: (peak RSS − RSS once the model was built + the model's fp32 size) / the model's size, i.e.\n"
+          "the memory the run needed, model and activations included, in units of the model.")
 
 
 if __name__ == "__main__":

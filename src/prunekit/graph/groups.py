@@ -116,14 +116,13 @@ def _positions(trace: Trace):
     contiguous run; returns those runs as (root, key id, count, start) tensors.
     """
     keys = list(trace.coupled)
-    roots, key_ids, positions = [], [], []
-    for i, key in enumerate(keys):
-        r = trace.atoms.roots(trace.coupled[key])
-        live = torch.nonzero(r).flatten()
-        roots.append(r[live])
-        positions.append(live)
-        key_ids.append(torch.full((len(live),), i, dtype=torch.long))
-    root, key_id, pos = torch.cat(roots), torch.cat(key_ids), torch.cat(positions)
+    vectors = [trace.coupled[key] for key in keys]
+    lengths = torch.tensor([len(v) for v in vectors])
+    key_id = torch.repeat_interleave(torch.arange(len(keys)), lengths)
+    pos = torch.arange(int(lengths.sum())) - torch.repeat_interleave(torch.cumsum(lengths, 0) - lengths, lengths)
+    root = trace.atoms.roots(torch.cat(vectors))  # one look-up for every position of every tensor
+    live = root != 0
+    root, key_id, pos = root[live], key_id[live], pos[live]
     order = torch.argsort(_lexicographic_key(root, key_id, pos))  # by root, then key, then position
     root, key_id, pos = root[order], key_id[order], pos[order]
     pair = root * len(keys) + key_id

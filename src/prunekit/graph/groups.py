@@ -11,6 +11,7 @@ unit u (k > 1 after flatten → Linear, for heads, for depthwise multipliers).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -133,11 +134,14 @@ def _positions(trace: Trace):
 
 def _lexicographic_key(*columns: torch.Tensor) -> torch.Tensor:
     """One int64 per row that sorts like the rows (non-negative columns, most significant first):
-    the columns ranked, then packed in mixed radix — exact, since ranks fit in 63 bits together."""
+    the columns packed in mixed radix — their values, or their ranks where the values are too wide."""
+    radices = [int(c.max()) + 1 if len(c) else 1 for c in columns]
+    if math.prod(radices) >= 2**62:  # too wide to pack the values themselves: pack their ranks
+        ranked = [torch.unique(c, return_inverse=True) for c in columns]
+        columns, radices = [rank for _, rank in ranked], [len(values) for values, _ in ranked]
     key = torch.zeros_like(columns[0])
-    for column in columns:
-        values, rank = torch.unique(column, return_inverse=True)
-        key = key * len(values) + rank
+    for column, radix in zip(columns, radices):
+        key = key * radix + column
     return key
 
 

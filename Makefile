@@ -66,7 +66,7 @@ ZOO_STAMP := $(ZOO_VENV)/.installed
 
 $(ZOO_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(ZOO_VENV)
-	$(ZOO_PY) -m pip --disable-pip-version-check -q install torch==2.14.1 torchvision==0.29.1 transformers onnx onnxscript torch-pruning
+	$(ZOO_PY) -m pip --disable-pip-version-check -q install torch==2.14.1 torchvision==0.29.1 transformers timm psutil onnx onnxscript torch-pruning
 	$(ZOO_PY) -m pip --disable-pip-version-check -q install -e '.[test]'
 	touch $(ZOO_STAMP)
 

@@ -284,7 +284,77 @@ def untraceable():
     return Untraceable(), torch.randn(2, 3, 8, 8)
 
 
+# ------------------------------------------------------------------ computed weights
+class StdConv2d(nn.Conv2d):
+    """Weight standardisation written in the forward: each filter normalised over its inputs."""
+
+    def forward(self, x):
+        w = self.weight
+        w = (w - w.mean((1, 2, 3), keepdim=True)) / (w.std((1, 2, 3), keepdim=True) + 1e-5)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class ScaledStdConv2d(nn.Conv2d):
+    """NF-Net's scaled weight standardisation through F.batch_norm on the reshaped weight."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.gain = nn.Parameter(torch.rand(self.out_channels, 1, 1, 1) + 0.5)
+
+    def forward(self, x):
+        fan_in = self.weight[0].numel()
+        w = F.batch_norm(self.weight.reshape(1, self.out_channels, -1), None, None,
+                         weight=(self.gain * fan_in ** -0.5).reshape(-1), training=True, momentum=0.0,
+                         eps=1e-6).reshape_as(self.weight)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class StandardisedNet(nn.Module):
+    """Standardised convs (one depthwise) and a plain conv before the head."""
+
+    def __init__(self, conv=StdConv2d):
+        super().__init__()
+        self.stem, self.dw = conv(3, 8, 3, padding=1), conv(8, 8, 3, padding=1, groups=8)
+        self.expand, self.head = nn.Conv2d(8, 12, 1), nn.Linear(12, 3)
+
+    def forward(self, x):
+        x = F.relu(self.dw(F.relu(self.stem(x))))
+        return self.head(F.relu(self.expand(x)).mean((2, 3)))
+
+
+def standardised():
+    return StandardisedNet(), torch.randn(2, 3, 8, 8)
+
+
+def scaled_standardised():
+    return StandardisedNet(ScaledStdConv2d), torch.randn(2, 3, 8, 8)
+
+
+class StackedBranches(nn.Module):
+    """Two branches joined on a new axis (stack, or unsqueeze + cat), then flattened."""
+
+    def __init__(self, how="stack"):
+        super().__init__()
+        self.how = how
+        self.a, self.b, self.fc = nn.Linear(4, 6), nn.Linear(4, 6), nn.Linear(12, 2)
+
+    def forward(self, x):
+        a, b = F.relu(self.a(x)), F.relu(self.b(x))
+        y = torch.stack([a, b], 1) if self.how == "stack" else torch.cat([a.unsqueeze(1), b.unsqueeze(1)], 1)
+        return self.fc(y.flatten(1))
+
+
+def stacked():
+    return StackedBranches("stack"), torch.randn(3, 4)
+
+
+def unsqueeze_cat():
+    return StackedBranches("cat"), torch.randn(3, 4)
+
+
 ZOO = {"resnet_bottleneck": resnet_bottleneck, "densenet": densenet, "mobilenet_v2": mobilenet_v2,
        "transformer": transformer, "transformer_eager": transformer_eager,
        "transformer_einsum": transformer_einsum, "mha_model": mha_model,
-       "fused_qkv": fused_qkv, "torch_encoder": torch_encoder, "assorted": assorted}
+       "fused_qkv": fused_qkv, "torch_encoder": torch_encoder, "assorted": assorted,
+       "standardised": standardised, "scaled_standardised": scaled_standardised, "stacked": stacked,
+       "unsqueeze_cat": unsqueeze_cat}

@@ -246,19 +246,42 @@ def test_the_output_check_refuses_a_wrong_model(monkeypatch):
 
     model, x = build("lenet5")
     prune_structured(model, 0.5, x)
-    real = compact_module.apply_record
+    real = compact_module.materialise
 
-    def corrupting(target, record):
-        real(target, record)
+    def corrupting(target, source, record):
+        real(target, source, record)
         with torch.no_grad():
             target[0].bias.add_(1.0)  # what a wrong slice would do
         return target
 
-    monkeypatch.setattr(compact_module, "apply_record", corrupting)
+    monkeypatch.setattr(compact_module, "materialise", corrupting)
     with pytest.raises(pk.GraphError, match="differ"):
         compact(model, x)
     small, _ = compact(model, x, check=False)  # the check is what caught it
     assert relative_error(model(x), small(x)) > 1e-3
+
+
+def test_any_exception_of_the_compacted_forward_is_a_graph_error():
+    class Fixed(nn.Module):
+        """A size the graph cannot see: the forward checks a channel count against a number."""
+
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 8, 1), nn.Linear(8, 2)
+
+        def forward(self, x):
+            y = self.conv(x)
+            if y.shape[1] != 8:
+                raise ValueError("expected 8 channels")
+            return self.fc(y.mean((2, 3)))
+
+    model, x = Fixed(), torch.randn(2, 3, 4, 4)
+    prune_structured(model, 0.5, x)
+    masks = pk.get_masks(model)
+    with pytest.raises(pk.GraphError, match="cannot run.*ValueError: expected 8 channels") as info:
+        compact(model, x)
+    assert isinstance(info.value.__cause__, ValueError)
+    assert pk.get_masks(model) == masks and model(x).shape == (2, 2)  # the masked model still works
 
 
 def test_tied_weights_stay_tied():
@@ -281,3 +304,67 @@ def test_tied_weights_stay_tied():
     small, _ = compact(model, x, graph=graph)
     assert small.head.weight is small.embed.weight and small.embed.weight.shape == (20, 4)
     assert relative_error(model(x), small(x)) <= 1e-5
+
+
+def _tiny_decoder(kind):
+    transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install transformers)")
+    config = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=8,
+                  num_key_value_heads=4, vocab_size=50, max_position_embeddings=32)
+    if kind == "llama":
+        return transformers.LlamaModel(transformers.LlamaConfig(**config))
+    return transformers.Qwen2Model(transformers.Qwen2Config(**config))
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_grouped_query_attention_heads_are_removed_exactly(kind):
+    torch.manual_seed(0)
+    model = randomise(_tiny_decoder(kind)).eval()
+    tokens = torch.randint(0, 50, (2, 7))
+    graph = build_graph(model, tokens)
+    heads = graph["layers.0.self_attn.q_proj:heads"]
+    # 4 key/value heads, each shared by 2 query heads of size 4: one unit = 2 query heads + 1 KV head
+    assert heads.kind == "head" and heads.size == 4 and heads.prunable
+    found = {(s.name, s.dim): s.index for s in heads.slices}
+    assert torch.equal(found[("layers.0.self_attn.q_proj.weight", 0)][1], torch.arange(8, 16))
+    assert torch.equal(found[("layers.0.self_attn.k_proj.weight", 0)][1], torch.arange(4, 8))
+    assert torch.equal(found[("layers.0.self_attn.o_proj.weight", 1)][1], torch.arange(8, 16))
+    pk.apply_masks(model, group_masks(graph, {heads.name: torch.tensor([True, False, True, False])}))
+    small, _ = compact(model, tokens, graph=graph)
+    attn = small.layers[0].self_attn
+    assert attn.q_proj.weight.shape == (16, 32) and attn.k_proj.weight.shape == attn.v_proj.weight.shape == (8, 32)
+    assert attn.o_proj.weight.shape == (32, 16)
+    with torch.no_grad():
+        assert relative_error(model(tokens).last_hidden_state, small(tokens).last_hidden_state) <= 1e-5
+
+
+def test_in_place_compaction_turns_the_model_itself_into_the_small_one():
+    model, x = build("resnet_bottleneck")
+    randomise(model).eval()
+    graph = build_graph(model, x)
+    prune_structured(model, 0.5, x, graph=graph)
+    with torch.no_grad():
+        expected = model(x)
+    kept_fc_bias = model.fc.bias  # an unmasked tensor that keeps its shape keeps its identity
+    before = pk.parameter_counts(model)["total"]
+    small, record = compact(model, x, graph=graph, inplace=True)
+    assert small is model and not pk.get_masks(model)
+    assert not any(parametrize.is_parametrized(m) for m in model.modules())
+    assert model.fc.bias is kept_fc_bias and pk.parameter_counts(model)["total"] < before
+    with torch.no_grad():
+        assert relative_error(expected, model(x)) <= 1e-5
+
+
+def test_the_copy_is_streamed_from_a_tensorless_skeleton():
+    from prunekit.compaction import plain_copy, skeleton_copy
+
+    model, x = build("transformer")
+    pk.prune(model, 0.5)
+    skeleton = skeleton_copy(model)
+    own = [t for n, t in list(skeleton.named_parameters()) + list(skeleton.named_buffers()) if "parametrizations" not in n]
+    assert own and all(t.numel() == 0 for t in own)
+    plain = plain_copy(model)  # masks baked in, nothing sliced, nothing shared with the original
+    assert not any(parametrize.is_parametrized(m) for m in plain.modules())
+    assert torch.equal(plain.blocks[0].attn.q.weight, model.blocks[0].attn.q.weight)
+    assert plain.blocks[0].attn.q.weight.data_ptr() != model.blocks[0].attn.q.weight.data_ptr()
+    with torch.no_grad():
+        assert torch.equal(plain(x), model(x))

@@ -9,11 +9,12 @@ from torch import nn
 
 import prunekit as pk
 from prunekit.graph import build_graph, register_handler
-from prunekit.graph.handlers import _MODULE_HANDLERS
+from prunekit.graph import unregister_handler
 from prunekit.prune import prune_structured
 from prunekit.compaction import compact
 
-from models_zoo import (ZOO, densenet, fused_qkv, mha_model, mobilenet_v2, resnet_bottleneck, transformer,
+from models_zoo import (ZOO, StdConv2d, densenet, fused_qkv, mha_model, mobilenet_v2, resnet_bottleneck,
+                        scaled_standardised, stacked, standardised, transformer, unsqueeze_cat,
                         transformer_eager, transformer_einsum, untraceable)
 
 
@@ -215,7 +216,7 @@ def test_custom_module_handler():
     try:
         assert build_graph(Net(), x)["conv1:out"].prunable
     finally:
-        _MODULE_HANDLERS.pop(Mystery)
+        unregister_handler(Mystery)
 
 
 def test_keyword_inputs_and_masked_model():
@@ -296,3 +297,204 @@ def test_normalising_over_channels_blocks_them():
 
     graph = build_graph(Norm(), torch.randn(1, 3, 4, 4))
     assert not graph["conv:out"].prunable and "normalize" in graph["conv:out"].reason
+
+
+@pytest.mark.parametrize("builder", [standardised, scaled_standardised])
+def test_standardised_weights_keep_their_output_channels(builder):
+    model, x = builder()
+    graph = build_graph(model, x)
+    # the stem's filters are normalised over their inputs (the image): that side is blocked, named
+    assert "statistic over axis 1 of stem.weight" in graph["stem:in"].reason
+    # the depthwise conv normalises each filter over its own kernel: the stem's channels stay free
+    stem = slices_of(graph["stem:out"])
+    assert graph["stem:out"].prunable and {("stem.weight", 0), ("dw.weight", 0), ("expand.weight", 1)} <= set(stem)
+    assert graph["expand:out"].prunable
+    prune_structured(model, 0.5, x, graph=graph)
+    small, _ = compact(model, x, graph=graph)
+    assert small.stem.out_channels == small.dw.groups == 4 and small.expand.out_channels == 6
+
+
+def test_a_statistic_over_input_channels_blocks_them():
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), StdConv2d(8, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    reason = build_graph(model, torch.randn(1, 3, 6, 6))["0:out"].reason
+    assert "'mean' in 2 computes a statistic over axis 1 of 2.weight" in reason
+
+
+def test_per_channel_bookkeeping_for_computed_weights():
+    """Weights computed from parameters are followed by axis, never per weight element."""
+    from prunekit.graph.handlers import dispatch
+    from prunekit.graph.registry import Handlers
+    from prunekit.graph.tracer import run_trace
+
+    model = nn.Sequential(StdConv2d(64, 256, 3), nn.ReLU(), StdConv2d(256, 256, 3))
+    trace = run_trace(model, torch.randn(1, 64, 8, 8), dispatch, Handlers())
+    weights = sum(p.numel() for p in model.parameters())
+    assert not trace.element_atoms and len(trace.atoms) < 2000 < weights
+
+
+def test_weight_norm_parametrization_is_followed_by_the_graph():
+    wn = nn.utils.parametrizations.weight_norm
+    model = nn.Sequential(wn(nn.Conv2d(3, 8, 3)), nn.ReLU(), wn(nn.Conv2d(8, 6, 3)), nn.Flatten(), nn.LazyLinear(2))
+    x = torch.randn(2, 3, 8, 8)
+    model(x)
+    group = build_graph(model, x)["0:out"]
+    assert group.prunable and group.size == 8
+    found = {(s.name, s.dim): s.kind for s in group.slices}
+    # g (the scale) is masked; v's rows are only sliced (a masked row of v would divide 0 by 0)
+    assert found[("0.parametrizations.weight.original0", 0)] == "param"
+    assert found[("0.parametrizations.weight.original1", 0)] == "buffer"
+    assert found[("2.parametrizations.weight.original1", 1)] == "param"
+
+
+def test_a_group_count_written_in_the_code_blocks_its_channels():
+    class Blur(nn.Module):
+        """A fixed blur filter applied per channel with groups written as a number."""
+
+        def __init__(self, channels):
+            super().__init__()
+            self.channels = channels
+            self.register_buffer("filt", torch.ones(channels, 1, 3, 3) / 9)
+
+        def forward(self, x):
+            return F.conv2d(x, self.filt, padding=1, groups=self.channels)
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), Blur(8), nn.Conv2d(8, 4, 1), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    graph = build_graph(model, torch.randn(1, 3, 6, 6))
+    assert not graph["0:out"].prunable
+    assert "groups=8 is written in the code of 1" in graph["0:out"].reason and "conv2d" in graph["0:out"].reason
+    assert graph["2:out"].prunable  # only the channels the constant fixes
+
+
+@pytest.mark.parametrize("builder", [stacked, unsqueeze_cat])
+def test_branches_stacked_on_a_new_axis_are_one_unit(builder):
+    model, x = builder()
+    graph = build_graph(model, x)
+    group = graph["a:out"]
+    assert group.prunable and group.size == 6
+    found = slices_of(group)
+    assert torch.equal(found[("a.weight", 0)].flatten(), found[("b.weight", 0)].flatten())
+    # flatten of (2, 6): unit j owns input features j (branch a) and 6 + j (branch b) of fc
+    assert torch.equal(found[("fc.weight", 1)], torch.stack([torch.arange(6), torch.arange(6, 12)], 1))
+
+
+def test_train_mode_pass_that_cannot_run_falls_back_to_the_eval_graph():
+    class AuxAtBatchOne(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.head = nn.Conv2d(3, 8, 3), nn.Linear(8, 2)
+            self.aux = nn.Sequential(nn.Linear(8, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+
+        def forward(self, x):
+            y = F.relu(self.conv(x)).mean((2, 3))
+            return (self.head(y), self.aux(y)) if self.training else self.head(y)
+
+    model, x = AuxAtBatchOne(), torch.randn(1, 3, 6, 6)  # BatchNorm1d cannot train on one sample
+    state = copy.deepcopy(model.state_dict())
+    with pytest.warns(UserWarning, match="(?s)train-mode pass.*more than 1 value.*aux.0.weight"):
+        graph = build_graph(model, x)
+    assert graph["conv:out"].prunable and "more than 1 value" in graph.train_pass_error
+    assert graph.unused == sorted(n for n, _ in model.named_parameters() if n.startswith("aux"))
+    assert all("aux" not in s.name for g in graph for s in g.slices)  # nothing of the failed pass is left
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items()) and model.training
+    assert not build_graph(model, torch.randn(2, 3, 6, 6)).unused  # with a batch of two it couples them
+
+
+def test_handlers_are_scoped_and_serve_graph_compaction_and_flops():
+    from prunekit.compaction import predicted_counts
+    from prunekit.graph import LayerHandler, layer_handlers
+
+    class Scale(nn.Module):
+        """A per-channel scale through an op prunekit does not know, with its own width attribute."""
+
+        def __init__(self, channels):
+            super().__init__()
+            self.width = channels
+            self.weight = nn.Parameter(torch.rand(channels) + 0.5)
+
+        def forward(self, x):
+            return torch.special.i0(x) * self.weight.view(1, self.width, 1, 1)
+
+    class ScaleHandler(LayerHandler):
+        def trace(self, trace, module, name, args, kwargs, output):
+            atoms = trace.axis_atoms(trace.labels(args[0]), 1, "Scale")
+            trace.couple(f"{name}.weight", 0, atoms)
+            trace.set_labels(output, trace.labels(args[0]))
+
+        def attributes(self, module, size):
+            return {"width": size("weight", 0)}
+
+        def macs(self, module, inputs, output):
+            per = output.numel() // module.width
+            return per * module.width, per * int(torch.count_nonzero(module.weight))
+
+    def net():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 8, 1), Scale(8), nn.Conv2d(8, 2, 1))
+
+    x = torch.randn(2, 3, 4, 4)
+    handlers = {Scale: ScaleHandler()}
+    assert not build_graph(net(), x)["0:out"].prunable           # nothing registered: blocked
+    model = net()
+    graph = build_graph(model, x, handlers=handlers)              # this call only
+    assert graph["0:out"].prunable and ("1.weight", 0) in slices_of(graph["0:out"])
+    assert not build_graph(net(), x)["0:out"].prunable           # it did not leak
+    prune_structured(model, 0.5, x, graph=graph)
+    small, _ = compact(model, x, graph=graph)                     # the graph's handlers resize `width`
+    assert small[1].width == 4 and small[1].weight.shape == (4,)
+    with layer_handlers(handlers):                                # a block: every call inside
+        flops = pk.count_flops(model, x)
+        assert predicted_counts(model, x)["flops"] == flops["sparse_flops"]
+    assert flops["layers"]["1"] == {"dense_macs": 2 * 16 * 8, "sparse_macs": 2 * 16 * 4}
+    assert "1" not in pk.count_flops(model, x)["layers"]
+
+
+def test_example_inputs_are_one_type_everywhere():
+    from prunekit.compaction import predicted_counts
+    from prunekit.nested import ExampleInputs
+
+    class KW(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(4, 6), nn.Linear(6, 2)
+
+        def forward(self, features, *, scale):
+            return self.fc2(F.relu(self.fc1(features))) * scale
+
+    x, scale = torch.randn(3, 4), torch.tensor(2.0)
+    forms = [{"features": x, "scale": scale}, ExampleInputs(x, scale=scale)]
+    expected = 2 * 3 * (4 * 6 + 6 * 2)
+    for example in forms:
+        model = KW()
+        assert pk.count_flops(model, example)["dense_flops"] >= expected
+        prune_structured(model, 0.5, example)
+        counts = predicted_counts(model, example)
+        small, _ = compact(model, example)
+        assert counts["params"] == sum(p.numel() for p in small.parameters()) == 4 * 3 + 3 + 3 * 2 + 2
+
+
+def test_vectorised_union_find_matches_a_plain_one():
+    from prunekit.graph.atoms import AtomSet
+
+    gen = torch.Generator().manual_seed(0)
+    atoms = AtomSet()
+    ids = atoms.new(300)
+    parent = list(range(301))
+
+    def find(a):
+        while parent[a] != a:
+            a = parent[a]
+        return a
+
+    for _ in range(20):
+        a = ids[torch.randint(0, 300, (25,), generator=gen)]
+        b = ids[torch.randint(0, 300, (25,), generator=gen)]
+        atoms.union_pairs(a, b)
+        for x, y in zip(a.tolist(), b.tolist()):
+            parent[find(x)] = find(y)
+        atoms.block(ids[:1], "first")
+        ours, theirs = atoms.roots(ids), torch.tensor([find(i) for i in ids.tolist()])
+        # same partition: two atoms share a root in one exactly when they do in the other
+        assert torch.equal(ours[:, None] == ours[None], theirs[:, None] == theirs[None])
+        sizes = torch.bincount(theirs)[theirs]
+        assert torch.equal(atoms.merged(ids), (sizes > 1) | (ours == ours[0]))
+    assert atoms.reasons(int(ids[0])) == ["first"]

@@ -12,10 +12,10 @@ Bytes: dense = d · value_bits/8. Two compressed layouts are priced for every we
 A tensor is stored in whichever of dense / bitmask / CSR is smallest ("compressed").
 
 FLOPs: torch.utils.flop_counter counts the dense model (2 FLOPs per multiply-accumulate).
-For Linear and Conv layers the sparse count uses only non-zero weights: every output
-position of a layer multiplies each non-zero weight of its filter once, so
-MACs = (output elements / output channels) · ‖W‖₀ — exact for Linear, and for convolutions
-up to the zero padding at the borders.
+For Linear and Conv layers (and any layer whose LayerHandler counts MACs) the sparse count
+uses only non-zero weights: every output position of a layer multiplies each non-zero weight
+of its filter once, so MACs = (output elements / output channels) · ‖W‖₀ — exact for Linear,
+and for convolutions up to the zero padding at the borders.
 """
 
 from __future__ import annotations
@@ -27,8 +27,10 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .graph import Handlers, LayerHandler
 from .masks import MaskSet, effective_weight, get_masks, named_parameters
 from .modes import evaluation_mode
+from .nested import ExampleInputs
 
 
 @dataclass(frozen=True)
@@ -115,37 +117,35 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
             "compressed_bytes": sum(r.compressed_bytes for r in rows)}
 
 
-_COUNTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-
-
-def count_flops(model: nn.Module, example_input) -> dict:
+def count_flops(model: nn.Module, example_input, *, handlers=None) -> dict:
     """Dense and sparse FLOPs of one forward pass on `example_input` (2 FLOPs per MAC).
 
+    `example_input`: anything prunekit.ExampleInputs.of accepts (a tensor, a tuple of positional
+    inputs, a dict of keyword inputs). The dense count is torch's FLOP counter. A layer whose
+    handler (built-in for conv / linear, or a registered LayerHandler with `macs`) counts its
+    multiply-accumulates is priced sparse: its dense MACs are replaced by its non-zero ones.
     The model's train/eval mode, gradients and buffers are left as they were.
     """
+    chain = Handlers.of(handlers)
+    example = ExampleInputs.of(example_input)
     layer_macs: dict[str, tuple[int, int]] = {}
     handles = []
 
-    def hook(name):
+    def hook(name, handler):
         def record(module, inputs, output):
-            weight = module.weight
-            # Every weight is used once per position: per output position for Linear / Conv
-            # (weight.shape[0] = output channels), per input position for a transposed conv
-            # (weight.shape[0] = input channels).
-            if isinstance(module, nn.modules.conv._ConvTransposeNd):
-                positions = inputs[0].numel() // weight.shape[0]
-            else:
-                positions = output.numel() // weight.shape[0]
-            layer_macs[name] = (positions * weight.numel(), positions * int(torch.count_nonzero(weight)))
+            macs = handler.macs(module, inputs, output)
+            if macs is not None:
+                dense, sparse = layer_macs.get(name, (0, 0))
+                layer_macs[name] = (dense + int(macs[0]), sparse + int(macs[1]))
         return record
 
-    for name, module in model.named_modules():
-        if isinstance(module, _COUNTED):
-            handles.append(module.register_forward_hook(hook(name)))
-    inputs = example_input if isinstance(example_input, tuple) else (example_input,)
     try:
+        for name, module in model.named_modules():
+            handler = chain.lookup(module)
+            if handler is not None and type(handler).macs is not LayerHandler.macs:
+                handles.append(module.register_forward_hook(hook(name, handler)))
         with evaluation_mode(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(*inputs)
+            example(model)
     finally:
         for h in handles:
             h.remove()

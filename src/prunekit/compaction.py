@@ -12,9 +12,13 @@ deleting the slices — and the running statistics, which only ever multiplied a
 leaves every output unchanged. Partially masked units and blocked groups stay as they are.
 If every unit of a group is masked, the first one is kept (all zeros) so shapes stay valid.
 
-The result is a deep copy with masks baked in, tensors sliced and module attributes
-(in/out channels and features, groups, num_features, num_groups, embed_dim, num_heads …)
-updated; it needs nothing from prunekit to run, save, load or export.
+The result is a copy with masks baked in, tensors sliced and module attributes (in/out
+channels and features, groups, num_features, num_groups, embed_dim, num_heads …, and what a
+registered LayerHandler's `attributes` says) updated; it needs nothing from prunekit to run,
+save, load or export. The copy is streamed: the module tree is copied without its tensors,
+then each tensor is baked and sliced from the original one at a time, so peak memory is the
+model plus the compacted model, never two full copies. `inplace=True` compacts the model
+itself (peak: the model plus one tensor).
 """
 
 from __future__ import annotations
@@ -32,10 +36,10 @@ from torch.nn.utils import parametrize
 from .accounting import count_flops
 from .errors import GraphError, PrunekitError
 from .files import load_tensors, make_parent
-from .graph import SIZE_SUFFIX, DependencyGraph, build_graph, graph_and_output
+from .graph import SIZE_SUFFIX, DependencyGraph, Handlers, build_graph, graph_and_output
 from .masks import canonical_name, get_masks
 from .modes import evaluation_mode
-from .nested import tensors_in
+from .nested import ExampleInputs, tensors_in
 from .structured import dead_units
 
 FORMAT = "prunekit.compaction/1"
@@ -94,61 +98,45 @@ def removable_units(model: nn.Module, graph: DependencyGraph) -> dict[str, torch
 
 
 def make_record(model: nn.Module, graph: DependencyGraph, keep: dict[str, torch.Tensor]) -> CompactionRecord:
-    removed: dict[tuple[str, int], set[int]] = {}
+    removed: dict[tuple[str, int], list[torch.Tensor]] = {}
     for name, kept in keep.items():
         for s in graph[name].slices:
-            removed.setdefault((s.name, s.dim), set()).update(s.index[~kept].reshape(-1).tolist())
+            removed.setdefault((s.name, s.dim), []).append(s.index[~kept].reshape(-1))
     record = CompactionRecord()
     for (name, dim), gone in removed.items():
         size = graph.shapes[name][dim]
+        alive = torch.ones(size, dtype=torch.bool)
+        alive[torch.cat(gone)] = False
         record.shapes[name] = tuple(graph.shapes[name])
-        record.kept.setdefault(name, {})[dim] = torch.tensor([i for i in range(size) if i not in gone],
-                                                             dtype=torch.long)
-    record.attrs = _module_attributes(model, record)
+        record.kept.setdefault(name, {})[dim] = torch.nonzero(alive).flatten()
+    record.attrs = module_attributes(model, record, graph.handlers)
     return record
 
 
-def _module_attributes(model: nn.Module, record: CompactionRecord) -> dict[str, dict[str, object]]:
-    """The constructor-level attributes each touched module has after slicing."""
-    def new(name, dim, default):
-        return record.new_shape(name)[dim] if name in record.kept else default
-
+def module_attributes(model: nn.Module, record: CompactionRecord, handlers=None) -> dict[str, dict[str, object]]:
+    """The constructor-level attributes each touched module has after slicing, from the layer
+    handler of its type (built-in for torch.nn layers, or the user's)."""
+    handlers = Handlers.of(handlers)
     touched = {n[: -len(SIZE_SUFFIX)] if n.endswith(SIZE_SUFFIX) else n.rpartition(".")[0] for n in record.kept}
     attrs = {}
     for mname in sorted(touched):
-        m = model.get_submodule(mname)
-        w = f"{mname}.weight" if mname else "weight"
-        size = mname + SIZE_SUFFIX
-        a = {}
-        if isinstance(m, nn.modules.conv._ConvNd):
-            if m.transposed:
-                a["in_channels"] = new(w, 0, m.in_channels)
-                a["out_channels"] = new(w, 1, m.weight.shape[1]) * m.groups
-            else:
-                a["out_channels"] = new(w, 0, m.out_channels)
-                a["in_channels"] = new(size, 0, m.in_channels)
-                a["groups"] = a["in_channels"] // new(w, 1, m.weight.shape[1])
-        elif isinstance(m, nn.Linear):
-            a["in_features"], a["out_features"] = new(w, 1, m.in_features), new(w, 0, m.out_features)
-        elif isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)):
-            a["num_features"] = new(size, 0, m.num_features)
-        elif isinstance(m, nn.GroupNorm):
-            per_group = m.num_channels // m.num_groups
-            a["num_channels"] = new(size, 0, m.num_channels)
-            a["num_groups"] = a["num_channels"] // per_group
-        elif isinstance(m, nn.LayerNorm) and m.weight is not None:
-            a["normalized_shape"] = tuple(record.new_shape(w)) if w in record.kept else m.normalized_shape
-        elif isinstance(m, nn.Embedding):
-            a["embedding_dim"] = new(w, 1, m.embedding_dim)
-        elif isinstance(m, nn.PReLU):
-            a["num_parameters"] = new(w, 0, m.num_parameters)
-        elif isinstance(m, nn.MultiheadAttention):
-            embed = new(f"{mname}.in_proj_weight", 1, m.embed_dim)
-            a.update(embed_dim=embed, kdim=embed, vdim=embed, num_heads=embed // m.head_dim)
-        elif hasattr(m, "nf") and w in record.kept:  # GPT-2's Conv1D (weight: in × out)
-            a["nf"] = new(w, 1, m.nf)
-        if a:
-            attrs[mname] = a
+        try:
+            module = model.get_submodule(mname)
+        except AttributeError:
+            continue  # the originals of a parametrization: their module's attributes follow them
+        handler = handlers.lookup(module)
+        if handler is None:
+            continue
+
+        def size(tensor: str, dim: int, default=None, mname=mname, module=module):
+            name = mname + SIZE_SUFFIX if tensor == "<channels>" else (f"{mname}.{tensor}" if mname else tensor)
+            if name in record.kept:
+                return record.new_shape(name)[dim]
+            return default if default is not None else getattr(module, tensor).shape[dim]
+
+        new = handler.attributes(module, size)
+        if new:
+            attrs[mname] = new
     return attrs
 
 
@@ -178,40 +166,98 @@ def apply_record(model: nn.Module, record: CompactionRecord) -> nn.Module:
         if tuple(state[name].shape) != tuple(shape):
             raise PrunekitError(f"'{name}' has shape {tuple(state[name].shape)}, the record expects {tuple(shape)}: "
                                 "was this model already compacted, or built with other sizes?")
-    holders: dict[int, list[tuple[nn.Module, str]]] = {}  # a tied tensor is held by several modules
+    return materialise(model, model, record)
+
+
+def skeleton_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of the module tree whose tensors are empty placeholders (no data copied).
+
+    The parametrizations (masks) are not copied at all: the skeleton refers to the original's
+    until `materialise` bakes them from the original and drops the reference."""
+    memo = {}
+    for t in list(model.parameters()) + list(model.buffers()):
+        empty = torch.empty(0, dtype=t.dtype, device=t.device)
+        memo[id(t)] = nn.Parameter(empty, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else empty
     for module in model.modules():
-        for attr, tensor in list(module._parameters.items()) + list(module._buffers.items()):
-            if tensor is not None:
-                holders.setdefault(id(tensor), []).append((module, attr))
-    with torch.no_grad():
-        for name, dims in record.kept.items():
-            if name.endswith(SIZE_SUFFIX):
-                continue
-            old = state[name]
-            value = old.detach()
-            for dim, index in dims.items():
-                value = value.index_select(dim, index.to(value.device))
-            new = nn.Parameter(value.clone(), requires_grad=old.requires_grad) if isinstance(
-                old, nn.Parameter) else value.clone()
-            for module, attr in holders.get(id(old), [_tensor_owner(model, name)]):
-                (module._parameters if isinstance(old, nn.Parameter) else module._buffers)[attr] = new
+        if parametrize.is_parametrized(module):
+            memo[id(module.parametrizations)] = module.parametrizations
+    return copy.deepcopy(model, memo)
+
+
+def _sliced(value: torch.Tensor, kept: dict[int, torch.Tensor] | None) -> torch.Tensor:
+    for dim, index in (kept or {}).items():
+        value = value.index_select(dim, index.to(value.device))
+    return value
+
+
+def materialise(target: nn.Module, source: nn.Module, record: CompactionRecord) -> nn.Module:
+    """Fill `target` (`source` itself, or its skeleton_copy) with `source`'s tensors — masks and
+    other parametrizations baked in, sliced as `record` says — one tensor at a time, then set the
+    recorded module attributes. Tied tensors stay tied. In place, a tensor that keeps its shape
+    and had no parametrization stays the very same object."""
+    inplace = target is source
+    done: dict[int, torch.Tensor] = {}   # id(source tensor) → its new tensor: one per tied tensor
+    pairs = [(name, t, s) for (name, t), s in zip(target.named_modules(), source.modules())
+             if ".parametrizations." not in f".{name}."]
+
+    def convert(value, key, canonical, is_param, requires_grad, fresh=False):
+        if key not in done:
+            kept = record.kept.get(canonical)
+            if inplace and not kept and not fresh:
+                done[key] = value  # unchanged: keep the object (an optimizer built on it still works)
+            else:
+                with torch.no_grad():
+                    data = _sliced(value.detach(), kept) if kept else value.detach()
+                    if not kept and not fresh:
+                        data = data.clone()  # the copy owns its memory
+                done[key] = nn.Parameter(data, requires_grad=requires_grad) if is_param else data
+        return done[key]
+
+    baked_attrs: dict[int, set[str]] = {}
+    for name, t_mod, s_mod in pairs:  # parametrized tensors first, so a tied plain holder gets the baked one
+        if not parametrize.is_parametrized(s_mod):
+            continue
+        prefix, base = (f"{name}." if name else ""), type(s_mod).__bases__[0]
+        baked = {}
+        for attr, chain in s_mod.parametrizations.items():
+            original = getattr(chain, "original", None)
+            requires_grad = original.requires_grad if original is not None else any(
+                p.requires_grad for p in chain.parameters())
+            with torch.no_grad():
+                value = getattr(s_mod, attr)  # w ⊙ m, or the parametrization's output, computed now
+            baked[attr] = convert(value, id(original) if original is not None else id(chain), prefix + attr,
+                                  True, requires_grad, fresh=True)
+        t_mod.__class__ = base  # the user's own class again
+        del t_mod._modules["parametrizations"]
+        t_mod._parameters.update(baked)
+        baked_attrs[id(t_mod)] = set(baked)
+    for name, t_mod, s_mod in pairs:
+        prefix, skip = (f"{name}." if name else ""), baked_attrs.get(id(t_mod), set())
+        for attr, p in list(s_mod._parameters.items()):
+            if p is not None and attr not in skip:
+                t_mod._parameters[attr] = convert(p, id(p), prefix + attr, True, p.requires_grad)
+        for attr, b in list(s_mod._buffers.items()):
+            if b is not None:
+                t_mod._buffers[attr] = convert(b, id(b), prefix + attr, False, False)
     for mname, attrs in record.attrs.items():
-        module = model.get_submodule(mname)
+        module = target.get_submodule(mname)
         for attr, value in attrs.items():
             setattr(module, attr, value)
-    return model
+    return target
 
 
-def call_model(model, example_inputs):
-    if isinstance(example_inputs, dict):
-        return model(**example_inputs)
-    return model(*(example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)))
+def call_model(model: nn.Module, example_inputs):
+    """model(...) on example inputs in any form ExampleInputs.of accepts."""
+    return ExampleInputs.of(example_inputs)(model)
 
 
 def relative_error(a, b) -> float:
-    """max over outputs of ‖a − b‖ / ‖a‖ (0 when both are zero)."""
+    """max over outputs of ‖a − b‖ / ‖a‖ (0 when both are zero); inf when the structures differ."""
     worst = 0.0
-    for x, y in zip(tensors_in(a), tensors_in(b), strict=True):
+    first, second = list(tensors_in(a)), list(tensors_in(b))
+    if len(first) != len(second):
+        return math.inf
+    for x, y in zip(first, second):
         if x.shape != y.shape:
             return math.inf
         x, y = x.detach().double(), y.detach().double()
@@ -220,54 +266,48 @@ def relative_error(a, b) -> float:
 
 
 def plain_copy(model: nn.Module) -> nn.Module:
-    """A deep copy with every mask baked in (w ⊙ m) and no parametrization left.
-
-    remove_masks() is not used on the copy: parametrized modules of a copy share their
-    injected class with the original, and removing the parametrization edits that class.
-    """
-    small = copy.deepcopy(model)
-    holders: dict[int, list[tuple[nn.Module, str]]] = {}  # modules that share (tie) a parameter
-    for module in small.modules():
-        for attr, p in module._parameters.items():
-            if p is not None:
-                holders.setdefault(id(p), []).append((module, attr))
-    for module in list(small.modules()):
-        if not parametrize.is_parametrized(module):
-            continue
-        with torch.no_grad():
-            baked = {t: getattr(module, t).detach().clone() for t in module.parametrizations}
-        originals = {t: module.parametrizations[t].original for t in module.parametrizations}
-        module.__class__ = module.__class__.__bases__[0]  # the user's own class again
-        del module._modules["parametrizations"]
-        for t, value in baked.items():
-            new = nn.Parameter(value, requires_grad=originals[t].requires_grad)
-            module._parameters[t] = new
-            for other, attr in holders.get(id(originals[t]), []):
-                other._parameters[attr] = new  # a tied weight stays tied
-    return small
+    """A copy with every mask (and other parametrization) baked in and no parametrization left,
+    streamed tensor by tensor. remove_masks() is not used on a deep copy: parametrized modules
+    of a copy share their injected class with the original, and removing the parametrization
+    edits that class."""
+    return materialise(skeleton_copy(model), model, CompactionRecord())
 
 
 def compact(model: nn.Module, example_inputs, *, graph: DependencyGraph | None = None,
-            check: bool = True, rtol: float = 1e-5) -> tuple[nn.Module, CompactionRecord]:
-    """(smaller deep copy, CompactionRecord). `model` itself is not changed.
+            check: bool = True, rtol: float = 1e-5, inplace: bool = False,
+            handlers=None) -> tuple[nn.Module, CompactionRecord]:
+    """(smaller model, CompactionRecord). `model` itself is not changed unless `inplace`.
 
     With check=True both models run on `example_inputs` in eval mode and a relative output
-    error above `rtol` raises GraphError instead of returning a wrong model.
+    error above `rtol` — or any exception of the compacted forward — raises GraphError instead
+    of returning a wrong model. inplace=True turns `model` itself into the compacted model
+    (bounded memory for very large models; Parameters that shrink are new objects, so build
+    the optimizer afterwards); if its check then fails, the model is left compacted.
     """
+    example = ExampleInputs.of(example_inputs)
     reference = None
     if graph is None:  # the tracing pass is an eval-mode forward: its output is the reference
-        graph, reference = graph_and_output(model, example_inputs)
+        graph, reference = graph_and_output(model, example, handlers=handlers)
+    elif handlers is not None:
+        graph.handlers = Handlers.of(handlers)
     record = make_record(model, graph, removable_units(model, graph))
-    small = plain_copy(model)
-    apply_record(small, record)
+    if check and reference is None:
+        with torch.no_grad(), evaluation_mode(model):
+            reference = example(model)
+    small = materialise(model if inplace else skeleton_copy(model), model, record)
     if check:
-        with torch.no_grad(), evaluation_mode(model), evaluation_mode(small):
-            if reference is None:
-                reference = call_model(model, example_inputs)
-            error = relative_error(reference, call_model(small, example_inputs))
+        try:
+            with torch.no_grad(), evaluation_mode(small):
+                error = relative_error(reference, example(small))
+        except Exception as e:  # noqa: BLE001 - whatever the compacted forward raises, say it plainly
+            state = "was compacted in place and is now broken" if inplace else "was not changed"
+            raise GraphError(f"The compacted model cannot run on example_inputs ({type(e).__name__}: {e}); the "
+                             f"model {state}. A size written into the model's code probably did not follow "
+                             "its channels: please report this model.") from e
         if not error <= rtol:
+            state = "was compacted in place" if inplace else "was not changed"
             raise GraphError(f"The compacted model's outputs differ from the masked model's (relative error "
-                             f"{error:.2e} > {rtol:g}); nothing was changed. Please report this model.")
+                             f"{error:.2e} > {rtol:g}); the model {state}. Please report this model.")
     return small, record
 
 
@@ -286,8 +326,11 @@ def predicted_counts(model: nn.Module, example_inputs, *, graph: DependencyGraph
     for raw, p in model.named_parameters():
         name = canonical_name(raw)
         params += math.prod(record.new_shape(name)) if name in record.kept else p.numel()
-    return {"params": params, "flops": int(count_flops(model, example_inputs)["sparse_flops"])}
+    return {"params": params, "flops": int(count_flops(model, example_inputs, handlers=graph.handlers)["sparse_flops"])}
 
 
-__all__ = ["CompactionRecord", "apply_record", "compact", "make_record", "predicted_counts", "relative_error",
-           "removable_units"]
+__all__ = ["CompactionRecord", "apply_record", "call_model", "compact", "make_record", "materialise",
+           "module_attributes", "plain_copy", "predicted_counts", "relative_error", "removable_units", "skeleton_copy"]
+
+# Former private names, still imported by blocks.py until it uses call_model / plain_copy.
+_call, _plain_copy = call_model, plain_copy

@@ -1,4 +1,5 @@
-"""Tensors inside nested model inputs and outputs (tuples, lists, dicts, HF ModelOutputs)."""
+"""Model inputs and outputs: nested tensors (tuples, lists, dicts, HF ModelOutputs) and the one
+type for example inputs that every prunekit call accepts."""
 
 from __future__ import annotations
 
@@ -15,3 +16,49 @@ def tensors_in(obj):
     elif isinstance(obj, dict):
         for item in obj.values():
             yield from tensors_in(item)
+
+
+class ExampleInputs:
+    """What `model(...)` is called with: positional and keyword inputs.
+
+        ExampleInputs(x)                       # model(x)
+        ExampleInputs(x, mask)                 # model(x, mask)
+        ExampleInputs(input_ids=ids, attention_mask=m)   # model(input_ids=ids, attention_mask=m)
+
+    Every prunekit function that runs a model accepts one of these, or the shorthand it stands
+    for: a tensor (one positional input), a tuple (positional inputs) or a dict (keyword inputs);
+    `ExampleInputs.of` turns any of them into this type.
+    """
+
+    __slots__ = ("args", "kwargs")
+
+    def __init__(self, *args, **kwargs):
+        self.args = args
+        self.kwargs = kwargs
+
+    @classmethod
+    def of(cls, example) -> ExampleInputs:
+        if isinstance(example, ExampleInputs):
+            return example
+        if isinstance(example, dict):
+            return cls(**example)
+        if isinstance(example, tuple):
+            return cls(*example)
+        return cls(example)
+
+    def __call__(self, model):
+        """model(*args, **kwargs)."""
+        return model(*self.args, **self.kwargs)
+
+    def tensors(self):
+        return tensors_in((self.args, self.kwargs))
+
+    def __repr__(self) -> str:
+        parts = [_describe(a) for a in self.args] + [f"{k}={_describe(v)}" for k, v in self.kwargs.items()]
+        return f"ExampleInputs({', '.join(parts)})"
+
+
+def _describe(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"Tensor{tuple(value.shape)}"
+    return type(value).__name__

@@ -7,6 +7,10 @@ Two atoms that must be removed together — the two sides of a residual add, a c
 channel and the next conv's input channel — are merged here. After the forward pass, each
 connected component is one prunable *unit*.
 
+The union-find lives in tensors and merges whole index vectors at once (`union_pairs`):
+the pairs' roots are joined by vectorised min-label propagation with pointer jumping, so
+no Python loop ever runs over channels or weight elements.
+
 A component can be *blocked*: an operation the graph does not understand touched it, it
 reaches the model's output, or removing it would change a statistic (LayerNorm). A blocked
 component keeps every reason it was given, so the user learns which operation is at fault.
@@ -21,113 +25,150 @@ class AtomSet:
     """Union-find over atom ids 1..n (0 is the constant label and never merges)."""
 
     def __init__(self):
-        self._parent = [0]
-        self._size = [1]
+        self._parent = torch.zeros(1024, dtype=torch.long)
+        self._size = torch.ones(1024, dtype=torch.long)
+        self._n = 1  # atom 0 exists and is its own root
         self._reasons: dict[int, list[str]] = {}
         self._tags: dict[int, set[str]] = {}
-        self._table: torch.Tensor | None = None  # root of every atom, rebuilt after a merge
+        self._annotated = torch.zeros(1024, dtype=torch.bool)  # root has reasons or tags: a lookup table
+        self._blocked = torch.zeros(1024, dtype=torch.bool)    # root has reasons
 
     def __len__(self) -> int:
-        return len(self._parent) - 1
+        return self._n - 1
 
     def new(self, n: int) -> torch.Tensor:
         """n fresh atoms, as a LongTensor."""
-        start = len(self._parent)
-        self._parent.extend(range(start, start + n))
-        self._size.extend([1] * n)
-        return torch.arange(start, start + n, dtype=torch.long)
+        start, end = self._n, self._n + n
+        if end > len(self._parent):
+            capacity = max(end, 2 * len(self._parent))
+            self._parent = torch.cat([self._parent, torch.zeros(capacity - len(self._parent), dtype=torch.long)])
+            self._size = torch.cat([self._size, torch.ones(capacity - len(self._size), dtype=torch.long)])
+            extra = torch.zeros(capacity - len(self._annotated), dtype=torch.bool)
+            self._annotated, self._blocked = torch.cat([self._annotated, extra]), torch.cat([self._blocked, extra])
+        atoms = torch.arange(start, end, dtype=torch.long)
+        self._parent[start:end] = atoms
+        self._size[start:end] = 1
+        self._n = end
+        return atoms
+
+    def snapshot(self):
+        """A function that puts the union-find back as it is now."""
+        saved = (self._parent.clone(), self._size.clone(), self._n, {k: list(v) for k, v in self._reasons.items()},
+                 {k: set(v) for k, v in self._tags.items()}, self._annotated.clone(), self._blocked.clone())
+
+        def restore():
+            (self._parent, self._size, self._n, self._reasons, self._tags, self._annotated,
+             self._blocked) = saved
+        return restore
+
+    def roots(self, atoms: torch.Tensor) -> torch.Tensor:
+        """The component root of every entry (0 stays 0), same shape; compresses the paths it walks."""
+        atoms = torch.as_tensor(atoms, dtype=torch.long)
+        parent = self._parent
+        flat = atoms.reshape(-1)
+        root = parent[flat]
+        while True:
+            nxt = parent[root]
+            if torch.equal(nxt, root):
+                break
+            root = nxt
+        parent[flat] = root  # path compression for the next look-up
+        return root.reshape(atoms.shape)
 
     def find(self, a: int) -> int:
-        parent = self._parent
-        root = a
-        while parent[root] != root:
-            root = parent[root]
-        while parent[a] != root:  # path compression keeps later look-ups O(1)
-            parent[a], a = root, parent[a]
-        return root
-
-    def union(self, a: int, b: int) -> int:
-        if a == 0 or b == 0:
-            return self.find(a or b)
-        ra, rb = self.find(a), self.find(b)
-        if ra == rb:
-            return ra
-        if self._size[ra] < self._size[rb]:
-            ra, rb = rb, ra
-        self._parent[rb] = ra
-        self._table = None
-        self._size[ra] += self._size[rb]
-        if rb in self._reasons:
-            merged = self._reasons.setdefault(ra, [])
-            merged.extend(r for r in self._reasons.pop(rb) if r not in merged)
-        if rb in self._tags:
-            self._tags.setdefault(ra, set()).update(self._tags.pop(rb))
-        return ra
+        return int(self.roots(torch.tensor([int(a)]))[0])
 
     def union_pairs(self, a: torch.Tensor, b: torch.Tensor) -> None:
-        """Merge a[i] with b[i] for every i (tensors of equal shape); duplicates are cheap."""
-        a, b = squeeze_broadcast(*torch.broadcast_tensors(a, b))
+        """Merge a[i] with b[i] for every i (broadcastable tensors); zeros never merge."""
+        a, b = squeeze_broadcast(*torch.broadcast_tensors(torch.as_tensor(a), torch.as_tensor(b)))
         a, b = a.reshape(-1), b.reshape(-1)
         keep = (a != 0) & (b != 0) & (a != b)
         if not bool(keep.any()):
             return
-        keys = torch.unique(a[keep] * (1 << 31) + b[keep])  # one int per pair: a fast 1-D unique
-        for key in keys.tolist():
-            self.union(key >> 31, key & ((1 << 31) - 1))
+        pairs = torch.unique(a[keep] * self._n + b[keep])             # one int per pair: a fast 1-D unique
+        ra, rb = self.roots(pairs // self._n), self.roots(pairs % self._n)
+        keep = ra != rb
+        if not bool(keep.any()):
+            return
+        keys = torch.unique(ra[keep] * self._n + rb[keep])
+        nodes, local = torch.unique(torch.stack([keys // self._n, keys % self._n]), return_inverse=True)
+        src, dst = local[0], local[1]                                 # the roots involved, as local ids
+        label = torch.arange(len(nodes))
+        while True:  # min-label propagation with pointer jumping: each component ends at its smallest id
+            new = label.clone()
+            new.scatter_reduce_(0, src, label[dst], "amin")
+            new.scatter_reduce_(0, dst, label[src], "amin")
+            new = new[new]
+            if torch.equal(new, label):
+                break
+            label = new
+        moved = label != torch.arange(len(nodes))
+        old_roots, new_roots = nodes[moved], nodes[label[moved]]
+        self._parent[old_roots] = new_roots
+        self._size.index_add_(0, new_roots, self._size[old_roots])
+        self._move_annotations(old_roots, new_roots)
 
-    def union_all(self, atoms) -> int:
-        """Merge every atom in `atoms` into one component; returns its root (0 if none)."""
-        values = [int(v) for v in torch.unique(torch.as_tensor(atoms)).tolist() if v != 0]
-        root = 0
-        for v in values:
-            root = self.union(root, v) if root else self.find(v)
-        return root
+    def _move_annotations(self, old_roots: torch.Tensor, new_roots: torch.Tensor) -> None:
+        """Reasons and tags belong to roots: carry those of merged roots to their new root."""
+        hit = self._annotated[old_roots]
+        if not bool(hit.any()):
+            return
+        old_hit, new_hit = old_roots[hit], new_roots[hit]
+        self._blocked[new_hit] |= self._blocked[old_hit]
+        self._annotated[new_hit] = True
+        self._annotated[old_hit] = self._blocked[old_hit] = False
+        for old, new in zip(old_hit.tolist(), new_hit.tolist()):
+            if old in self._reasons:
+                merged = self._reasons.setdefault(new, [])
+                merged.extend(r for r in self._reasons.pop(old) if r not in merged)
+            if old in self._tags:
+                self._tags.setdefault(new, set()).update(self._tags.pop(old))
+
+    def union_rows(self, rows: torch.Tensor) -> None:
+        """Merge the atoms of each row of `rows` [n, k] into one component per row."""
+        if rows.numel() == 0:
+            return
+        rows = rows.reshape(rows.shape[0], -1)
+        anchor = rows.amax(1, keepdim=True)
+        self.union_pairs(anchor.expand_as(rows), rows)
 
     def _unique_roots(self, atoms) -> list[int]:
-        values = torch.unique(torch.as_tensor(atoms))
-        if len(values) > 64:  # many atoms: one vectorised look-up instead of a find() each
-            values = torch.unique(self.roots(values))
-            return [v for v in values.tolist() if v != 0]
-        return list(dict.fromkeys(self.find(v) for v in values.tolist() if v != 0))
+        atoms = torch.as_tensor(atoms, dtype=torch.long)
+        atoms = squeeze_broadcast(atoms)[0] if atoms.dim() else atoms  # expanded labels: unique over what is stored
+        roots = torch.unique(self.roots(torch.unique(atoms)))
+        return [r for r in roots.tolist() if r != 0]
 
     def block(self, atoms, reason: str) -> None:
-        for root in self._unique_roots(atoms):
+        roots = self._unique_roots(atoms)
+        self._annotated[roots] = self._blocked[roots] = True
+        for root in roots:
             reasons = self._reasons.setdefault(root, [])
             if reason not in reasons:
                 reasons.append(reason)
 
     def tag(self, atoms, tag: str) -> None:
-        for root in self._unique_roots(atoms):
+        roots = self._unique_roots(atoms)
+        self._annotated[roots] = True
+        for root in roots:
             self._tags.setdefault(root, set()).add(tag)
-
-    def roots(self, atoms: torch.Tensor) -> torch.Tensor:
-        """The component root of every entry (0 stays 0), same shape."""
-        if self._table is None or len(self._table) != len(self._parent):
-            # pointer jumping: parent[parent[...]] until fixed, vectorised over all atoms
-            table = torch.tensor(self._parent, dtype=torch.long)
-            while True:
-                nxt = table[table]
-                if torch.equal(nxt, table):
-                    break
-                table = nxt
-            self._table = table
-        return self._table[atoms]
 
     def merged(self, atoms: torch.Tensor) -> torch.Tensor:
         """Bool per entry: its component holds other atoms too, or is blocked."""
         roots = self.roots(atoms)
-        sizes = torch.tensor(self._size, dtype=torch.long)[roots]
-        blocked = torch.isin(roots, torch.tensor(list(self._reasons), dtype=torch.long))
-        return (sizes > 1) | blocked
+        return (self._size[roots] > 1) | self._blocked[roots]
+
+    def blocked(self) -> dict[int, list[str]]:
+        """{root: reasons} of every blocked component."""
+        return self._reasons
+
+    def tagged(self) -> dict[int, set[str]]:
+        return self._tags
 
     def reasons(self, root: int) -> list[str]:
         return list(self._reasons.get(self.find(root), []))
 
-    def tags(self, root: int) -> set[str]:
-        return set(self._tags.get(self.find(root), set()))
-
     def component_size(self, a: int) -> int:
-        return self._size[self.find(a)]
+        return int(self._size[self.find(a)])
 
 
 def varies_along(labels: torch.Tensor, dim: int) -> bool:
@@ -136,10 +177,6 @@ def varies_along(labels: torch.Tensor, dim: int) -> bool:
         return False
     labels = squeeze_broadcast(labels, keep=dim)[0]
     return bool((labels != labels.narrow(dim, 0, 1)).any())
-
-
-def varying_dims(labels: torch.Tensor) -> list[int]:
-    return [d for d in range(labels.dim()) if varies_along(labels, d)]
 
 
 def squeeze_broadcast(*tensors: torch.Tensor, keep: int | None = None) -> list[torch.Tensor]:
@@ -156,3 +193,14 @@ def squeeze_broadcast(*tensors: torch.Tensor, keep: int | None = None) -> list[t
         if d != keep and all(t.shape[d] > 1 and t.stride(d) == 0 for t in tensors):
             tensors = tuple(t.narrow(d, 0, 1) for t in tensors)
     return list(tensors)
+
+
+def compress(labels: torch.Tensor, threshold: int = 4096, keep: int | None = None) -> torch.Tensor:
+    """Labels materialised at full size (by a movement op), cut to size 1 along every axis they
+    do not vary along (but `keep`), so later operations cost O(channels) again."""
+    if labels.numel() <= threshold or labels.dim() == 0:
+        return labels
+    for d in range(labels.dim()):
+        if d != keep and labels.shape[d] > 1 and labels.stride(d) != 0 and not varies_along(labels, d):
+            labels = labels.narrow(d, 0, 1)
+    return squeeze_broadcast(labels, keep=keep)[0]

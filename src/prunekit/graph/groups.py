@@ -11,10 +11,12 @@ unit u (k > 1 after flatten → Linear, for heads, for depthwise multipliers).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 
+from .layers import owner_module
 from .tracer import SIZE_SUFFIX, Trace
 
 
@@ -54,6 +56,8 @@ class DependencyGraph:
         self.unused = list(unused or [])  # parameters the forward passes never used: never pruned
         self.unsupported = unsupported
         self.shapes = shapes
+        self.handlers = None          # the layer handlers the graph was built with (compaction reuses them)
+        self.train_pass_error = ""    # why the train-mode pass could not run, if it could not
         self._by_name = {g.name: g for g in groups}
 
     def __getitem__(self, name: str) -> Group:
@@ -98,6 +102,8 @@ def _resolve_elements(trace: Trace) -> None:
             shape = [1] * atoms.dim()
             shape[d] = -1
             if bool((roots == line.reshape(shape)).all()) and (atoms.shape[d] > 1 or atoms.numel() == 1):
+                if d in trace.indexed.get(name, ()):
+                    trace.freeze(name, f"{name} is read at fixed positions along the axis that carries channels")
                 trace.couple(name, d, line)
                 break
         else:
@@ -111,22 +117,55 @@ def _positions(trace: Trace):
     contiguous run; returns those runs as (root, key id, count, start) tensors.
     """
     keys = list(trace.coupled)
-    roots, key_ids, positions = [], [], []
-    for i, key in enumerate(keys):
-        r = trace.atoms.roots(trace.coupled[key])
-        live = torch.nonzero(r).flatten()
-        roots.append(r[live])
-        positions.append(live)
-        key_ids.append(torch.full((len(live),), i, dtype=torch.long))
-    root, key_id, pos = torch.cat(roots), torch.cat(key_ids), torch.cat(positions)
-    order = torch.argsort(pos, stable=True)
-    for column in (key_id, root):  # lexicographic: root, then key, then position
-        order = order[torch.argsort(column[order], stable=True)]
+    vectors = [trace.coupled[key] for key in keys]
+    lengths = torch.tensor([len(v) for v in vectors])
+    key_id = torch.repeat_interleave(torch.arange(len(keys)), lengths)
+    pos = torch.arange(int(lengths.sum())) - torch.repeat_interleave(torch.cumsum(lengths, 0) - lengths, lengths)
+    root = trace.atoms.roots(torch.cat(vectors))  # one look-up for every position of every tensor
+    live = root != 0
+    root, key_id, pos = root[live], key_id[live], pos[live]
+    order = torch.argsort(_lexicographic_key(root, key_id, pos))  # by root, then key, then position
     root, key_id, pos = root[order], key_id[order], pos[order]
     pair = root * len(keys) + key_id
     _, counts = torch.unique_consecutive(pair, return_counts=True)
     starts = torch.cumsum(counts, 0) - counts
     return keys, pos, root[starts], key_id[starts], counts, starts
+
+
+def _lexicographic_key(*columns: torch.Tensor) -> torch.Tensor:
+    """One int64 per row that sorts like the rows (non-negative columns, most significant first):
+    the columns packed in mixed radix — their values, or their ranks where the values are too wide."""
+    radices = [int(c.max()) + 1 if len(c) else 1 for c in columns]
+    if math.prod(radices) >= 2**62:  # too wide to pack the values themselves: pack their ranks
+        ranked = [torch.unique(c, return_inverse=True) for c in columns]
+        columns, radices = [rank for _, rank in ranked], [len(values) for values, _ in ranked]
+    key = torch.zeros_like(columns[0])
+    for column, radix in zip(columns, radices):
+        key = key * radix + column
+    return key
+
+
+def _unique_rows(codes: torch.Tensor):
+    """(distinct rows, row index of every row) like torch.unique(codes, dim=0, return_inverse=True),
+    through one int64 key per row (a 1-D unique, much faster than unique over rows); checked
+    exactly, with the slow path as fallback."""
+    weights = torch.randint(1, 2**61, (codes.shape[1],), generator=torch.Generator().manual_seed(0))
+    keys = (codes * weights).sum(1)  # wraps around on overflow: a hash
+    _, first, inverse = _first_of_each(keys)
+    if torch.equal(codes[first][inverse], codes):  # no two different rows share a key
+        order = torch.argsort(first)  # families in the order their units were met: deterministic
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(len(order))
+        return codes[first][order], rank[inverse]
+    return torch.unique(codes, dim=0, return_inverse=True)
+
+
+def _first_of_each(keys: torch.Tensor):
+    """(unique keys, index of one row per key — the last — , key index of every row)."""
+    values, inverse = torch.unique(keys, return_inverse=True)
+    first = torch.empty(len(values), dtype=torch.long)
+    first[inverse] = torch.arange(len(keys))
+    return values, first, inverse
 
 
 def build_groups(trace: Trace) -> DependencyGraph:
@@ -149,14 +188,15 @@ def build_groups(trace: Trace) -> DependencyGraph:
     codes = torch.full((len(unit_roots), width + 2), -1, dtype=torch.long)
     codes[unit_of_run, within] = run_key * base + run_count
     reason_ids: dict[tuple, int] = {(): 0}
-    for u, root in enumerate(unit_roots.tolist()):
-        reasons = trace.atoms.reasons(root)
-        if reasons:
-            codes[u, width] = reason_ids.setdefault(tuple(reasons), len(reason_ids))
-        if "head" in trace.atoms.tags(root):
-            codes[u, width + 1] = 1
+    unit_of_root = {root: u for u, root in enumerate(unit_roots.tolist())}
+    for root, reasons in trace.atoms.blocked().items():  # only the few annotated units: no loop over all
+        if root in unit_of_root and reasons:
+            codes[unit_of_root[root], width] = reason_ids.setdefault(tuple(reasons), len(reason_ids))
+    for root, tags in trace.atoms.tagged().items():
+        if root in unit_of_root and "head" in tags:
+            codes[unit_of_root[root], width + 1] = 1
     reason_of = {i: r for r, i in reason_ids.items()}
-    rows, family_of_unit = torch.unique(codes, dim=0, return_inverse=True)
+    rows, family_of_unit = _unique_rows(codes)
     order = torch.argsort(family_of_unit, stable=True)
     sizes = torch.bincount(family_of_unit, minlength=len(rows)).tolist()
     families = {}
@@ -177,7 +217,8 @@ def build_groups(trace: Trace) -> DependencyGraph:
         for column, (k, count) in enumerate(layout):
             index = pos[run_start[runs[:, column]].unsqueeze(1) + torch.arange(count)]
             name, dim = keys[k]
-            slices.append(Slice(name, dim, index, trace.kinds.get(name, "param")))
+            kind = "buffer" if (name, dim) in trace.unmasked else trace.kinds.get(name, "param")
+            slices.append(Slice(name, dim, index, kind))
         named_layout = tuple((keys[k], c) for k, c in layout)
         name = _group_name(named_layout, is_head, trace)
         taken[name] = taken.get(name, 0) + 1
@@ -201,7 +242,7 @@ def _group_name(layout, is_head: bool, trace: Trace) -> str:
     keys = [key for key, _ in layout]
     produced = [key for key in keys if key in trace.producers]
     name, dim = (produced or [k for k in keys if trace.kinds.get(k[0]) == "param"] or keys)[0]
-    module = name[: -len(SIZE_SUFFIX)] if name.endswith(SIZE_SUFFIX) else (name.rpartition(".")[0] or name)
+    module = name[: -len(SIZE_SUFFIX)] if name.endswith(SIZE_SUFFIX) else (owner_module(name) or name)
     if is_head:
         return f"{module}:heads"
     return f"{module}:out" if produced else f"{module}:in"

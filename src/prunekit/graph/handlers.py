@@ -13,7 +13,7 @@ in-place suffixes stripped, so `torch.relu_`, `F.relu` and `x.relu()` are one en
   parameter slices belong to which atom.
 
 Anything else that touches a channel blocks it, with the operation's name as the reason.
-`register_handler(ModuleType, fn)` lets users describe a custom layer as a whole.
+A custom layer is described as a whole by a layer handler (registry.py).
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from __future__ import annotations
 import torch
 
 from ..nested import tensors_in
-from . import layers
+from . import derived, layers
 from .atoms import squeeze_broadcast, varies_along
-from .movement import indexing, movement, pad, pixel_shuffle, roll, sized_reshape, split
+from .movement import concat, indexing, movement, pad, pixel_shuffle, roll, sized_reshape, split
 from .tracer import Trace
 
 ELEMENTWISE_NARY = {
@@ -70,31 +70,6 @@ CONCAT = {"cat", "concat", "concatenate", "stack", "hstack", "vstack", "dstack",
 SPLIT = {"split", "chunk", "tensor_split", "unbind", "split_with_sizes", "hsplit", "vsplit", "dsplit"}
 INDEXING = {"getitem", "narrow", "select", "index_select"}
 
-_MODULE_HANDLERS: dict[type, object] = {}
-
-
-def register_handler(module_type: type, handler) -> None:
-    """Describe a custom layer as a whole: `handler(trace, module, name, args, kwargs, output)`.
-
-    While the module runs, its inner operations are not traced; the handler sets the output
-    labels (`trace.set_labels`) and couples parameter slices (`trace.couple(param_name, dim,
-    atoms)`), using `trace.labels(tensor)`, `trace.axis_atoms(labels, dim, op)` and `trace.new(n)`.
-    """
-    if not isinstance(module_type, type):
-        raise TypeError(f"register_handler needs a module class, not {module_type!r}.")
-    _MODULE_HANDLERS[module_type] = handler
-
-
-def handler_for(module):
-    """The handler for a module: a registered one, else a built-in one for a known layout."""
-    for module_type, handler in _MODULE_HANDLERS.items():
-        if isinstance(module, module_type):
-            return handler
-    if layers.is_transposed_linear(module):
-        return layers.transposed_linear
-    return None
-
-
 def op_name(func) -> str:
     name = getattr(func, "__name__", None) or type(func).__name__
     if name == "__get__":  # a Tensor property such as .T or .data
@@ -105,10 +80,87 @@ def op_name(func) -> str:
 
 def dispatch(trace: Trace, func, args, kwargs, out) -> None:
     name = op_name(func)
-    if name in METADATA:
+    if name in METADATA or computed_weight(trace, name, func, args, kwargs, out):
         return
     handler = TABLE.get(name) or next((h for ops, h in FAMILIES if name in ops), unknown)
     handler(trace, name, func, args, kwargs, out)
+
+
+# ----------------------------------------------------------------------------- computed weights
+def computed_weight(trace: Trace, name, func, args, kwargs, out) -> bool:
+    """An op on parameters alone (weight standardisation, weight_norm, w.t()): record how its
+    result follows the parameters' axes (derived.py) instead of labelling elements. False when
+    the op involves activations, or is one the label handlers follow (indexing, cat …)."""
+    inputs = list(tensors_in((args, kwargs)))
+    if not any(trace.is_source(t) for t in inputs) or any(
+            trace.has_activation_labels(t) for t in inputs if not trace.is_source(t)):
+        return False
+    outputs = [t for t in tensors_in(out)]
+    if not outputs:
+        return False
+    first = args[0] if args and isinstance(args[0], torch.Tensor) else None
+    source = trace.source_of(first) if first is not None else None
+    if name in ELEMENTWISE_NARY or name in ELEMENTWISE_UNARY:
+        if not isinstance(out, torch.Tensor):
+            return False
+        operands = [(t, trace.source_of(t)) for t in inputs if t is not out or t is first]
+        result = derived.elementwise(trace, name, operands, out)
+    elif (name in REDUCTIONS or name in derived.ZERO_NEUTRAL_REDUCTIONS) and source is not None:
+        norm_like = name in ("norm", "linalg_vector_norm", "vector_norm")
+        dims, keepdim = _reduced_dims(first, args, {**kwargs, "_norm_like": norm_like})
+        if dims is None:
+            return False
+        result = derived.reduction(trace, name, source, first.dim(), dims, keepdim)
+    elif name in derived.PERMUTATIONS and source is not None and isinstance(out, torch.Tensor):
+        order = derived.permutation(func, args, kwargs, first)
+        if order is None:
+            return False
+        result = derived.permuted(source, order)
+    elif name in derived.RESHAPES and source is not None and isinstance(out, torch.Tensor):
+        result = derived.reshaped(trace, name, source, tuple(first.shape), tuple(out.shape))
+    elif name == "getitem" and source is not None and isinstance(out, torch.Tensor):
+        result = derived.indexed(trace, source, first.dim(), args[1])
+        if result is None:
+            return False
+    elif name == "batch_norm" and source is not None:
+        training = bool(layers._arg(args, kwargs, 5, "training", False))
+        has_stats = layers._arg(args, kwargs, 1, "running_mean") is not None
+        result = derived.batch_norm(trace, name, source, first.dim(), 1, training or not has_stats)
+        vectors = [trace.source_of(t) for t in (layers._arg(args, kwargs, 3, "weight"),
+                                                layers._arg(args, kwargs, 4, "bias")) if t is not None]
+        result = derived.merge_per_channel(trace, result, [v for v in vectors if v is not None], 1, first.dim())
+    elif name == "weight_norm" and source is not None:  # torch._weight_norm(v, g, dim)
+        g = trace.source_of(layers._arg(args, kwargs, 1, "g"))
+        dim = layers._arg(args, kwargs, 2, "dim", 0)
+        result = derived.weight_norm(trace, source, g, first.dim(), dim)
+    elif name in TABLE or any(name in ops for ops, _ in FAMILIES):
+        return False
+    else:  # an op on weights prunekit does not model: the result follows none of their axes
+        result = derived.Derived({src: ((),) * out.dim() if isinstance(out, torch.Tensor) else ()
+                                  for t in inputs if trace.is_source(t) for src in trace.source_of(t).align})
+        for t in inputs:
+            if trace.is_source(t):
+                for src in trace.source_of(t).align:
+                    trace.freeze(src, f"'{name}' in {trace.where()} computes a weight from {src} in a way "
+                                      "prunekit does not follow")
+    for t in outputs:
+        if t.dim() == len(next(iter(result.align.values()), ())) or not result.align:
+            trace.set_derived(t, result)
+    return True
+
+
+def _reduced_dims(x, args, kwargs):
+    """(dims, keepdim) of a reduction call; dims None when it is elementwise (max(x, y))."""
+    # norm(x, p, dim, keepdim) and var/std(x, dim, unbiased, keepdim) put dim / keepdim later
+    dim_at, keep_at = (2, 3) if kwargs.get("_norm_like") else (1, 2)
+    dims = kwargs.get("dim", args[dim_at] if len(args) > dim_at else None)
+    if isinstance(dims, torch.Tensor) or (len(args) > 1 and isinstance(args[1], torch.Tensor)):
+        return None, False
+    keepdim = kwargs.get("keepdim", args[keep_at] if len(args) > keep_at else False)
+    if dims is None or (isinstance(dims, (tuple, list)) and len(dims) == 0):
+        dims = list(range(x.dim()))
+    dims = [d % max(1, x.dim()) for d in (dims if isinstance(dims, (tuple, list)) else [dims])]
+    return dims, bool(keepdim)
 
 
 # ----------------------------------------------------------------------------- generic families
@@ -125,8 +177,9 @@ def unknown(trace: Trace, name, func, args, kwargs, out) -> None:
     if reason not in trace.unsupported:
         trace.unsupported.append(reason)
     for t in touched:
-        if trace.name_of(t) is not None:  # a parameter: freeze it whole, no per-element atoms
-            trace.freeze(trace.name_of(t), reason)
+        if trace.is_source(t):  # a parameter or a tensor computed from some: freeze them whole, no atoms
+            for src in trace.source_of(t).align:
+                trace.freeze(src, reason)
         else:
             trace.block(trace.labels(t), reason)
     opaque = trace.opaque(reason)
@@ -181,7 +234,7 @@ def elementwise(trace, name, func, args, kwargs, out) -> None:
     channel_dims = [d for d in range(out.dim()) if varies_along(result, d)]
     for t, lab in zip(operands, labels):
         # A fixed-size constant laid along a channel axis would no longer fit once channels go.
-        fixed = trace.name_of(t) is None and not bool((lab != 0).any()) and t.numel() > 1
+        fixed = not trace.is_source(t) and not bool((lab != 0).any()) and t.numel() > 1
         offset = out.dim() - t.dim()
         if fixed and any(d >= offset and t.shape[d - offset] > 1 for d in channel_dims):
             trace.block(result, f"'{name}' in {trace.where()} combines channels with a constant tensor of fixed size")
@@ -234,8 +287,12 @@ def item(trace, name, func, args, kwargs, out) -> None:
     if isinstance(out, torch.Tensor):  # x.bool(), x.int(): casts
         return unary(trace, name, func, args, kwargs, out)
     x = args[0]
-    if trace.has_channels(x):
-        trace.block(trace.labels(x), f"'{name}' in {trace.where()} turns channel values into Python numbers")
+    reason = f"'{name}' in {trace.where()} turns channel values into Python numbers"
+    if trace.is_source(x):  # a number computed from weights: they stay whole, no atoms needed
+        for src in trace.source_of(x).align:
+            trace.freeze(src, reason)
+    elif trace.has_channels(x):
+        trace.block(trace.labels(x), reason)
 
 
 TABLE = {
@@ -249,5 +306,5 @@ TABLE = {
 FAMILIES = (
     (ELEMENTWISE_NARY, elementwise), (ELEMENTWISE_UNARY, unary), (LIKE_FACTORIES, constant),
     (REDUCTIONS, reduction), (ALONG_DIM, along_dim), (SIZED_RESHAPE, sized_reshape),
-    (FREE_MOVEMENT, movement), (CONCAT, movement), (SPLIT, split), (INDEXING, indexing),
+    (FREE_MOVEMENT, movement), (CONCAT, concat), (SPLIT, split), (INDEXING, indexing),
 )

@@ -24,8 +24,10 @@ Coupling rules (C = channels, atoms are per channel unless stated):
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from .atoms import varies_along
+from .sizes import is_channel_count
 
 
 def _arg(args, kwargs, i, name, default=None):
@@ -34,17 +36,14 @@ def _arg(args, kwargs, i, name, default=None):
     return args[i] if len(args) > i else default
 
 
-def _module_of(name: str | None) -> str | None:
-    return None if name is None else name.rpartition(".")[0]
-
-
 def _weighted_unknown(trace, name, func, args, kwargs, out, why: str):
     from .handlers import unknown  # local: handlers imports this module
 
     reason = f"'{name}' in {trace.where()}: {why}"
     for t in list(args) + list(kwargs.values()):
-        if isinstance(t, torch.Tensor) and trace.name_of(t) is not None:
-            trace.freeze(trace.name_of(t), reason)
+        derived = trace.source_of(t)
+        for src in (derived.align if derived is not None else ()):
+            trace.freeze(src, reason)
     unknown(trace, name, func, args, kwargs, out)
 
 
@@ -54,61 +53,146 @@ def _channel_labels(out: torch.Tensor, atoms: torch.Tensor, dim: int) -> torch.T
     return atoms.reshape(shape).expand(out.shape)
 
 
+def owner_module(name: str | None) -> str | None:
+    """The module a parameter belongs to ('conv' for 'conv.weight' and for the originals of a
+    parametrized 'conv.weight')."""
+    if name is None:
+        return None
+    if ".parametrizations." in "." + name:
+        return ("." + name).split(".parametrizations.", 1)[0][1:]
+    return name.rpartition(".")[0]
+
+
+def couple_source(trace, tensor, dim: int, atoms: torch.Tensor, op: str) -> bool:
+    """Tie axis `dim` of a parameter, or of a weight computed from parameters, to `atoms`.
+
+    Returns False (and blocks the atoms) when the tensor could not shrink along `dim` with them:
+    no source axis lies along it, several are merged there, or a statistic mixed it.
+    """
+    derived = trace.source_of(tensor)
+    if derived is None:
+        return False
+    dim = dim % max(1, tensor.dim())
+    followed = False
+    for src, align in derived.align.items():
+        axes = [a for a in align[dim] if trace.shapes[src][a] > 1]
+        if len(axes) > 1:
+            reason = f"'{op}' in {trace.where()} uses {src} with several of its axes merged into one"
+            trace.freeze(src, reason)
+            trace.block(atoms, reason)
+            continue
+        if not axes:
+            continue
+        trace.couple(src, axes[0], atoms)
+        followed = True
+        why = derived.mixed.get(src, {}).get(axes[0])
+        if why:
+            trace.block(atoms, why)
+    if tensor.shape[dim] > 1 and not followed:
+        trace.block(atoms, f"'{op}' in {trace.where()}: its weight, computed from "
+                           f"{', '.join(derived.align) or 'constants'}, cannot shrink along axis {dim}")
+        return False
+    return True
+
+
+def _input_atoms(trace, x, dim: int, op: str) -> torch.Tensor:
+    """One atom per input feature of a layer; a parameter or buffer fed in as the input (a fixed
+    coordinate table) is a constant input: its features get atoms that are blocked, not one
+    atom per element."""
+    if trace.is_source(x):
+        atoms = trace.new(x.shape[dim])
+        trace.block(atoms, f"'{op}' in {trace.where()} reads the fixed tensor "
+                           f"{', '.join(trace.source_of(x).align) or 'computed from parameters'}")
+        return atoms
+    return trace.axis_atoms(trace.labels(x), dim, op)
+
+
+def _first_source(trace, tensor) -> str | None:
+    derived = trace.source_of(tensor)
+    return next(iter(derived.align), None) if derived is not None else None
+
+
+def _fixed_groups(trace, module: str | None, groups) -> str | None:
+    """Why `groups` cannot follow the channels, or None: it is a conv module's attribute that
+    compaction updates, or a count read from the tensor."""
+    if groups == 1 or is_channel_count(groups):
+        return None
+    owner = _get_module(trace, module)
+    if isinstance(owner, nn.modules.conv._ConvNd) and owner.groups == groups:
+        return None
+    return f"groups={groups} is written in the code of {trace.where()} (not a conv module's attribute)"
+
+
+def _get_module(trace, name):
+    if name is None or trace.model is None:
+        return None
+    try:
+        return trace.model.get_submodule(name)
+    except AttributeError:
+        return None
+
+
 def conv(trace, name, func, args, kwargs, out):
     x, w, b = args[0], _arg(args, kwargs, 1, "weight"), _arg(args, kwargs, 2, "bias")
     groups = _arg(args, kwargs, 6, "groups", 1)
-    wname = trace.name_of(w)
-    if wname is None or (b is not None and trace.name_of(b) is None):
-        return _weighted_unknown(trace, name, func, args, kwargs, out, "its weight is computed, not a parameter")
+    if not trace.is_source(w) or (b is not None and not trace.is_source(b)):
+        return _weighted_unknown(trace, name, func, args, kwargs, out, "its weight depends on the input")
+    module = owner_module(_first_source(trace, w))
     cdim = 1 if x.dim() == w.dim() else 0
-    x_atoms = trace.axis_atoms(trace.labels(x), cdim, name)
+    x_atoms = _input_atoms(trace, x, cdim, name)
     c_out, per_group = w.shape[0], w.shape[1]
-    trace.couple_size(_module_of(wname), x_atoms)
+    trace.couple_size(module, x_atoms)
+    fixed = _fixed_groups(trace, module, groups)
     if groups == 1:
-        trace.couple(wname, 1, x_atoms)
-        out_atoms = trace.new(c_out, producer=(wname, 0))
+        couple_source(trace, w, 1, x_atoms, name)
+        out_atoms = trace.new(c_out, producer=(_first_source(trace, w), 0))
     elif per_group == 1:  # depthwise, possibly with a channel multiplier
         out_atoms = x_atoms.repeat_interleave(c_out // groups)
     else:
         by_group = x_atoms.reshape(groups, per_group)
-        for g in range(1, groups):
-            trace.atoms.union_pairs(by_group[0], by_group[g])
-        trace.couple(wname, 1, by_group[0])
-        out_atoms = trace.new(c_out // groups, producer=(wname, 0)).repeat(groups)
-    trace.couple(wname, 0, out_atoms)
-    trace.couple(trace.name_of(b), 0, out_atoms)
+        trace.atoms.union_pairs(by_group[:1].expand_as(by_group), by_group)
+        couple_source(trace, w, 1, by_group[0], name)
+        out_atoms = trace.new(c_out // groups, producer=(_first_source(trace, w), 0)).repeat(groups)
+    if fixed:
+        trace.block(x_atoms, f"'{name}': {fixed}")
+        trace.block(out_atoms, f"'{name}': {fixed}")
+    couple_source(trace, w, 0, out_atoms, name)
+    if b is not None:
+        couple_source(trace, b, 0, out_atoms, name)
     trace.set_labels(out, _channel_labels(out, out_atoms, cdim))
 
 
 def conv_transpose(trace, name, func, args, kwargs, out):
     x, w, b = args[0], _arg(args, kwargs, 1, "weight"), _arg(args, kwargs, 2, "bias")
     groups = _arg(args, kwargs, 6, "groups", 1)
-    wname = trace.name_of(w)
-    if wname is None or groups != 1:
-        return _weighted_unknown(trace, name, func, args, kwargs, out, "computed weight or groups > 1")
+    if not trace.is_source(w) or groups != 1 or (b is not None and not trace.is_source(b)):
+        return _weighted_unknown(trace, name, func, args, kwargs, out, "its weight depends on the input, or groups > 1")
     cdim = 1 if x.dim() == w.dim() else 0
-    x_atoms = trace.axis_atoms(trace.labels(x), cdim, name)
-    trace.couple(wname, 0, x_atoms)
-    out_atoms = trace.new(w.shape[1], producer=(wname, 1))
-    trace.couple(wname, 1, out_atoms)
-    trace.couple(trace.name_of(b), 0, out_atoms)
+    x_atoms = _input_atoms(trace, x, cdim, name)
+    couple_source(trace, w, 0, x_atoms, name)
+    out_atoms = trace.new(w.shape[1], producer=(_first_source(trace, w), 1))
+    couple_source(trace, w, 1, out_atoms, name)
+    if b is not None:
+        couple_source(trace, b, 0, out_atoms, name)
     trace.set_labels(out, _channel_labels(out, out_atoms, cdim))
 
 
-def _dense(trace, name, x, w_name, in_dim, out_dim, n_out, bias_name, out):
-    x_atoms = trace.axis_atoms(trace.labels(x), -1, name)
-    trace.couple(w_name, in_dim, x_atoms)
-    out_atoms = trace.new(n_out, producer=(w_name, out_dim))
-    trace.couple(w_name, out_dim, out_atoms)
-    trace.couple(bias_name, -1, out_atoms)
+def _dense(trace, name, x, w, in_dim, out_dim, n_out, bias, out):
+    """y = x·W (+ b): W's `in_dim` follows x's features, its `out_dim` makes fresh atoms."""
+    x_atoms = _input_atoms(trace, x, -1, name)
+    couple_source(trace, w, in_dim, x_atoms, name)
+    out_atoms = trace.new(n_out, producer=(_first_source(trace, w), out_dim % w.dim()))
+    couple_source(trace, w, out_dim, out_atoms, name)
+    if bias is not None:
+        couple_source(trace, bias, -1, out_atoms, name)
     trace.set_labels(out, _channel_labels(out, out_atoms, out.dim() - 1))
 
 
 def linear(trace, name, func, args, kwargs, out):
     x, w, b = args[0], _arg(args, kwargs, 1, "weight"), _arg(args, kwargs, 2, "bias")
-    if trace.name_of(w) is None or (b is not None and trace.name_of(b) is None) or w.dim() != 2:
-        return _weighted_unknown(trace, name, func, args, kwargs, out, "its weight is computed, not a parameter")
-    _dense(trace, name, x, trace.name_of(w), 1, 0, w.shape[0], trace.name_of(b), out)
+    if not trace.is_source(w) or (b is not None and not trace.is_source(b)) or w.dim() != 2:
+        return _weighted_unknown(trace, name, func, args, kwargs, out, "its weight depends on the input")
+    _dense(trace, name, x, w, 1, 0, w.shape[0], b, out)
 
 
 def matmul(trace, name, func, args, kwargs, out):
@@ -117,11 +201,11 @@ def matmul(trace, name, func, args, kwargs, out):
         bias, a, w = args[0], args[1], args[2]
     else:
         bias, a, w = None, args[0], args[1]
-    if (isinstance(w, torch.Tensor) and trace.name_of(w) is not None and w.dim() == 2
-            and (bias is None or trace.name_of(bias) is not None) and trace.name_of(a) is None):
-        return _dense(trace, name, a, trace.name_of(w), 0, 1, w.shape[1], trace.name_of(bias), out)
+    if (isinstance(w, torch.Tensor) and trace.is_source(w) and w.dim() == 2
+            and (bias is None or trace.is_source(bias)) and not trace.is_source(a)):
+        return _dense(trace, name, a, w, 0, 1, w.shape[1], bias, out)
     if (name in ("matmul", "bmm") and isinstance(a, torch.Tensor) and isinstance(w, torch.Tensor)
-            and trace.name_of(a) is None and trace.name_of(w) is None and a.dim() >= 2 and w.dim() >= 2):
+            and not trace.is_source(a) and not trace.is_source(w) and a.dim() >= 2 and w.dim() >= 2):
         return _activation_product(trace, name, a, w, out)
     return _weighted_unknown(trace, name, func, args, kwargs, out,
                              "a product with a parameter on the left, or of vectors, is not understood")
@@ -130,8 +214,7 @@ def matmul(trace, name, func, args, kwargs, out):
 def _merge_per_index(trace, rows: torch.Tensor) -> torch.Tensor:
     """rows[i]: every label that meets at batch/head index i of a product. Each index becomes
     one unit (its atoms merged); several distinct units are tagged as heads. The unit per index."""
-    for row in torch.unique(rows, dim=0):
-        trace.atoms.union_all(row)
+    trace.atoms.union_rows(rows)
     per_index = trace.atoms.roots(rows).amax(-1)
     if len(torch.unique(per_index)) > 1:
         trace.atoms.tag(per_index, "head")
@@ -205,18 +288,17 @@ def _prod(values) -> int:
 
 def is_transposed_linear(module) -> bool:
     """GPT-2's Conv1D: y = x @ W + b with W of shape (in, out) and the width in `nf`."""
+    if not any(k.__name__ == "Conv1D" for k in type(module).__mro__) or not hasattr(module, "nf"):
+        return False  # decided before reading `weight`: a parametrized weight is computed on access
     weight = getattr(module, "weight", None)
-    return (type(module).__name__ == "Conv1D" and hasattr(module, "nf") and isinstance(weight, torch.Tensor)
-            and weight.dim() == 2 and weight.shape[1] == module.nf)
+    return isinstance(weight, torch.Tensor) and weight.dim() == 2 and weight.shape[1] == module.nf
 
 
 def transposed_linear(trace, module, name, args, kwargs, output):
     """Its forward writes `nf` into a view, so it is described as a whole: a Linear with W.T."""
     x = args[0] if args else next(iter(kwargs.values()))
-    w = f"{name}.weight" if name else "weight"
-    b = f"{name}.bias" if name else "bias"
-    _dense(trace, "Conv1D", x, w, 0, 1, module.weight.shape[1], b if getattr(module, "bias", None) is not None
-           else None, output)
+    bias = module.bias if isinstance(getattr(module, "bias", None), torch.Tensor) else None
+    _dense(trace, "Conv1D", x, module.weight, 0, 1, module.weight.shape[1], bias, output)
 
 
 def batch_norm(trace, name, func, args, kwargs, out):
@@ -243,17 +325,16 @@ def _per_channel(trace, name, func, args, kwargs, out, x, tensors, groups: int |
     """Tensors indexed by x's channel (norm scales, biases) go with that channel; with
     `groups`, the channels of one normalisation group form one unit (its statistics are shared)."""
     tensors = [t for t in tensors if t is not None]
-    if any(trace.name_of(t) is None for t in tensors):
-        return _weighted_unknown(trace, name, func, args, kwargs, out, "per-channel tensors are computed")
+    if any(not trace.is_source(t) for t in tensors):
+        return _weighted_unknown(trace, name, func, args, kwargs, out, "per-channel tensors depend on the input")
     labels = trace.labels(x)
     atoms = trace.axis_atoms(labels, 1 if x.dim() > 1 else 0, name)
     if groups is not None:
-        for row in atoms.reshape(groups, -1):
-            trace.atoms.union_all(row)
+        trace.atoms.union_rows(atoms.reshape(groups, -1))
     for t in tensors:
-        trace.couple(trace.name_of(t), 0, atoms)
+        couple_source(trace, t, 0, atoms, name)
     if tensors:
-        trace.couple_size(_module_of(trace.name_of(tensors[0])), atoms)
+        trace.couple_size(owner_module(_first_source(trace, tensors[0])), atoms)
     trace.set_labels(out, labels)
 
 
@@ -274,20 +355,21 @@ def layer_norm(trace, name, func, args, kwargs, out):
         trace.block(labels, f"'{name}' in {trace.where()} normalises over these features "
                             "(removing one changes the mean and variance of all)")
     for t in (w, b):
-        if isinstance(t, torch.Tensor) and trace.name_of(t) is not None:
+        if isinstance(t, torch.Tensor) and trace.is_source(t):
             if t.dim() == 1:
-                trace.couple(trace.name_of(t), 0, trace.axis_atoms(labels, -1, name))
+                couple_source(trace, t, 0, trace.axis_atoms(labels, -1, name), name)
             else:
-                trace.freeze(trace.name_of(t), f"'{name}' in {trace.where()} normalises over several axes")
+                for src in trace.source_of(t).align:
+                    trace.freeze(src, f"'{name}' in {trace.where()} normalises over several axes")
     trace.set_labels(out, labels)
 
 
 def embedding(trace, name, func, args, kwargs, out):
     w = _arg(args, kwargs, 1, "weight")
-    if trace.name_of(w) is None:
-        return _weighted_unknown(trace, name, func, args, kwargs, out, "its table is computed")
-    atoms = trace.new(w.shape[1], producer=(trace.name_of(w), 1))
-    trace.couple(trace.name_of(w), 1, atoms)
+    if not trace.is_source(w):
+        return _weighted_unknown(trace, name, func, args, kwargs, out, "its table depends on the input")
+    atoms = trace.new(w.shape[1], producer=(_first_source(trace, w), 1))
+    couple_source(trace, w, 1, atoms, name)
     trace.set_labels(out, _channel_labels(out, atoms, out.dim() - 1))
 
 
@@ -308,8 +390,7 @@ def multi_head_attention(trace, name, func, args, kwargs, out):
     for other in (k, v):
         if other is not q:
             trace.atoms.union_pairs(q_atoms, trace.axis_atoms(trace.labels(other), -1, name))
-    for h in range(heads):  # inner width == embed_dim: head h goes with embedding channels of its slot
-        trace.atoms.union_all(q_atoms[h * head_dim:(h + 1) * head_dim])
+    trace.atoms.union_rows(q_atoms.reshape(heads, head_dim))  # inner width == embed_dim: head h owns its slot
     trace.atoms.tag(q_atoms, "head")
     emb = q_atoms
     trace.couple(trace.name_of(w_in), 1, emb)
@@ -318,7 +399,7 @@ def multi_head_attention(trace, name, func, args, kwargs, out):
     trace.couple(trace.name_of(w_out), 1, emb)
     trace.couple(trace.name_of(w_out), 0, emb)
     trace.couple(trace.name_of(b_out), 0, emb)
-    trace.couple_size(_module_of(trace.name_of(w_in)), emb)
+    trace.couple_size(owner_module(trace.name_of(w_in)), emb)
     attn, weights = out
     trace.set_labels(attn, _channel_labels(attn, emb, attn.dim() - 1))
     if isinstance(weights, torch.Tensor):
@@ -328,18 +409,31 @@ def multi_head_attention(trace, name, func, args, kwargs, out):
 
 
 def sdpa(trace, name, func, args, kwargs, out):
+    """scaled_dot_product_attention: the query, key and value dims of one (batch, head) index
+    form one unit. With grouped-query attention (fewer key/value heads, `enable_gqa`), key/value
+    head j serves query heads j·G … j·G+G−1: those and it are one unit. A per-head attn_mask
+    (T5's relative position bias, Swin's) follows its head."""
     q, k, v = args[0], _arg(args, kwargs, 1, "key"), _arg(args, kwargs, 2, "value")
+    mask = _arg(args, kwargs, 3, "attn_mask")
     reduced = []
     for t in (q, k, v):
         labels = trace.labels(t)
         if t.dim() >= 2 and trace.units_vary(labels, t.dim() - 2):
             trace.block(labels, f"'{name}' in {trace.where()} gets channels that vary along the sequence")
         reduced.append(labels.amax(dim=-2) if t.dim() >= 2 else labels)
+    if q.dim() >= 3 and k.dim() >= 3 and q.shape[-3] != k.shape[-3] and q.shape[-3] % k.shape[-3] == 0:
+        group = q.shape[-3] // k.shape[-3]  # grouped-query attention
+        reduced[1:] = [r.repeat_interleave(group, dim=-2) for r in reduced[1:]]
+    if isinstance(mask, torch.Tensor) and mask.dim() >= 2 and trace.has_channels(mask):
+        labels = trace.labels(mask)
+        if any(trace.units_vary(labels, d) for d in (mask.dim() - 1, mask.dim() - 2)):
+            trace.block(labels, f"'{name}' in {trace.where()} gets an attention mask whose channels vary "
+                                "along the sequence")
+        reduced.append(labels.amax(dim=(-2, -1)).unsqueeze(-1))
     shape = torch.broadcast_shapes(*(r.shape[:-1] for r in reduced))
     rows = torch.cat([r.expand(*shape, r.shape[-1]) for r in reduced], -1).reshape(-1, sum(r.shape[-1]
                                                                                           for r in reduced))
-    for row in torch.unique(rows, dim=0):
-        trace.atoms.union_all(row)  # one (batch, head) index: query, key and value dims go together
+    trace.atoms.union_rows(rows)  # one (batch, head) index: query, key and value dims go together
     per_row = trace.atoms.roots(rows).amax(-1)  # after the merge every non-zero entry has this root
     trace.atoms.tag(rows, "head")
     labels = per_row.reshape(*shape, 1, 1).expand(out.shape)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .atoms import varies_along
+from .atoms import compress, squeeze_broadcast, varies_along
 from .sizes import is_channel_count
 
 
@@ -60,6 +60,30 @@ def movement(trace, name, func, args, kwargs, out) -> None:
     except (RuntimeError, TypeError, ValueError, IndexError):
         return _unknown(trace, name, func, args, kwargs, out)
     _assign(trace, out, labels)
+
+
+def concat(trace, name, func, args, kwargs, out) -> None:
+    """cat / stack: every input must keep the same size along the axes it is not joined on, so
+    position k of such an axis is one unit across all inputs (stack: unit j of every input)."""
+    tensors = args[0] if args else kwargs.get("tensors")
+    if name in ("cat", "concat", "concatenate", "stack") and isinstance(tensors, (tuple, list)) and len(tensors) > 1 \
+            and all(isinstance(t, torch.Tensor) for t in tensors):
+        labels = [trace.labels(t) for t in tensors]
+        if name == "stack":
+            if all(lab.shape == labels[0].shape for lab in labels):
+                for lab in labels[1:]:
+                    trace.atoms.union_pairs(labels[0], lab)
+        else:
+            dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
+            ndim = labels[0].dim()
+            if isinstance(dim, int) and ndim and all(lab.dim() == ndim for lab in labels):
+                dim %= ndim
+                for e in range(ndim):
+                    if e != dim and any(trace.units_vary(lab, e) for lab in labels):
+                        rows = [squeeze_broadcast(lab, keep=e)[0].movedim(e, 0).reshape(lab.shape[e], -1)
+                                for lab in labels]
+                        trace.atoms.union_rows(torch.cat(rows, 1))
+    movement(trace, name, func, args, kwargs, out)
 
 
 def _requested_sizes(name, x, args, kwargs):
@@ -109,9 +133,8 @@ def sized_reshape(trace, name, func, args, kwargs, out) -> None:
         trace.block(labels, f"'{name}' in {trace.where()} writes the channel count {sizes} into the code")
     elif written:
         for d in written:  # merge along the written axis: whole slices only
-            moved = labels.movedim(d, -1).reshape(-1, labels.shape[d])
-            for row in torch.unique(moved, dim=0):
-                trace.atoms.union_all(row)
+            moved = compress(labels, 0, keep=d).movedim(d, -1).reshape(-1, labels.shape[d])
+            trace.atoms.union_rows(moved)
     trace.set_labels(out, labels)
 
 
@@ -136,8 +159,7 @@ def split(trace, name, func, args, kwargs, out) -> None:
         if (name == "chunk" or follows) and labels.shape[dim] % pieces == 0:
             # equal chunks stay equal only if every chunk loses the same positions
             parts = labels.movedim(dim, 0).reshape(pieces, labels.shape[dim] // pieces, -1)
-            for i in range(1, pieces):
-                trace.atoms.union_pairs(parts[0], parts[i])
+            trace.atoms.union_pairs(parts[:1].expand_as(parts), parts)
         else:
             trace.block(labels, f"'{name}' in {trace.where()} cuts a channel axis at fixed positions")
     movement(trace, name, func, args, kwargs, out)
@@ -175,7 +197,12 @@ def indexing(trace, name, func, args, kwargs, out) -> None:
             dims = [kwargs.get("dim", args[1] if len(args) > 1 else 0) % x.dim()]
     except (TypeError, AttributeError):
         return _unknown(trace, name, func, args, kwargs, out)
-    if any(trace.units_vary(labels, d) for d in dims):
+    table = trace.name_of(x)
+    if table is not None:
+        # A parameter table read at fixed positions (relative position biases): fine unless the
+        # read axis turns out to carry channels, which groups.py checks once couplings are known.
+        trace.indexed.setdefault(table, set()).update(dims)
+    elif any(trace.units_vary(labels, d) for d in dims):
         trace.block(labels, f"'{name}' in {trace.where()} picks fixed positions of a channel axis")
     if name == "getitem":
         try:
@@ -212,8 +239,8 @@ def pixel_shuffle(trace, name, func, args, kwargs, out) -> None:
     labels = trace.labels(x)
     c = x.shape[-3]
     block = labels.movedim(-3, 0).reshape(c // (r * r), r * r, -1)
-    for i in range(1, r * r):  # the r² channels that become one output channel go together
-        trace.atoms.union_pairs(block[:, 0], block[:, i])
+    # the r² channels that become one output channel go together
+    trace.atoms.union_pairs(block[:, :1].expand_as(block), block)
     movement(trace, name, func, args, kwargs, out)
 
 

@@ -14,6 +14,7 @@ read through `parametrize.cached()` so the masked weight is recognised as its pa
 
 from __future__ import annotations
 
+import copy
 from contextlib import ExitStack
 
 import torch
@@ -21,26 +22,21 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.overrides import TorchFunctionMode
 
-from ..masks import canonical_name
+from ..masks import WeightMask, canonical_name
 from ..modes import evaluation_mode, training_mode
-from ..nested import tensors_in
-from .atoms import AtomSet, squeeze_broadcast, varies_along
+from ..nested import ExampleInputs, tensors_in
+from .atoms import AtomSet, compress, squeeze_broadcast, varies_along
+from .derived import Derived, identity
 from .sizes import tag_sizes
 
 SIZE_SUFFIX = ".<channels>"  # pseudo tensor: a module's channel count that no parameter dimension carries
-
-
-def _canonical(name: str) -> str:
-    """Canonical parameter name, also for a masked parameter of the root module."""
-    if name.startswith("parametrizations.") and name.endswith(".original"):
-        return name[len("parametrizations."): -len(".original")]
-    return canonical_name(name)
 
 
 class Trace:
     """Everything learnt during the forward pass; the API handlers use."""
 
     def __init__(self, model: nn.Module):
+        self.model = model
         self.atoms = AtomSet()
         self._labels: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._names: dict[int, str] = {}
@@ -55,15 +51,33 @@ class Trace:
         self.unsupported: list[str] = []
         self.producers: set[tuple[str, int]] = set()
         self.seen: set[str] = set()      # tensors some operation used
+        self.derived: dict[int, tuple[torch.Tensor, Derived]] = {}  # tensors computed from parameters alone
+        self.unmasked: set[tuple[str, int]] = set()
+        self.indexed: dict[str, set[int]] = {}  # parameter → axes read at fixed positions (tables)  # (tensor, dim) sliced by compaction but never masked
         self._alive: list[torch.Tensor] = []
         self.unused: list[str] = []      # parameters no pass used
         self.output = None               # the model's eval-mode output on the example
+        self.train_pass_error = ""       # why the train-mode pass could not run, if it could not
         self.heads: list[tuple[torch.Tensor, torch.Tensor]] = []  # (poison atom, head atoms)
         for name, p in model.named_parameters():
-            self._register(p, _canonical(name), "param")
+            self._register(p, canonical_name(name), "param")
         for name, b in model.named_buffers():
             if not name.endswith(".mask") or ".parametrizations." not in name:
                 self._register(b, name, "buffer")
+
+    def checkpoint(self):
+        """A function that puts the bookkeeping back as it is now (undo a failed pass)."""
+        restore_atoms = self.atoms.snapshot()
+        saved = {key: copy.copy(value) for key, value in vars(self).items()
+                 if key not in ("atoms", "model", "_labels", "derived", "output")}
+        saved["frozen"] = {k: list(v) for k, v in self.frozen.items()}
+
+        def restore():
+            restore_atoms()
+            vars(self).update(saved)
+            self.module_stack.clear()
+            self.module_handlers_active = 0
+        return restore
 
     # ----------------------------------------------------------------- tensors and names
     def _register(self, tensor: torch.Tensor, name: str, kind: str) -> None:
@@ -85,6 +99,31 @@ class Trace:
             self.seen.add(name)
         return name
 
+    def is_source(self, tensor) -> bool:
+        """A parameter, buffer, or a tensor computed from them alone (no activation involved)."""
+        return isinstance(tensor, torch.Tensor) and (id(tensor) in self._names or self._derived(tensor) is not None)
+
+    def _derived(self, tensor) -> Derived | None:
+        entry = self.derived.get(id(tensor))
+        return entry[1] if entry is not None and entry[0] is tensor else None
+
+    def source_of(self, tensor) -> Derived | None:
+        """How `tensor` follows parameter axes (identity for a parameter itself); None for activations."""
+        if not isinstance(tensor, torch.Tensor):
+            return None
+        name = self.name_of(tensor)
+        if name is not None:
+            return identity(name, tensor.dim())
+        return self._derived(tensor)
+
+    def set_derived(self, tensor: torch.Tensor, derived: Derived) -> None:
+        self.derived[id(tensor)] = (tensor, derived)
+        self._labels.pop(id(tensor), None)
+
+    def has_activation_labels(self, tensor) -> bool:
+        entry = self._labels.get(id(tensor))
+        return entry is not None and entry[0] is tensor and bool((squeeze_broadcast(entry[1])[0] != 0).any())
+
     def where(self) -> str:
         return self.module_stack[-1] if self.module_stack and self.module_stack[-1] else "the model's forward"
 
@@ -99,11 +138,36 @@ class Trace:
             # A parameter or buffer used directly by an elementwise or movement op (a layer
             # scale, a class token): each element gets its own atom; groups.py later finds the
             # dimension along which these atoms were merged with channels.
-            self.seen.add(name)
-            if name not in self.element_atoms:
-                self.element_atoms[name] = self.atoms.new(tensor.numel()).reshape(tensor.shape)
-            return self.element_atoms[name]
+            return self._element_atoms(name, tensor)
+        derived = self._derived(tensor)
+        if derived is not None:
+            labels = self._derived_labels(derived, tensor)
+            self._labels[id(tensor)] = (tensor, labels)
+            return labels
         return torch.zeros(tensor.shape, dtype=torch.long)
+
+    def _element_atoms(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        self.seen.add(name)
+        if name not in self.element_atoms:
+            self.element_atoms[name] = self.atoms.new(tensor.numel()).reshape(tensor.shape)
+        return self.element_atoms[name]
+
+    def _derived_labels(self, derived: Derived, tensor: torch.Tensor) -> torch.Tensor:
+        """Labels of a computed tensor that meets activations: its one source's element atoms laid
+        out by the alignment; anything else (several sources, mixed axes) is opaque."""
+        if len(derived.align) == 1 and not any(derived.mixed.values()):
+            (name, align), = derived.align.items()
+            shape = self.shapes[name]
+            order = [a for axes in align for a in axes]
+            if sorted(order) == sorted(a for a in range(len(shape)) if shape[a] > 1):
+                rest = [a for a in range(len(shape)) if a not in order]
+                atoms = self._element_atoms(name, torch.empty(shape, device="meta"))
+                sizes = [max(1, torch.Size([shape[a] for a in axes]).numel()) for axes in align]
+                return atoms.permute(order + rest).reshape(sizes).expand(tensor.shape)
+        for name in derived.align:
+            self.freeze(name, f"{name} reaches the activations in {self.where()} through a computation "
+                              "prunekit does not follow")
+        return self.opaque(f"a tensor computed from {', '.join(derived.align)} in {self.where()}")
 
     def reset_labels(self) -> None:
         """Forget activations (a new pass); atoms, couplings and element atoms stay."""
@@ -112,7 +176,7 @@ class Trace:
     def set_labels(self, tensor: torch.Tensor, labels: torch.Tensor) -> None:
         if isinstance(tensor, torch.Tensor) and id(tensor) not in self._names:
             # an expanded view: a conv output's labels cost C integers, not N·C·H·W
-            self._labels[id(tensor)] = (tensor, labels.expand(tensor.shape))
+            self._labels[id(tensor)] = (tensor, compress(labels).expand(tensor.shape))
 
     def units_vary(self, labels: torch.Tensor, dim: int) -> bool:
         """True when removing a unit could change the size of axis `dim`.
@@ -126,8 +190,7 @@ class Trace:
         return varies_along(self.atoms.roots(squeeze_broadcast(labels, keep=dim)[0]), dim)
 
     def has_channels(self, tensor) -> bool:
-        return isinstance(tensor, torch.Tensor) and (self.name_of(tensor) is not None
-                                                     or bool((self.labels(tensor) != 0).any()))
+        return isinstance(tensor, torch.Tensor) and (self.is_source(tensor) or bool((self.labels(tensor) != 0).any()))
 
     def new(self, n: int, producer: tuple[str, int] | None = None) -> torch.Tensor:
         """n fresh atoms; `producer` = (tensor name, dim) whose positions create them (names groups)."""
@@ -149,7 +212,9 @@ class Trace:
             return rows[0].clone()  # the usual case: every row the same
         rows = torch.unique(rows, dim=0) if rows.shape[0] > 1 else rows
         first = rows.max(0).values
-        if rows.shape[0] > 1 and not bool(((rows == 0) | (rows == first)).all()):
+        roots = self.atoms.roots(rows)  # atoms already merged into one unit per feature are consistent
+        same = (roots == 0) | (roots == self.atoms.roots(first))
+        if rows.shape[0] > 1 and not bool(same.all()):
             self.block(labels, f"{op} in {self.where()} reads features whose channels differ along another axis")
         return first
 
@@ -158,6 +223,7 @@ class Trace:
         if name is None:
             return
         atoms = atoms.reshape(-1).to(torch.long)
+        self.seen.add(name)
         key = (name, dim % max(1, len(self.shapes[name])))
         if self.shapes[name][key[1]] != atoms.numel():
             self.freeze(name, f"{name} is used with a shape prunekit did not expect in {self.where()}")
@@ -184,6 +250,13 @@ class Trace:
         if reason not in reasons:
             reasons.append(reason)
 
+    def handler_failed(self, func, args, kwargs, out, error: Exception) -> None:
+        """A handler raised on this call: block what it touched, naming the op and the error."""
+        from .handlers import op_name, unknown  # local: handlers imports this module
+
+        name = op_name(func)
+        unknown(self, f"{name}' ({type(error).__name__}: {error}) '", func, args, kwargs, out)
+
     def opaque(self, reason: str) -> torch.Tensor:
         """A fresh blocked atom: the label of an output prunekit cannot see through."""
         atom = self.new(1)
@@ -202,7 +275,10 @@ class _Mode(TorchFunctionMode):
         if not self.trace.module_handlers_active:
             if isinstance(out, (int, torch.Size)) and args and isinstance(args[0], torch.Tensor):
                 return self._sizes(func, args, kwargs, out)
-            self.dispatch(self.trace, func, args, kwargs, out)
+            try:
+                self.dispatch(self.trace, func, args, kwargs, out)
+            except Exception as e:  # noqa: BLE001 - a handler that cannot follow this call blocks, never aborts
+                self.trace.handler_failed(func, args, kwargs, out, e)
         return out
 
     def _sizes(self, func, args, kwargs, out):
@@ -212,16 +288,18 @@ class _Mode(TorchFunctionMode):
             name = getattr(getattr(func, "__self__", None), "__name__", name)
         if name not in ("size", "shape"):
             return out
+        if self.trace.is_source(args[0]):  # a parameter's shape: never channel labels, no atoms made
+            return out
         labels = self.trace.labels(args[0])
         channel_dims = {d for d in range(labels.dim()) if varies_along(labels, d)}
         dim = args[1] if len(args) > 1 else kwargs.get("dim")
         return tag_sizes(out, channel_dims, None if dim is None else dim % max(1, labels.dim()))
 
 
-def _module_hooks(model: nn.Module, trace: Trace, handler_for, stack: ExitStack) -> None:
-    """Keep a stack of module names (for messages) and run registered module handlers."""
+def _module_hooks(model: nn.Module, trace: Trace, handlers, stack: ExitStack) -> None:
+    """Keep a stack of module names (for messages) and run whole-layer handlers."""
     for name, module in model.named_modules():
-        handler = handler_for(module)
+        handler = handlers.tracer_for(module)
 
         def pre(mod, args, kwargs, name=name, handler=handler):
             trace.module_stack.append(name)
@@ -231,17 +309,21 @@ def _module_hooks(model: nn.Module, trace: Trace, handler_for, stack: ExitStack)
         def post(mod, args, kwargs, output, name=name, handler=handler):
             trace.module_stack.pop()
             if handler is not None:
-                trace.module_handlers_active -= 1
-                if not trace.module_handlers_active:
-                    handler(trace, mod, name, args, kwargs, output)
+                if trace.module_handlers_active == 1:  # the outermost handled module: describe it whole
+                    try:  # its own tensor calls (module.weight.shape …) are not part of the model's trace
+                        handler(trace, mod, name, args, kwargs, output)
+                    finally:
+                        trace.module_handlers_active -= 1
+                else:
+                    trace.module_handlers_active -= 1
 
         stack.callback(module.register_forward_pre_hook(pre, with_kwargs=True).remove)
         stack.callback(module.register_forward_hook(post, with_kwargs=True, always_call=True).remove)
 
 
-def _one_pass(model, trace: Trace, args, kwargs, dispatch, handler_for, train: bool):
+def _one_pass(model, trace: Trace, example: ExampleInputs, dispatch, handlers, train: bool):
     trace.reset_labels()
-    for t in tensors_in((args, kwargs)):
+    for t in example.tensors():
         trace.set_labels(t, trace.opaque("the model's input (its channels cannot be removed)"))
     with ExitStack() as stack:
         stack.enter_context(training_mode(model) if train else evaluation_mode(model))
@@ -253,12 +335,14 @@ def _one_pass(model, trace: Trace, args, kwargs, dispatch, handler_for, train: b
         stack.enter_context(parametrize.cached())
         for module_name, module in model.named_modules():
             if parametrize.is_parametrized(module):
-                for tensor_name in module.parametrizations:
+                for tensor_name, chain in module.parametrizations.items():
+                    if not all(isinstance(p, WeightMask) for p in chain):
+                        continue  # another parametrization (weight_norm): traced as a computed weight
                     full = f"{module_name}.{tensor_name}" if module_name else tensor_name
                     trace.alias(getattr(module, tensor_name), full)  # cached: the very object forward sees
-        _module_hooks(model, trace, handler_for, stack)
+        _module_hooks(model, trace, handlers, stack)
         with _Mode(trace, dispatch):
-            output = model(*args, **kwargs)
+            output = example(model)
     for t in tensors_in(output):
         trace.block(trace.labels(t), "the model's output (its size is fixed)")
         name = trace.name_of(t)
@@ -274,22 +358,27 @@ def _restore_buffers(model: nn.Module, saved: dict) -> None:
                 b.copy_(saved[name])
 
 
-def run_trace(model: nn.Module, example_inputs, dispatch, handler_for) -> Trace:
-    """Trace `model` on `example_inputs` (a tensor, tuple, or dict of kwargs).
+def run_trace(model: nn.Module, example_inputs, dispatch, handlers) -> Trace:
+    """Trace `model` on `example_inputs` (anything ExampleInputs.of accepts).
 
     The pass runs in eval mode. If some parameters were not used (auxiliary heads that only
     run in training), a second pass in train mode adds their couplings — its atoms meet the
     first pass's at every shared parameter — with buffers and the random state restored.
+    If that pass cannot run on the example (BatchNorm on a batch of one, a map smaller than a
+    kernel), the graph of the eval pass is kept, those parameters stay unused (never pruned)
+    and `trace.train_pass_error` says why.
     """
+    example = ExampleInputs.of(example_inputs)
     trace = Trace(model)
-    if isinstance(example_inputs, dict):
-        args, kwargs = (), dict(example_inputs)
-    else:
-        args, kwargs = (example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)), {}
-    trace.output = _one_pass(model, trace, args, kwargs, dispatch, handler_for, train=False)  # eval, no_grad
-    params = {_canonical(n) for n, _ in model.named_parameters()}
+    trace.output = _one_pass(model, trace, example, dispatch, handlers, train=False)  # eval, no_grad
+    params = {canonical_name(n) for n, _ in model.named_parameters()}
     if params - trace.seen:
-        _one_pass(model, trace, args, kwargs, dispatch, handler_for, train=True)
+        restore = trace.checkpoint()
+        try:
+            _one_pass(model, trace, example, dispatch, handlers, train=True)
+        except Exception as e:  # noqa: BLE001 - any failure of the user's train-mode forward
+            restore()
+            trace.train_pass_error = f"{type(e).__name__}: {e}"
     trace.unused = sorted(params - trace.seen)
     used = {trace.atoms.find(int(a)) for atoms in trace.coupled.values()
             for a in torch.unique(atoms).tolist()} if trace.heads else set()

@@ -1,0 +1,121 @@
+"""Built-in layer handlers for torch.nn layers: their attributes after compaction and their MACs.
+
+Their tracing is done operation by operation (layers.py: F.conv2d, F.linear …), so these
+handlers only say what compaction and accounting need; GPT-2's Conv1D is also traced whole.
+`size(tensor, dim, default)` gives the new size of one of the module's tensors along `dim`
+("<channels>" is the module's input channel count).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .layers import is_transposed_linear, transposed_linear
+from .registry import LayerHandler
+
+
+def _weighted_macs(weight: torch.Tensor, positions: int) -> tuple[int, int]:
+    """Every weight is used once per position: (dense, non-zero) multiply-accumulates."""
+    return positions * weight.numel(), positions * int(torch.count_nonzero(weight))
+
+
+class ConvHandler(LayerHandler):
+    def attributes(self, m, size):
+        if m.transposed:
+            return {"in_channels": size("weight", 0), "out_channels": size("weight", 1) * m.groups}
+        out = {"out_channels": size("weight", 0), "in_channels": size("<channels>", 0, m.in_channels)}
+        out["groups"] = out["in_channels"] // size("weight", 1)
+        return out
+
+    def macs(self, m, inputs, output):
+        # per output position (weight.shape[0] = output channels); a transposed conv uses every
+        # weight once per *input* position (weight.shape[0] = input channels)
+        source = inputs[0] if m.transposed else output
+        return _weighted_macs(m.weight, source.numel() // m.weight.shape[0])
+
+
+class LinearHandler(LayerHandler):
+    def attributes(self, m, size):
+        return {"in_features": size("weight", 1), "out_features": size("weight", 0)}
+
+    def macs(self, m, inputs, output):
+        return _weighted_macs(m.weight, output.numel() // m.weight.shape[0])
+
+
+class ChannelNormHandler(LayerHandler):
+    """BatchNorm / InstanceNorm: one scale, shift and statistic per channel."""
+
+    def attributes(self, m, size):
+        return {"num_features": size("<channels>", 0, m.num_features)}
+
+
+class GroupNormHandler(LayerHandler):
+    def attributes(self, m, size):
+        per_group = m.num_channels // m.num_groups
+        channels = size("<channels>", 0, m.num_channels)
+        return {"num_channels": channels, "num_groups": channels // per_group}
+
+
+class FeatureNormHandler(LayerHandler):
+    """LayerNorm / RMSNorm: the normalised shape follows the scale's shape."""
+
+    def attributes(self, m, size):
+        if getattr(m, "weight", None) is None:
+            return {}
+        return {"normalized_shape": tuple(size("weight", d) for d in range(m.weight.dim()))}
+
+
+class EmbeddingHandler(LayerHandler):
+    def attributes(self, m, size):
+        return {"embedding_dim": size("weight", 1)}
+
+
+class PReLUHandler(LayerHandler):
+    def attributes(self, m, size):
+        return {"num_parameters": size("weight", 0)}
+
+
+class MultiheadAttentionHandler(LayerHandler):
+    def attributes(self, m, size):
+        embed = size("in_proj_weight", 1, m.embed_dim)
+        return {"embed_dim": embed, "kdim": embed, "vdim": embed, "num_heads": embed // m.head_dim}
+
+
+class TransposedLinearHandler(LayerHandler):
+    """GPT-2's Conv1D: y = x @ W + b, W of shape (in, out), the width in `nf` (traced whole:
+    its forward writes `nf` into a view)."""
+
+    def trace(self, trace, module, name, args, kwargs, output):
+        transposed_linear(trace, module, name, args, kwargs, output)
+
+    def attributes(self, m, size):
+        return {"nf": size("weight", 1)}
+
+    def macs(self, m, inputs, output):
+        return _weighted_macs(m.weight, output.numel() // m.weight.shape[1])
+
+
+BUILTIN: dict[type, LayerHandler] = {
+    nn.modules.conv._ConvNd: ConvHandler(),
+    nn.Linear: LinearHandler(),
+    nn.modules.batchnorm._BatchNorm: ChannelNormHandler(),
+    nn.modules.instancenorm._InstanceNorm: ChannelNormHandler(),
+    nn.GroupNorm: GroupNormHandler(),
+    nn.LayerNorm: FeatureNormHandler(),
+    nn.Embedding: EmbeddingHandler(),
+    nn.PReLU: PReLUHandler(),
+    nn.MultiheadAttention: MultiheadAttentionHandler(),
+}
+if hasattr(nn, "RMSNorm"):
+    BUILTIN[nn.RMSNorm] = FeatureNormHandler()
+_CONV1D = TransposedLinearHandler()
+
+
+def builtin_handler(module) -> LayerHandler | None:
+    if is_transposed_linear(module):
+        return _CONV1D
+    for klass in type(module).__mro__:
+        if klass in BUILTIN:
+            return BUILTIN[klass]
+    return None

@@ -13,6 +13,8 @@ Torch's CPU BSR kernels accept square blocks only.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -25,18 +27,17 @@ LAYOUTS = ("csr", "bsr")
 
 def sparse_weight(matrix: torch.Tensor, layout: str, block: int | None = None) -> torch.Tensor:
     """A 2-D dense tensor as a CSR or BSR (block × block) tensor with int32 indices."""
-    if layout == "csr":
-        s = matrix.to_sparse_csr()
-        return torch.sparse_csr_tensor(s.crow_indices().to(torch.int32), s.col_indices().to(torch.int32),
-                                       s.values(), size=matrix.shape)
-    if layout == "bsr":
-        if not block or matrix.shape[0] % block or matrix.shape[1] % block:
-            raise PrunekitError(f"BSR with {block}×{block} blocks needs both dimensions of {tuple(matrix.shape)} "
-                                "divisible by the block size; use CSR for this layer.")
-        s = matrix.to_sparse_bsr((block, block))
-        return torch.sparse_bsr_tensor(s.crow_indices().to(torch.int32), s.col_indices().to(torch.int32),
-                                       s.values(), size=matrix.shape)
-    raise PrunekitError(f"Unknown sparse layout {layout!r}; known: {', '.join(LAYOUTS)}.")
+    if layout not in LAYOUTS:
+        raise PrunekitError(f"Unknown sparse layout {layout!r}; known: {', '.join(LAYOUTS)}.")
+    if layout == "bsr" and (not block or matrix.shape[0] % block or matrix.shape[1] % block):
+        raise PrunekitError(f"BSR with {block}×{block} blocks needs both dimensions of {tuple(matrix.shape)} "
+                            "divisible by the block size; use CSR for this layer.")
+    with warnings.catch_warnings():  # torch calls its sparse layouts beta on every conversion
+        warnings.simplefilter("ignore", UserWarning)
+        s = matrix.to_sparse_csr() if layout == "csr" else matrix.to_sparse_bsr((block, block))
+    parts = {"crow_indices": s.crow_indices().to(torch.int32), "col_indices": s.col_indices().to(torch.int32),
+             "values": s.values()}
+    return from_components(layout, parts, matrix.shape, check=False)  # torch built them: valid by construction
 
 
 def components(weight: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -44,12 +45,17 @@ def components(weight: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"crow_indices": weight.crow_indices(), "col_indices": weight.col_indices(), "values": weight.values()}
 
 
-def from_components(layout: str, parts: dict[str, torch.Tensor], size) -> torch.Tensor:
-    """Inverse of `components` (BSR values are (blocks, b, b))."""
+def from_components(layout: str, parts: dict[str, torch.Tensor], size, *, check: bool = True) -> torch.Tensor:
+    """Inverse of `components` (BSR values are (blocks, b, b)). check=True validates the index
+    invariants (sorted, in range): indices read from a file must never reach a kernel unchecked."""
     build = {"csr": torch.sparse_csr_tensor, "bsr": torch.sparse_bsr_tensor}.get(layout)
     if build is None:
         raise PrunekitError(f"Unknown sparse layout {layout!r}; known: {', '.join(LAYOUTS)}.")
-    return build(parts["crow_indices"], parts["col_indices"], parts["values"], size=tuple(size))
+    try:
+        return build(parts["crow_indices"], parts["col_indices"], parts["values"], size=tuple(size),
+                     check_invariants=check)
+    except RuntimeError as e:
+        raise PrunekitError(f"Invalid {layout.upper()} tensor ({e}); the file is corrupt.") from None
 
 
 def layout_of(weight: torch.Tensor) -> str:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import math
+import statistics
 from dataclasses import dataclass, field
 
 import torch
@@ -36,7 +37,7 @@ from ..nested import tensors_in
 from ..table import format_table
 from .common import call, matrix_view, plain_copy, relative_error, replace_module
 from .sparse_layers import sparse_module, supports_conv
-from .timing import model_latencies, num_threads, paired_medians
+from .timing import model_latencies, num_threads, paired_times, speedup
 
 FORMATS = ("csr", "bsr")
 
@@ -143,7 +144,7 @@ def _choose(name, module, x, matrix, options) -> tuple[dict, nn.Module | None]:
     sparsity = 1.0 - int(matrix.count_nonzero()) / matrix.numel()
     row = {"layer": name, "type": type(module).__name__, "shape": "×".join(map(str, module.weight.shape)),
            "sparsity": sparsity, "dense_ms": "", "csr_ms": "", "bsr_ms": "", "chosen": "dense", "speedup": 1.0,
-           "why": "", "times_ms": {}}
+           "why": "", "times_ms": {}, "speedups": {}}
     reason = _why_not(module)
     if reason is not None:
         return {**row, "why": reason}, None
@@ -159,17 +160,18 @@ def _choose(name, module, x, matrix, options) -> tuple[dict, nn.Module | None]:
         return {**row, "why": note or "no sparse format allowed"}, None
     built = {c: sparse_module(module, layout, block) for c, (layout, block) in found.items()}
     runs = {"dense": lambda: module(x), **{c: (lambda m=m: m(x)) for c, m in built.items()}}
-    ms = {c: 1e3 * s for c, s in paired_medians(runs, repeats=repeats).items()}
-    best = min(built, key=ms.get)
-    speedup = ms["dense"] / ms[best]
+    times = paired_times(runs, repeats=repeats)
+    ms = {c: 1e3 * statistics.median(t) for c, t in times.items()}
+    gains = {c: speedup(times, "dense", c) for c in built}
+    best = max(gains, key=gains.get)
     bsr = [c for c in built if c.startswith("bsr")]
-    row.update(dense_ms=ms["dense"], csr_ms=ms.get("csr", ""), times_ms=ms, speedup=speedup,
+    row.update(dense_ms=ms["dense"], csr_ms=ms.get("csr", ""), times_ms=ms, speedups=gains, speedup=gains[best],
                bsr_ms=f"{min(ms[c] for c in bsr):.4g} ({min(bsr, key=ms.get)})" if bsr else "")
-    if ms[best] < (1 - margin) * ms["dense"]:
-        why = f"{best} {speedup:.2f}× faster than dense"
+    if gains[best] > 1 / (1 - margin):
+        why = f"{best} {gains[best]:.2f}× faster than dense"
         row.update(chosen=best, why=why + (f"; {note}" if note else ""))
         return row, built[best]
-    why = f"fastest sparse ({best}) {speedup:.2f}× dense, needs > {1 / (1 - margin):.2f}×"
+    why = f"fastest sparse ({best}) {gains[best]:.2f}× dense, needs > {1 / (1 - margin):.2f}×"
     return {**row, "speedup": 1.0, "why": why + (f"; {note}" if note else "")}, None
 
 
@@ -193,8 +195,7 @@ def to_sparse(model: nn.Module, example_inputs, *, formats=FORMATS, block_sizes=
     options = (formats, block_sizes, min_fill, min_sparsity, margin, force, repeats)
     first = next(iter(tensors_in(example_inputs)), None)
     batch = int(first.shape[0]) if first is not None and first.dim() else None
-    best = None
-    latency = {}
+    candidates, rows_by_threads = {}, {}
     with evaluation_mode(plain):
         for t in threads:
             with num_threads(t):
@@ -209,11 +210,16 @@ def to_sparse(model: nn.Module, example_inputs, *, formats=FORMATS, block_sizes=
                     rows.append({**row, "threads": t})
                     if chosen is not None:
                         replace_module(sparse, sparse.get_submodule(name), chosen)
-                ms = model_latencies({"dense": plain, "sparse": sparse}, example_inputs, repeats=repeats)
-                latency[t] = {k: 1e3 * v for k, v in ms.items()}
-            if best is None or latency[t]["sparse"] < latency[best[0]]["sparse"]:
-                best = (t, sparse, rows)
-        threads_kept, sparse, rows = best
+            candidates[t], rows_by_threads[t] = sparse, rows
+        # One paired measurement of every thread count, dense and sparse, so the comparison is fair.
+        models = {f"{kind}@{t}": (plain if kind == "dense" else candidates[t]) for t in threads
+                  for kind in ("dense", "sparse")}
+        times = model_latencies(models, example_inputs, repeats=repeats, threads={k: int(k.split("@")[1])
+                                                                                    for k in models})
+        latency = {t: {kind: 1e3 * statistics.median(times[f"{kind}@{t}"]) for kind in ("dense", "sparse")}
+                   for t in threads}
+        threads_kept = min(threads, key=lambda t: latency[t]["sparse"])
+        sparse, rows = candidates[threads_kept], rows_by_threads[threads_kept]
         with torch.no_grad(), evaluation_mode(sparse):
             error = relative_error(call(plain, example_inputs), call(sparse, example_inputs))
     if not error <= rtol:

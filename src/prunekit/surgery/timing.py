@@ -1,9 +1,10 @@
 """Latency measurements that survive a shared machine.
 
 Candidates are timed in alternation: every round runs each candidate once, in an order that
-rotates from round to round, and each candidate's latency is the median over rounds. Load
-from other processes that drifts during a measurement therefore hits all candidates alike,
-and one slow outlier does not move a median.
+rotates from round to round. A candidate's latency is its median over rounds, and its speedup
+over a reference is the median over rounds of t_reference / t_candidate, so load from other
+processes that comes and goes hits both sides of each ratio alike and one slow outlier moves
+nothing. A candidate may run at its own thread count (set outside the timed region).
 """
 
 from __future__ import annotations
@@ -39,55 +40,64 @@ def _synchronize() -> None:
         torch.cuda.synchronize()
 
 
-def paired_medians(candidates: Mapping[str, Callable[[], object]], *, repeats: int = 20,
-                   warmup: int = 2) -> dict[str, float]:
-    """{name: median seconds of one call}, the candidates timed in rotating alternation."""
+def paired_times(candidates: Mapping[str, Callable[[], object]], *, repeats: int = 20, warmup: int = 2,
+                 threads: Mapping[str, int] | None = None) -> dict[str, list[float]]:
+    """{name: seconds of each round}, the candidates called in rotating alternation (inference mode).
+
+    `threads` gives a candidate its own thread count, set before its call and not timed."""
     if repeats < 1 or not candidates:
-        raise PrunekitError("paired_medians needs at least one candidate and repeats ≥ 1.")
-    names = list(candidates)
+        raise PrunekitError("Timing needs at least one candidate and repeats ≥ 1.")
+    names, threads = list(candidates), dict(threads or {})
     times: dict[str, list[float]] = {n: [] for n in names}
-    with torch.inference_mode():
-        for _ in range(warmup):
-            for n in names:
-                candidates[n]()
-        for r in range(repeats):
-            for n in names[r % len(names):] + names[:r % len(names)]:
-                _synchronize()
-                start = time.perf_counter()
-                candidates[n]()
-                _synchronize()
-                times[n].append(time.perf_counter() - start)
+    before = torch.get_num_threads()
+    try:
+        with torch.inference_mode():
+            for r in range(-warmup, repeats):
+                for n in names[r % len(names):] + names[:r % len(names)]:
+                    torch.set_num_threads(threads.get(n, before))
+                    _synchronize()
+                    start = time.perf_counter()
+                    candidates[n]()
+                    _synchronize()
+                    if r >= 0:
+                        times[n].append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(before)
+    return times
+
+
+def paired_medians(candidates: Mapping[str, Callable[[], object]], *, repeats: int = 20, warmup: int = 2,
+                   threads: Mapping[str, int] | None = None) -> dict[str, float]:
+    """{name: median seconds of one call} (see paired_times)."""
+    times = paired_times(candidates, repeats=repeats, warmup=warmup, threads=threads)
     return {n: statistics.median(t) for n, t in times.items()}
 
 
-def model_latencies(models: Mapping[str, nn.Module], example_inputs, *, repeats: int = 20,
-                    warmup: int = 2) -> dict[str, float]:
-    """Median seconds per forward pass of each model on `example_inputs`, in eval mode, paired."""
+def speedup(times: Mapping[str, list[float]], reference: str, candidate: str) -> float:
+    """Median over rounds of t_reference / t_candidate."""
+    return statistics.median(a / b for a, b in zip(times[reference], times[candidate]))
+
+
+def model_latencies(models: Mapping[str, nn.Module], example_inputs, *, repeats: int = 20, warmup: int = 2,
+                    threads: Mapping[str, int] | None = None) -> dict[str, list[float]]:
+    """paired_times of each model's forward pass on `example_inputs`, in eval mode."""
     with ExitStack() as stack:
         for m in models.values():
             stack.enter_context(evaluation_mode(m))
-        return paired_medians({n: (lambda m=m: call(m, example_inputs)) for n, m in models.items()},
-                              repeats=repeats, warmup=warmup)
+        return paired_times({n: (lambda m=m: call(m, example_inputs)) for n, m in models.items()},
+                            repeats=repeats, warmup=warmup, threads=threads)
 
 
 def fastest_threads(model: nn.Module, example_inputs, candidates=(1, 2), *, repeats: int = 20) -> tuple[int, dict[int, float]]:
-    """(the thread count with the lowest median latency, {threads: seconds}).
+    """(the thread count with the lowest median latency, {threads: median seconds}).
 
     Small pruned models often run faster on one thread than on two when other work shares
-    the cores, so the count is measured, not assumed. Thread counts are alternated call by
-    call like any other candidates; the previous setting is restored.
+    the cores, so the count is measured, not assumed; the previous setting is restored.
     """
     counts = sorted(set(candidates))
-    if not counts:
-        raise PrunekitError("fastest_threads needs at least one thread count, e.g. (1, 2).")
-
-    def at(n):
-        def run():
-            with num_threads(n):
-                call(model, example_inputs)
-        return run
-
-    with evaluation_mode(model):
-        seconds = paired_medians({str(n): at(n) for n in counts}, repeats=repeats)
-    by_count = {n: seconds[str(n)] for n in counts}
+    if not counts or any(not (isinstance(t, int) and t >= 1) for t in counts):
+        raise PrunekitError(f"fastest_threads needs positive thread counts, e.g. (1, 2), not {candidates!r}.")
+    times = model_latencies({str(t): model for t in counts}, example_inputs, repeats=repeats,
+                            threads={str(t): t for t in counts})
+    by_count = {t: statistics.median(times[str(t)]) for t in counts}
     return min(by_count, key=by_count.get), by_count

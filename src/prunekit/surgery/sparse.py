@@ -122,57 +122,75 @@ def _why_not(module: nn.Module) -> str | None:
     return None
 
 
-def _check_options(formats, block_sizes, threads, margin, force):
-    unknown = set(formats) - set(FORMATS)
-    if unknown:
-        raise PrunekitError(f"Unknown sparse formats {sorted(unknown)}; choose from {FORMATS}.")
-    if any(not (isinstance(b, int) and b >= 1) for b in block_sizes):
-        raise PrunekitError(f"block_sizes must be positive integers (torch's CPU BSR needs square blocks), "
-                            f"not {block_sizes!r}.")
-    if not threads or any(not (isinstance(t, int) and t >= 1) for t in threads):
-        raise PrunekitError(f"threads must list positive thread counts to measure, e.g. (1, 2), not {threads!r}.")
-    if not 0 <= margin < 1:
-        raise PrunekitError(f"margin is the fraction a sparse layer must beat dense by, in [0, 1); got {margin!r}.")
-    valid = {"csr"} | {f"bsr{b}" for b in block_sizes}
-    if force is not None and force not in valid:
-        raise PrunekitError(f"force={force!r} is not a candidate; use one of {sorted(valid)} or None to measure.")
+@dataclass(frozen=True)
+class ChoiceSettings:
+    """How to_sparse chooses a layer's format (see its docstring)."""
+
+    formats: tuple = FORMATS
+    block_sizes: tuple = (4, 8, 16)
+    min_fill: float = 0.5
+    min_sparsity: float = 0.5
+    margin: float = 0.05
+    force: str | None = None
+    repeats: int = 20
+
+    def __post_init__(self):
+        unknown = set(self.formats) - set(FORMATS)
+        if unknown:
+            raise PrunekitError(f"Unknown sparse formats {sorted(unknown)}; choose from {FORMATS}.")
+        if any(not (isinstance(b, int) and b >= 1) for b in self.block_sizes):
+            raise PrunekitError(f"block_sizes must be positive integers (torch's CPU BSR needs square blocks), "
+                                f"not {self.block_sizes!r}.")
+        if not 0 <= self.margin < 1:
+            raise PrunekitError(f"margin is the fraction a sparse layer must beat dense by, in [0, 1); "
+                                f"got {self.margin!r}.")
+        valid = {"csr"} | {f"bsr{b}" for b in self.block_sizes}
+        if self.force is not None and self.force not in valid:
+            raise PrunekitError(f"force={self.force!r} is not a candidate; use one of {sorted(valid)} or None to "
+                                "measure.")
+        if not (isinstance(self.repeats, int) and self.repeats >= 1):
+            raise PrunekitError(f"repeats must be a positive integer, not {self.repeats!r}.")
 
 
-def _choose(name, module, x, matrix, options) -> tuple[dict, nn.Module | None]:
+def _row(name: str, module: nn.Module, matrix: torch.Tensor, **fields) -> dict:
+    return {"layer": name, "type": type(module).__name__, "shape": "×".join(map(str, module.weight.shape)),
+            "sparsity": 1.0 - int(matrix.count_nonzero()) / matrix.numel(), "dense_ms": "", "csr_ms": "",
+            "bsr_ms": "", "chosen": "dense", "speedup": 1.0, "why": "", "times_ms": {}, "speedups": {}, **fields}
+
+
+def _choose(name, module, x, matrix, settings: ChoiceSettings) -> tuple[dict, nn.Module | None]:
     """(report row, the chosen sparse module or None for dense) for one layer at the current thread count."""
-    formats, block_sizes, min_fill, min_sparsity, margin, force, repeats = options
-    sparsity = 1.0 - int(matrix.count_nonzero()) / matrix.numel()
-    row = {"layer": name, "type": type(module).__name__, "shape": "×".join(map(str, module.weight.shape)),
-           "sparsity": sparsity, "dense_ms": "", "csr_ms": "", "bsr_ms": "", "chosen": "dense", "speedup": 1.0,
-           "why": "", "times_ms": {}, "speedups": {}}
+    row = _row(name, module, matrix)
     reason = _why_not(module)
     if reason is not None:
         return {**row, "why": reason}, None
-    if force is None and sparsity < min_sparsity:
-        return {**row, "why": f"sparsity {sparsity:.0%} < min_sparsity {min_sparsity:.0%}, not measured"}, None
-    found, note = candidate_layouts(matrix, formats, block_sizes, min_fill)
-    if force is not None:
-        if force not in found:
-            return {**row, "why": f"{force} not possible here ({note or 'format not allowed'})"}, None
-        layout, block = found[force]
-        return {**row, "chosen": force, "speedup": math.nan, "why": "forced"}, sparse_module(module, layout, block)
+    if settings.force is None and row["sparsity"] < settings.min_sparsity:
+        return {**row, "why": f"sparsity {row['sparsity']:.0%} < min_sparsity {settings.min_sparsity:.0%}, "
+                              "not measured"}, None
+    found, note = candidate_layouts(matrix, settings.formats, settings.block_sizes, settings.min_fill)
+    if settings.force is not None:
+        if settings.force not in found:
+            return {**row, "why": f"{settings.force} not possible here ({note or 'format not allowed'})"}, None
+        layout, block = found[settings.force]
+        return {**row, "chosen": settings.force, "speedup": math.nan, "why": "forced"}, \
+            sparse_module(module, layout, block)
     if not found:
         return {**row, "why": note or "no sparse format allowed"}, None
     built = {c: sparse_module(module, layout, block) for c, (layout, block) in found.items()}
     runs = {"dense": lambda: module(x), **{c: (lambda m=m: m(x)) for c, m in built.items()}}
-    times = paired_times(runs, repeats=repeats)
+    times = paired_times(runs, repeats=settings.repeats)
     ms = {c: 1e3 * statistics.median(t) for c, t in times.items()}
     gains = {c: speedup(times, "dense", c) for c in built}
     best = max(gains, key=gains.get)
     bsr = [c for c in built if c.startswith("bsr")]
     row.update(dense_ms=ms["dense"], csr_ms=ms.get("csr", ""), times_ms=ms, speedups=gains, speedup=gains[best],
                bsr_ms=f"{min(ms[c] for c in bsr):.4g} ({min(bsr, key=ms.get)})" if bsr else "")
-    if gains[best] > 1 / (1 - margin):
-        why = f"{best} {gains[best]:.2f}× faster than dense"
-        row.update(chosen=best, why=why + (f"; {note}" if note else ""))
-        return row, built[best]
-    why = f"fastest sparse ({best}) {gains[best]:.2f}× dense, needs > {1 / (1 - margin):.2f}×"
-    return {**row, "speedup": 1.0, "why": why + (f"; {note}" if note else "")}, None
+    note = f"; {note}" if note else ""
+    needed = 1 / (1 - settings.margin)
+    if gains[best] > needed:
+        return {**row, "chosen": best, "why": f"{best} {gains[best]:.2f}× faster than dense{note}"}, built[best]
+    return {**row, "speedup": 1.0, "why": f"fastest sparse ({best}) {gains[best]:.2f}× dense, needs > "
+                                          f"{needed:.2f}×{note}"}, None
 
 
 def to_sparse(model: nn.Module, example_inputs, *, formats=FORMATS, block_sizes=(4, 8, 16), threads=(1, 2),
@@ -186,13 +204,14 @@ def to_sparse(model: nn.Module, example_inputs, *, formats=FORMATS, block_sizes=
     The copy's outputs are checked against the masked model's (relative error ≤ rtol, else
     PrunekitError). `model` itself, masks included, is never changed.
     """
-    formats, block_sizes, threads = tuple(formats), tuple(block_sizes), tuple(dict.fromkeys(threads))
-    _check_options(formats, block_sizes, threads, margin, force)
+    settings = ChoiceSettings(tuple(formats), tuple(block_sizes), min_fill, min_sparsity, margin, force, repeats)
+    threads = tuple(dict.fromkeys(threads))
+    if not threads or any(not (isinstance(t, int) and t >= 1) for t in threads):
+        raise PrunekitError(f"threads must list positive thread counts to measure, e.g. (1, 2), not {threads!r}.")
     plain = plain_copy(model)
     layers = {n: m for n, m in plain.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
     inputs = _layer_inputs(plain, example_inputs, layers)
     matrices = {n: matrix_view(m.weight.detach()) for n, m in layers.items()}
-    options = (formats, block_sizes, min_fill, min_sparsity, margin, force, repeats)
     first = next(iter(tensors_in(example_inputs)), None)
     batch = int(first.shape[0]) if first is not None and first.dim() else None
     candidates, rows_by_threads = {}, {}
@@ -202,11 +221,9 @@ def to_sparse(model: nn.Module, example_inputs, *, formats=FORMATS, block_sizes=
                 rows, sparse = [], copy.deepcopy(plain)
                 for name, module in layers.items():
                     if name not in inputs:
-                        rows.append({"layer": name, "type": type(module).__name__, "shape": "×".join(
-                            map(str, module.weight.shape)), "sparsity": 1 - int(matrices[name].count_nonzero())
-                            / matrices[name].numel(), "chosen": "dense", "why": "not reached by example_inputs"})
+                        rows.append(_row(name, module, matrices[name], why="not reached by example_inputs"))
                         continue
-                    row, chosen = _choose(name, module, inputs[name], matrices[name], options)
+                    row, chosen = _choose(name, module, inputs[name], matrices[name], settings)
                     rows.append({**row, "threads": t})
                     if chosen is not None:
                         replace_module(sparse, sparse.get_submodule(name), chosen)

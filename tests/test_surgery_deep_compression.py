@@ -14,7 +14,7 @@ from prunekit.errors import PrunekitError
 from prunekit.surgery import (bake_shared, deep_compress, kmeans_1d, read_deep_compressed, share_weights,
                               write_deep_compressed)
 from prunekit.surgery import huffman
-from prunekit.surgery.compressed_file import Encoded, _Reader, decode_tensor, encode_tensor
+from prunekit.surgery.compressed_file import _Reader, decode_tensor, encode_tensor
 from prunekit.training import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -40,7 +40,3 @@ def matrix_view(weight: torch.Tensor) -> torch.Tensor:
     """A Linear weight as it is, a conv weight (O, I, k…) as its (O, I·k…) matrix."""
     return weight.reshape(weight.shape[0], -1)
 
-
-def layer_weights(model: nn.Module, types: tuple) -> dict[str, nn.Module]:
-    """{module name: module} for the modules of `types` (each module once)."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, types)}

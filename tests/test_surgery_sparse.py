@@ -77,6 +77,7 @@ def test_measured_choice_keeps_the_fastest_candidate_and_says_why():
     assert "min_sparsity" in rows["2"]["why"] and rows["2"]["chosen"] == "dense"  # 20 %: not worth measuring
     measured = rows["0"]
     assert set(measured["times_ms"]) >= {"dense", "csr"} and set(measured["speedups"]) >= {"csr"}
+    assert measured["speedups"]["csr"] == pytest.approx(measured["dense_ms"] / measured["csr_ms"])
     best = max(measured["speedups"], key=measured["speedups"].get)
     if measured["chosen"] == "dense":  # kept dense only when no sparse kernel beat it by the 5 % margin
         assert measured["speedups"][best] <= 1 / 0.95 and "needs" in measured["why"]

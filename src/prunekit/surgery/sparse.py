@@ -8,17 +8,19 @@ For every Linear / Conv2d that the example inputs reach, the candidates are
     dense   the layer as it is (masks baked in);
     csr     SparseLinear / SparseConv2d holding the non-zeros in CSR;
     bsrB    the same in B×B blocks, for each B in `block_sizes` that divides both dimensions
-            of the weight matrix and whose non-zero blocks are at least `min_fill` full
+            of the weight matrix and whose non-zero blocks are at least `min_fill` (75 %) full
             (otherwise BSR would mostly store zeros: the mask has no block structure).
 
 Each candidate is timed on the very input the layer received (so at the user's batch size),
-candidates alternating (prunekit.surgery.timing). A sparse layout is kept only when it beats
-dense by more than `margin` (default 5 %), so a noisy tie never makes a layer slower. Layers
-sparser than nothing useful (below `min_sparsity`) are not measured at all.
+candidates alternating, and compared by their fastest run (prunekit.surgery.timing: other
+processes only add time). A sparse layout is kept only when it beats dense by more than
+`margin` (default 5 %), so a tie never makes a layer slower. Layers below `min_sparsity`
+(50 %) are not measured at all: on CPUs sparse kernels do not pay there.
 
-The whole choice is repeated for every thread count in `threads`; the thread count whose
-sparse model runs fastest end to end is kept and recorded in the report, because small
-sparse models often lose to contention on a second thread.
+The whole choice is repeated for every thread count in `threads`; then the dense and sparse
+models of every thread count are timed together, and the count whose sparse model has the
+lowest median latency is kept and recorded in the report: small sparse models often lose
+to contention on a second thread, and the median sees contention.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from ..nested import tensors_in
 from ..table import format_table
 from .common import call, matrix_view, plain_copy, relative_error, replace_module
 from .sparse_layers import sparse_module, supports_conv
-from .timing import model_latencies, num_threads, paired_times, speedup
+from .timing import fastest, model_latencies, num_threads, paired_times
 
 FORMATS = ("csr", "bsr")
 
@@ -128,7 +130,7 @@ class ChoiceSettings:
 
     formats: tuple = FORMATS
     block_sizes: tuple = (4, 8, 16)
-    min_fill: float = 0.5
+    min_fill: float = 0.75
     min_sparsity: float = 0.5
     margin: float = 0.05
     force: str | None = None
@@ -178,9 +180,8 @@ def _choose(name, module, x, matrix, settings: ChoiceSettings) -> tuple[dict, nn
         return {**row, "why": note or "no sparse format allowed"}, None
     built = {c: sparse_module(module, layout, block) for c, (layout, block) in found.items()}
     runs = {"dense": lambda: module(x), **{c: (lambda m=m: m(x)) for c, m in built.items()}}
-    times = paired_times(runs, repeats=settings.repeats)
-    ms = {c: 1e3 * statistics.median(t) for c, t in times.items()}
-    gains = {c: speedup(times, "dense", c) for c in built}
+    ms = {c: 1e3 * t for c, t in fastest(paired_times(runs, repeats=settings.repeats)).items()}
+    gains = {c: ms["dense"] / ms[c] for c in built}
     best = max(gains, key=gains.get)
     bsr = [c for c in built if c.startswith("bsr")]
     row.update(dense_ms=ms["dense"], csr_ms=ms.get("csr", ""), times_ms=ms, speedups=gains, speedup=gains[best],
@@ -194,7 +195,7 @@ def _choose(name, module, x, matrix, settings: ChoiceSettings) -> tuple[dict, nn
 
 
 def to_sparse(model: nn.Module, example_inputs, *, formats=FORMATS, block_sizes=(4, 8, 16), threads=(1, 2),
-              margin: float = 0.05, min_fill: float = 0.5, min_sparsity: float = 0.5, force: str | None = None,
+              margin: float = 0.05, min_fill: float = 0.75, min_sparsity: float = 0.5, force: str | None = None,
               repeats: int = 20, rtol: float = 1e-5) -> tuple[nn.Module, SparseReport]:
     """(sparse copy of `model`, SparseReport): Linear / Conv2d layers replaced where a sparse kernel is faster.
 

@@ -1,10 +1,16 @@
 """Latency measurements that survive a shared machine.
 
 Candidates are timed in alternation: every round runs each candidate once, in an order that
-rotates from round to round. A candidate's latency is its median over rounds, and its speedup
-over a reference is the median over rounds of t_reference / t_candidate, so load from other
-processes that comes and goes hits both sides of each ratio alike and one slow outlier moves
-nothing. A candidate may run at its own thread count (set outside the timed region).
+rotates from round to round, so load from other processes that comes and goes hits all of
+them alike. Two statistics, for two questions:
+
+  * fastest(times): the quickest round of each candidate. Other processes only ever add
+    time, so the minimum is the best estimate of what the code itself costs (the argument
+    of Python's timeit); kernel choices compare these.
+  * median: what a call typically takes on this machine as it is, contention included;
+    end-to-end latency and thread counts are judged by it.
+
+A candidate may run at its own thread count (set outside the timed region).
 """
 
 from __future__ import annotations
@@ -73,9 +79,9 @@ def paired_medians(candidates: Mapping[str, Callable[[], object]], *, repeats: i
     return {n: statistics.median(t) for n, t in times.items()}
 
 
-def speedup(times: Mapping[str, list[float]], reference: str, candidate: str) -> float:
-    """Median over rounds of t_reference / t_candidate."""
-    return statistics.median(a / b for a, b in zip(times[reference], times[candidate]))
+def fastest(times: Mapping[str, list[float]]) -> dict[str, float]:
+    """{name: its quickest round in seconds}."""
+    return {n: min(t) for n, t in times.items()}
 
 
 def model_latencies(models: Mapping[str, nn.Module], example_inputs, *, repeats: int = 20, warmup: int = 2,

@@ -9,7 +9,7 @@ import sys
 
 from .errors import PrunekitError
 
-COMMANDS = ["demo", "run", "sensitivity", "lottery", "experiment", "compact"]
+COMMANDS = ["demo", "run", "sensitivity", "lottery", "experiment", "compact", "llm"]
 
 
 def build_parser() -> argparse.ArgumentParser:

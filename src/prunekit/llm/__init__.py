@@ -12,6 +12,7 @@ from .engine import BlockRun, block_linears, decoder_layers, run_blockwise
 from .evaluate import LMEvaluation, evaluate_lm
 from .loading import load_causal_lm, require_transformers
 from .magnitude import Magnitude
+from .memory import PeakRSS
 from .methods import METHODS, get_method
 from .oneshot import OneShotResult, prune_oneshot
 from .owl import OWL, owl_sparsities
@@ -23,7 +24,7 @@ from .text import calibration_tokens, evaluation_tokens
 from .wanda import Wanda, wanda_scores
 
 __all__ = ["LayerMethod", "LayerPruning", "BlockRun", "block_linears", "decoder_layers", "run_blockwise",
-           "LMEvaluation", "evaluate_lm", "load_causal_lm", "require_transformers", "Magnitude", "METHODS",
+           "LMEvaluation", "evaluate_lm", "load_causal_lm", "require_transformers", "Magnitude", "PeakRSS", "METHODS",
            "get_method", "OneShotResult", "prune_oneshot", "OWL", "owl_sparsities", "recover", "SparseGPT",
            "sparsegpt_prune", "InputStatistics", "NM", "parse_nm", "calibration_tokens", "evaluation_tokens",
            "Wanda", "wanda_scores"]

@@ -50,7 +50,7 @@ def recover(model, tokens: torch.Tensor, *, steps: int = 100, lr: float = 1e-4, 
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                losses.append(float(loss))
+                losses.append(loss.item())
     finally:
         for p, flag in flags.items():
             p.requires_grad_(flag)

@@ -48,11 +48,13 @@ def release_memory():
 
 
 def configurations(args):
-    for target in args.targets:
-        for method in args.methods:
-            for owl in args.owl:
-                if owl and "sparsity" not in TARGETS[target]:
-                    continue  # OWL allocates unstructured sparsities only
+    """Uniform sparsities first, then OWL; within each, targets in order and data-free magnitude last
+    under OWL (an interrupted run has then measured what matters most)."""
+    for owl in args.owl:
+        for target in args.targets:
+            if owl and "sparsity" not in TARGETS[target]:
+                continue  # OWL allocates unstructured sparsities only
+            for method in sorted(args.methods, key=lambda m: owl and m == "magnitude"):
                 for samples in args.samples:
                     for seed in args.seeds if method != "magnitude" or owl else [0]:
                         yield dict(method=method, target=target, owl=owl, samples=samples, seed=seed,

@@ -272,3 +272,23 @@ def test_input_statistics_add_up_over_batches():
     for part in x.split(7):
         parts.add(part)
     assert torch.allclose(whole.norms, x.norm(dim=0)) and torch.allclose(parts.gram, x.T @ x, atol=1e-4)
+
+
+def test_layers_fed_the_same_tensor_share_one_accumulator_with_their_own_inputs():
+    model, ids = tiny("llama"), tokens()
+    captured = {}
+
+    def check(run):
+        stats = run.input_statistics(gram=True)
+        captured.update(stats)
+        return None
+
+    run_blockwise(model, ids, check, batch_size=4)  # the last block's statistics stay in `captured`
+    attn, mlp = "self_attn.", "mlp."
+    assert captured[attn + "q_proj"] is captured[attn + "k_proj"] is captured[attn + "v_proj"]
+    assert captured[mlp + "gate_proj"] is captured[mlp + "up_proj"]
+    assert captured[attn + "o_proj"] is not captured[attn + "q_proj"]
+    inputs = linear_inputs_of_full_forward(model, ids, 1)
+    for name, x in inputs.items():
+        assert captured[name].tokens == x.shape[0]
+        assert torch.allclose(captured[name].gram, x.T @ x, rtol=1e-4, atol=1e-3)

@@ -150,14 +150,26 @@ class BlockRun:
         linears = block_linears(self.block)
         stats = {name: InputStatistics(layer.in_features, gram=gram, device=layer.weight.device)
                  for name, layer in linears.items()}
-        handles = [layer.register_forward_hook(lambda _m, inputs, _out, s=stats[name]: s.add(inputs[0]))
+        # Layers fed the very same tensor (q/k/v projections, gate/up) share one accumulator:
+        # the Gram matrix is computed once for them. `owner` is settled on the first batch.
+        owner, last = {}, {"input": None, "owner": None}
+
+        def record(name, inputs):
+            x = inputs[0]
+            if name not in owner:
+                owner[name] = last["owner"] if x is last["input"] else name
+            if owner[name] == name:
+                stats[name].add(x)
+            last["input"], last["owner"] = x, owner[name]
+
+        handles = [layer.register_forward_hook(lambda _m, inputs, _out, n=name: record(n, inputs))
                    for name, layer in linears.items()]
         try:
             self.forward()
         finally:
             for handle in handles:
                 handle.remove()
-        return stats
+        return {name: stats[owner.get(name, name)] for name in linears}
 
 
 def run_blockwise(model: nn.Module, tokens: torch.Tensor, process_block: Callable[[BlockRun], dict | None], *,

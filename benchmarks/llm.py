@@ -8,7 +8,9 @@ MPL-2.0 (about 11k tokens), held out of the calibration text. Numbers compare me
 each other, not with published WikiText figures.
 
 Each configuration starts from the dense model reloaded from the safetensors cache; wall
-time and peak RSS (sampled /proc/self/statm) cover the pruning call only. Results are
+time, CPU time (all threads) and peak RSS (sampled /proc/self/statm) cover the pruning call
+only; "load" is the machine's 1-minute load average when it ended (other work on the machine
+inflates wall times, CPU time less so). Results are
 appended to a JSON-lines file as they finish, so an interrupted run resumes where it stopped.
 
     python benchmarks/llm.py --quick                  # reference setting: 50 % and 2:4, seed 0
@@ -23,6 +25,7 @@ import argparse
 import ctypes
 import gc
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -69,11 +72,12 @@ def run_one(config, tokenizer, evaluations, dense):
     model, _ = load_causal_lm("smollm2")
     tokens = calibration_tokens(tokenizer, config["samples"], 256, seed=config["seed"])
     with PeakRSS() as peak:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         result = prune_oneshot(model, tokens, config["method"], owl=config["owl"], progress=False,
                                **TARGETS[config["target"]])
-        seconds = time.perf_counter() - started
-    row = {**config, "seconds": seconds, "peak_rss_gb": peak.gigabytes, "sparsity": result.sparsity}
+        seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    row = {**config, "seconds": seconds, "cpu_seconds": cpu_seconds, "peak_rss_gb": peak.gigabytes,
+           "sparsity": result.sparsity, "load_average": os.getloadavg()[0]}
     if config["recover"]:
         started = time.perf_counter()
         recover(model, tokens, steps=config["recover"], progress=False)
@@ -98,7 +102,8 @@ def summarise(rows, evaluations, dense):
     for name in evaluations:
         table = [{"method": "dense", "target": "-", "calibration": "-", "draws": "-",
                   "perplexity": f"{dense[name].perplexity:.2f}", "× dense": "1.00", "agreement": "1.000",
-                  "prune s": "-", "peak RSS GB": "-"}]
+                  "prune s": "-", "CPU s": "-", "load": "-",
+                  "peak RSS GB": "-"}]
         for (target, method, owl, samples, recovered), group in sorted(groups.items(), key=lambda kv: (
                 list(TARGETS).index(kv[0][0]), kv[0][1], kv[0][2], kv[0][3], kv[0][4])):
             ppl = [r[f"ppl_{name}"] for r in group if f"ppl_{name}" in r]
@@ -110,6 +115,8 @@ def summarise(rows, evaluations, dense):
                           "× dense": f"{statistics.mean(ppl) / dense[name].perplexity:.2f}",
                           "agreement": spread([r[f"agree_{name}"] for r in group], 3),
                           "prune s": spread([r["seconds"] for r in group], 0),
+                          "CPU s": spread([r.get("cpu_seconds", float("nan")) for r in group], 0),
+                          "load": f"{max(r.get('load_average', float('nan')) for r in group):.1f}",
                           "peak RSS GB": f"{max(r['peak_rss_gb'] for r in group):.2f}"})
         print(f"\n### Evaluation text: {name} ({dense[name].tokens} scored tokens, {WINDOW}-token windows)\n")
         print(format_table(table))

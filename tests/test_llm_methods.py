@@ -203,3 +203,12 @@ def test_nm_must_divide_the_input_features():
 def test_owl_spread_too_wide_raises():
     with pytest.raises(PrunekitError):
         owl_sparsities([0.0, 1.0], 0.95, 0.08)
+
+
+def test_peak_rss_sees_a_temporary_allocation():
+    from prunekit.llm import PeakRSS
+
+    with PeakRSS(interval=0.005) as peak:
+        block = torch.ones(50_000_000, dtype=torch.float32)  # 200 MB, touched
+        del block
+    assert peak.bytes - peak.start > 150e6

@@ -116,9 +116,9 @@ def prune_oneshot(model, tokens=None, method="wanda", *, sparsity=None, nm=None,
 
     masks = _commit(model, pending)
     rows = [{"layer": name, "sparsity": 1.0 - mask.float().mean().item()} for name, mask in masks.items()]
-    return OneShotResult(layer_method.name, str(target), masks, [float(t.sparsity if isinstance(t, NM) else t)
-                                                                  for t in targets],
-                         time.perf_counter() - started, owl=allocator is not None, rows=rows)
+    block_sparsities = [float(t.sparsity) if isinstance(t, NM) else float(t) for t in targets]
+    return OneShotResult(layer_method.name, str(target), masks, block_sparsities, time.perf_counter() - started,
+                         owl=allocator is not None, rows=rows)
 
 
 def _commit(model, pending) -> MaskSet:

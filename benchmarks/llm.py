@@ -77,7 +77,7 @@ def run_one(config, tokenizer, evaluations, dense):
                                **TARGETS[config["target"]])
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     row = {**config, "seconds": seconds, "cpu_seconds": cpu_seconds, "peak_rss_gb": peak.gigabytes,
-           "sparsity": result.sparsity, "load_average": os.getloadavg()[0]}
+           "sparsity": result.sparsity, "load_average": os.getloadavg()[0], "threads": torch.get_num_threads()}
     if config["recover"]:
         started = time.perf_counter()
         recover(model, tokens, steps=config["recover"], progress=False)
@@ -132,7 +132,8 @@ def main():
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--eval", default="reference,long")
     parser.add_argument("--recover", type=int, default=0, help="recovery fine-tuning steps after pruning")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads; on a loaded machine more threads spin and slow the column loop")
     parser.add_argument("--results", default="runs/bench-llm.jsonl")
     args = parser.parse_args()
     if args.quick:

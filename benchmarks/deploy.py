@@ -38,7 +38,8 @@ from prunekit.cnn_models import mobilenetv2, resnet18
 from prunekit.data import load_dataset
 from prunekit.granularity import prune_granular
 from prunekit.models import build_model
-from prunekit.surgery import (RankProblem, deep_compress, fold_batchnorm, low_rank, model_bytes, num_threads,
+from prunekit.allocate import RankProblem
+from prunekit.surgery import (deep_compress, fold_batchnorm, low_rank, model_bytes, num_threads,
                               paired_medians, quantize_int8, save_sparse, to_sparse, write_deep_compressed)
 from prunekit.surgery.timing import fastest, paired_times
 from prunekit.surgery.common import plain_copy

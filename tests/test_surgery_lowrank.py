@@ -10,7 +10,8 @@ import prunekit as pk
 from prunekit.allocate import GreedyAllocator
 from prunekit.data import load_dataset
 from prunekit.errors import PrunekitError
-from prunekit.surgery import RankProblem, energy_rank, factorize, low_rank, svd_factors, useful_rank
+from prunekit.allocate import RankProblem
+from prunekit.surgery import energy_rank, factorize, low_rank, svd_factors, useful_rank
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

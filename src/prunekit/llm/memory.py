@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import resource
 import threading
-import time
 from pathlib import Path
 
 _STATM = Path("/proc/self/statm")

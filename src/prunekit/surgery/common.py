@@ -1,31 +1,16 @@
-"""Small helpers every surgery step shares: a plain copy of a model, calling it on example
-inputs, replacing a module wherever it is attached, and the matrix view of a layer weight."""
+"""Small helpers every surgery step shares: replacing a module wherever it is attached and the
+matrix view of a layer weight; a plain copy, a call on example inputs and the output error are
+prunekit.compaction's (re-exported here so every surgery module imports from one place)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from ..compaction import call_model as call
+from ..compaction import plain_copy, relative_error
 
-def plain_copy(model: nn.Module) -> nn.Module:
-    """A deep copy with every mask baked in (w ⊙ m) and no parametrization left; `model` is unchanged."""
-    from ..compaction import _plain_copy  # the one implementation of a mask-free copy (tied weights kept tied)
-
-    return _plain_copy(model)
-
-
-def call(model: nn.Module, example_inputs):
-    """model(example_inputs): a tensor, a tuple of positional inputs, or a dict of keyword inputs."""
-    if isinstance(example_inputs, dict):
-        return model(**example_inputs)
-    return model(*(example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)))
-
-
-def relative_error(reference, other) -> float:
-    """max over outputs of ‖reference − other‖ / ‖reference‖ (inf when shapes differ)."""
-    from ..compaction import relative_error as error
-
-    return error(reference, other)
+__all__ = ["call", "matrix_view", "plain_copy", "relative_error", "replace_module"]
 
 
 def replace_module(root: nn.Module, old: nn.Module, new: nn.Module) -> None:

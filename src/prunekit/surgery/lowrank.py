@@ -12,7 +12,7 @@ followed by a 1×1 conv to m channels. Parameters go from m·n to r·(m + n), so
 pays only for r < m·n / (m + n).
 
 Rank per layer: `energy=e` keeps the smallest r with Σ_{i≤r} σ_i² ≥ e · Σ_i σ_i²; `ranks={layer:
-r}` sets them directly, e.g. from an allocator over RankProblem (prunekit.surgery.rank_problem).
+r}` sets them directly, e.g. from an allocator over RankProblem (prunekit.allocate.ranks).
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def factorize(module: nn.Module, rank: int) -> nn.Sequential:
     return nn.Sequential(first, second)
 
 
-def _chosen_layers(model: nn.Module, layers) -> dict[str, nn.Module]:
+def chosen_layers(model: nn.Module, layers) -> dict[str, nn.Module]:
     available = {n: m for n, m in model.named_modules() if factorizable(m) and n}
     if layers is None:
         return available
@@ -111,7 +111,7 @@ def low_rank(model: nn.Module, *, energy: float | None = None, ranks: dict[str, 
     if energy is not None:
         energy_rank(torch.ones(1), energy)  # validates before anything is copied
     plain = plain_copy(model)
-    chosen = _chosen_layers(plain, layers if ranks is None else list(ranks))
+    chosen = chosen_layers(plain, layers if ranks is None else list(ranks))
     rows, replacements = [], {}
     for name, module in chosen.items():
         weight = module.weight.detach()

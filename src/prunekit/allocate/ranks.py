@@ -22,11 +22,11 @@ from collections.abc import Mapping
 from torch import nn
 
 from ..accounting import count_flops
-from ..allocate import Layer, PruningProblem
 from ..errors import PrunekitError
+from ..surgery.common import matrix_view, plain_copy
+from ..surgery.lowrank import chosen_layers, low_rank, useful_rank
 from ..training import TrainConfig, evaluate, train
-from .common import matrix_view, plain_copy
-from .lowrank import _chosen_layers, low_rank, useful_rank
+from .base import Layer, PruningProblem
 
 METRICS = ("params", "flops")
 
@@ -43,7 +43,7 @@ class RankProblem(PruningProblem):
         self.model, self.val, self.metric = model, val, metric
         self.train_data, self.train_config = train_data, train_config or TrainConfig()
         plain = plain_copy(model)
-        chosen = _chosen_layers(plain, layers)
+        chosen = chosen_layers(plain, layers)
         flops = count_flops(plain, example_input)["layers"] if metric == "flops" else {}
         self._shape, self._unit = {}, {}
         self.layers = []

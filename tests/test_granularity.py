@@ -18,6 +18,9 @@ UNIT_KEY = {
     "kernel": lambda idx: idx[:2],
     "in_channel": lambda idx: (idx[1],),
     "out_channel": lambda idx: (idx[0],),
+    # blocks tile the (O, I·k_h·k_w) matrix view: column = the element's flat index within its filter
+    **{f"block{r}x{c}": (lambda idx, r=r, c=c: (idx[0] // r, (idx[1] * 10 + idx[2] * 5 + idx[3]) // c))
+       for r, c in ((4, 4), (8, 8), (16, 16), (1, 4), (4, 1))},
 }
 
 

@@ -12,7 +12,7 @@ import torch
 from . import __version__
 from .errors import PrunekitError
 
-COMMANDS = ["demo", "run", "sensitivity", "lottery", "experiment", "compact", "export", "report"]
+COMMANDS = ["demo", "run", "sensitivity", "lottery", "experiment", "compact", "export", "report", "llm"]
 
 
 def build_parser() -> argparse.ArgumentParser:

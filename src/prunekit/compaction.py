@@ -332,5 +332,3 @@ def predicted_counts(model: nn.Module, example_inputs, *, graph: DependencyGraph
 __all__ = ["CompactionRecord", "apply_record", "call_model", "compact", "make_record", "materialise",
            "module_attributes", "plain_copy", "predicted_counts", "relative_error", "removable_units", "skeleton_copy"]
 
-# Former private names, still imported by blocks.py until it uses call_model / plain_copy.
-_call, _plain_copy = call_model, plain_copy

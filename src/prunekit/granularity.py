@@ -10,6 +10,11 @@ element-wise criterion scores of its members; pruning a unit zeroes all of them.
     in_channel   everything that reads input channel i               weight (O, I, ...)
     out_channel  filter o: everything that writes output channel o   weight (O, ...)
     neuron       a Linear output neuron (a row of the weight)         weight (O, I)
+    blockRxC     an R×C tile of the matrix view (O, rest): block4x4,   weight (O, ...)
+                 block8x8, block16x16 (torch's square BSR blocks),
+                 block1x4 (one row, 4 inputs), block4x1 (4 rows, one
+                 input); edge tiles are smaller when R or C does not
+                 divide the dimension
 
 Aggregation of scores s over a unit U (`how`):
     l1: Σ|s|     l2: (Σ s²)^½     lp: (Σ|s|^p)^(1/p)     sum: Σ s     mean: Σ s / |U|     max: max s
@@ -29,7 +34,8 @@ import torch
 
 from .errors import AmountError, PrunekitError, did_you_mean
 
-GRANULARITIES = ("element", "kernel_row", "kernel_col", "kernel", "in_channel", "out_channel", "neuron")
+GRANULARITIES = ("element", "kernel_row", "kernel_col", "kernel", "in_channel", "out_channel", "neuron",
+                 "block4x4", "block8x8", "block16x16", "block1x4", "block4x1")
 AGGREGATIONS = ("l1", "l2", "lp", "sum", "mean", "max")
 
 # The dimensions whose index identifies a unit, and the smallest rank the tensor must have.
@@ -41,6 +47,12 @@ _KEY_DIMS = {
     "out_channel": ((0,), 1),
     "neuron": ((0,), 2),
 }
+
+
+# (rows, columns) of one block on a weight's matrix view (shape[0], numel / shape[0]): the
+# layout a sparse kernel sees (a conv weight as its (O, I·k·k) matrix).
+_BLOCK_SHAPES = {"block4x4": (4, 4), "block8x8": (8, 8), "block16x16": (16, 16), "block1x4": (1, 4),
+                 "block4x1": (4, 1)}
 
 
 def check_granularity(granularity: str) -> None:
@@ -56,6 +68,8 @@ def fits(shape, granularity: str) -> bool:
         return True
     if granularity == "neuron":
         return len(shape) == 2
+    if granularity in _BLOCK_SHAPES:
+        return len(shape) >= 2
     return len(shape) >= _KEY_DIMS[granularity][1]
 
 
@@ -66,6 +80,14 @@ def unit_ids(shape, granularity: str, name: str = "tensor") -> tuple[torch.Tenso
     numel = math.prod(shape)
     if granularity == "element":
         return torch.arange(numel).reshape(shape), numel
+    if granularity in _BLOCK_SHAPES:
+        if not fits(shape, granularity):
+            raise PrunekitError(f"Granularity '{granularity}' needs a weight of rank ≥ 2, but '{name}' has shape "
+                                f"{list(shape)}. Restrict params= to weight matrices and kernels.")
+        (bh, bw), rows, cols = _BLOCK_SHAPES[granularity], shape[0], numel // shape[0]
+        per_row = -(-cols // bw)  # blocks per block-row, counting a smaller edge block
+        ids = (torch.arange(rows) // bh)[:, None] * per_row + (torch.arange(cols) // bw)[None, :]
+        return ids.reshape(shape), -(-rows // bh) * per_row
     dims, min_rank = _KEY_DIMS[granularity]
     if not fits(shape, granularity):
         need = "a 2-D Linear weight" if granularity == "neuron" else f"a tensor of rank ≥ {min_rank}"

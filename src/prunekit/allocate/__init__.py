@@ -17,6 +17,7 @@ from .latency import LatencyTable, layer_widths, measure_latency
 from .netadapt import NetAdapt
 from .knapsack import KnapsackAllocator, knapsack_bruteforce, knapsack_dp, knapsack_greedy
 from .problems import TableProblem, UnstructuredProblem
+from .ranks import RankProblem
 from .sensitivity import SensitivityAllocator, SensitivityCurves, sensitivity_curves
 from .uniform import GlobalThresholdAllocator, UniformAllocator
 
@@ -31,6 +32,6 @@ ALLOCATORS = {
 }
 
 __all__ = ["ALLOCATORS", "AMC", "ChannelProblem", "LatencyTable", "NetAdapt", "layer_widths", "measure_latency", "Allocation", "Allocator", "GlobalThresholdAllocator", "GreedyAllocator",
-           "KnapsackAllocator", "Layer", "PruningProblem", "SensitivityAllocator", "SensitivityCurves",
+           "KnapsackAllocator", "Layer", "PruningProblem", "RankProblem", "SensitivityAllocator", "SensitivityCurves",
            "TableProblem", "UniformAllocator", "UnstructuredProblem", "fit_to_budget", "get_executor",
            "knapsack_bruteforce", "knapsack_dp", "knapsack_greedy", "resolve_target", "sensitivity_curves"]

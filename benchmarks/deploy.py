@@ -36,7 +36,7 @@ import prunekit as pk
 from prunekit.accounting import count_flops
 from prunekit.cnn_models import mobilenetv2, resnet18
 from prunekit.data import load_dataset
-from prunekit.granularity import prune_granular
+from prunekit import prune_granular
 from prunekit.models import build_model
 from prunekit.allocate import RankProblem
 from prunekit.surgery import (deep_compress, fold_batchnorm, low_rank, model_bytes, num_threads,
@@ -263,7 +263,7 @@ def params(model) -> int:
 def channel_ratio(model, x, keep: float) -> float:
     """The per-group channel ratio whose compacted model keeps `keep` of the parameters (bisection)."""
     from prunekit.compaction import predicted_counts
-    from prunekit.structured import prune_structured
+    from prunekit import prune_structured
 
     total = sum(p.numel() for p in model.parameters())
     lo, hi = 0.0, 0.99
@@ -288,7 +288,7 @@ def latency_pair(dense, small, batch_input, repeats):
 def svd_vs_pruning(args) -> None:
     from prunekit.allocate import KnapsackAllocator
     from prunekit.compaction import compact
-    from prunekit.structured import prune_structured
+    from prunekit import prune_structured
 
     rows = []
     steps = 150 if args.quick else 1000
@@ -336,7 +336,7 @@ def svd_vs_pruning(args) -> None:
 
 def bn_folding(args) -> None:
     from prunekit.compaction import compact
-    from prunekit.structured import prune_structured
+    from prunekit import prune_structured
 
     setups = {"resnet18@224": (lambda: resnet18(num_classes=1000), 224),
               "mobilenetv2@224": (lambda: mobilenetv2(num_classes=1000), 224)}

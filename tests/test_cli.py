@@ -49,3 +49,21 @@ def test_export_masked_and_report(run_folder, tmp_path, capsys):
     assert (run_folder / "report.html").stat().st_size > 0
     assert main(["report", str(tmp_path)]) == 2
     assert "is not a run folder" in capsys.readouterr().err
+
+
+def test_export_sparse_reads_back_with_the_same_outputs(run_folder, tmp_path, capsys):
+    from prunekit.surgery import load_sparse
+    from prunekit.workflows.sources import dataset_from, fresh_model
+
+    out = tmp_path / "model.sparse.safetensors"
+    assert main(["export", str(run_folder), "--format", "sparse", "--out", str(out)]) == 0
+    assert "chosen" in capsys.readouterr().out
+    dataset = dataset_from("digits")
+    masked = fresh_model("mnist1d_mlp", {"in_features": 64, "hidden": 16}, dataset.num_classes, seed=0)
+    pk.load_masked_state_dict(masked, torch.load(run_folder / "checkpoints" / "round1.pt", weights_only=True))
+    template = fresh_model("mnist1d_mlp", {"in_features": 64, "hidden": 16}, dataset.num_classes, seed=1)
+    pk.apply_record(template, pk.CompactionRecord.load(tmp_path / "model.sparse.safetensors.record"))
+    sparse = load_sparse(out, template)
+    x = dataset.test.tensors[0][:32]
+    with torch.no_grad():
+        assert torch.allclose(sparse.eval()(x), masked.eval()(x), rtol=1e-5, atol=1e-5)

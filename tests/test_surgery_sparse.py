@@ -8,7 +8,7 @@ from torch import nn
 
 import prunekit as pk
 from prunekit.errors import PrunekitError
-from prunekit.granularity import prune_granular
+from prunekit import prune_granular
 from prunekit.masks import get_masks
 from prunekit.surgery import (SparseConv2d, SparseLinear, fastest_threads, load_sparse, num_threads,
                               read_sparse_header, save_sparse, to_sparse)

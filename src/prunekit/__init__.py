@@ -8,7 +8,7 @@
     pk.remove_masks(model)               # bake the zeros in
 """
 
-from . import applications, criteria, data, models
+from . import applications, criteria, data, llm, models, surgery
 from .accounting import count_flops, parameter_counts, sparsity_table, storage_bytes, summary
 from .blocks import find_residual_blocks, remove_blocks
 from .compaction import CompactionRecord, apply_record, compact, predicted_counts
@@ -29,7 +29,7 @@ __all__ = [
     "CRITERIA", "CompactionRecord", "Plan", "Pruner", "load", "save", "find_residual_blocks", "prune_blocks", "remove_blocks", "apply_record", "build_graph", "compact", "get_criterion", "predicted_counts",
     "prune_granular", "prune_nm", "prune_structured", "register_handler",
     "AmountError", "GraphError", "MaskError", "MaskSet", "PrunekitError", "RecipeError", "TrainConfig",
-    "applications", "apply_masks", "count_flops", "criteria", "data", "effective_weight", "evaluate", "finetune", "format_table",
+    "applications", "apply_masks", "llm", "surgery", "count_flops", "criteria", "data", "effective_weight", "evaluate", "finetune", "format_table",
     "get_masks", "load_masked_state_dict", "models", "named_parameters", "parameter_counts", "prune",
     "prune_threshold", "remove_masks", "sparsity_table", "storage_bytes", "summary", "train",
 ]

@@ -4,6 +4,9 @@ SOURCE is a run folder (its last round; model and data from its recipe.yaml) or 
 (a state_dict, masked or plain; give --model). Formats:
   compact  channels/heads/blocks that are masked are removed physically (prunekit.compact) — the default
   masked   the dense tensors with their masks
+  sparse   the compacted model with every layer whose sparse kernel measured faster here stored and run
+           as CSR / BSR (prunekit.surgery.to_sparse): a safetensors file OUT and its compaction record
+           OUT.record; read back with load_sparse(OUT, apply_record(factory(), CompactionRecord.load(OUT.record)))
   onnx     the compacted model as ONNX (needs the onnx package)
 compact and masked write a prunekit.save folder (safetensors + manifest) that prunekit.load(FOLDER)
 rebuilds by itself. Prints parameters, bytes on disk and measured latency beside the source model.
@@ -21,12 +24,13 @@ from ..compaction import compact
 from ..errors import PrunekitError
 from ..recipe import load_recipe
 from ..saving import save
+from ..surgery import save_sparse, to_sparse
 from ..table import format_table
 from ..workflows.checkpoints import load_into, read_state_dict
 from ..workflows.sources import dataset_from, fresh_model
 from .options import add_model_options, model_options
 
-FORMATS = ("compact", "masked", "onnx")
+FORMATS = ("compact", "masked", "sparse", "onnx")
 
 
 def register(sub) -> None:
@@ -86,6 +90,12 @@ def run(args) -> int:
         exported, record = compact(model, example)
         if args.format == "onnx":
             written = _onnx(exported, example, out)
+        elif args.format == "sparse":
+            exported, report = to_sparse(exported, example)
+            print(report.table())
+            written = save_sparse(exported, out, extra={"factory": factory, "factory_options": options,
+                                                        "report": report.to_dict()}, overwrite=args.overwrite)
+            record.save(out.with_name(out.name + ".record"), overwrite=args.overwrite)
         else:
             written = save(exported, out, record=record, factory=factory, factory_options=options,
                            overwrite=args.overwrite)

@@ -501,3 +501,17 @@ def test_vectorised_union_find_matches_a_plain_one():
         sizes = torch.bincount(theirs)[theirs]
         assert torch.equal(atoms.merged(ids), (sizes > 1) | (ours == ours[0]))
     assert atoms.reasons(int(ids[0])) == ["first"]
+
+
+def test_a_handler_that_fails_blocks_and_names_the_op(monkeypatch):
+    from prunekit.graph import handlers
+
+    def broken(trace, name, func, args, kwargs, out):
+        raise IndexError("unexpected layout")
+
+    monkeypatch.setitem(handlers.TABLE, "prelu", broken)
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.PReLU(8), nn.Conv2d(8, 4, 1), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    graph = build_graph(model, torch.randn(1, 3, 4, 4))  # the trace goes on
+    assert not graph["0:out"].prunable
+    assert "'prelu' in 1 could not be followed by prunekit (IndexError: unexpected layout)" in graph["0:out"].reason
+    assert graph["2:out"].prunable

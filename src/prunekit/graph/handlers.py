@@ -167,7 +167,7 @@ def _reduced_dims(name, x, args, kwargs):
 
 
 # ----------------------------------------------------------------------------- generic families
-def unknown(trace: Trace, name, func, args, kwargs, out) -> None:
+def unknown(trace: Trace, name, func, args, kwargs, out, why: str | None = None) -> None:
     """Block everything the op touched; its outputs get one blocked atom."""
     inputs = list(tensors_in((args, kwargs)))
     touched = [t for t in inputs if trace.has_channels(t)]
@@ -176,7 +176,7 @@ def unknown(trace: Trace, name, func, args, kwargs, out) -> None:
         for t in outputs:
             trace.set_labels(t, torch.zeros((), dtype=torch.long))
         return
-    reason = f"'{name}' in {trace.where()} is not understood by prunekit (register a handler for its module)"
+    reason = f"'{name}' in {trace.where()} " + (why or "is not understood by prunekit (register a handler for its module)")
     if reason not in trace.unsupported:
         trace.unsupported.append(reason)
     for t in touched:

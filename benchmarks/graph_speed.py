@@ -11,6 +11,8 @@ hits both tools alike. Per model: median seconds of each stage, the median total
 prunekit / Torch-Pruning, and peak RSS relative to the model's own size after it was built.
 prunekit: build_graph → prune_structured (L2, local) → compact (a copy, output checked).
 Torch-Pruning: MagnitudePruner construction (its graph) → step() (scores, removes in place).
+`--tools prunekit_inplace` compacts in place (`compact(..., inplace=True)`). Any torchvision
+model name works in --models (e.g. regnet_y_128gf, vit_h_14 for memory).
 """
 
 from __future__ import annotations
@@ -35,9 +37,9 @@ HF = ["bert", "gpt2", "llama"]
 def build(name: str):
     """(model in eval mode, example input, layers Torch-Pruning must leave alone)."""
     torch.manual_seed(0)
-    if name in TORCHVISION:
-        import torchvision
+    import torchvision
 
+    if name in torchvision.models.list_models(module=torchvision.models):  # the fixed list, or any other
         model = torchvision.models.get_model(name, weights=None).eval()
         head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
         return model, torch.randn(1, 3, 224, 224), [head]
@@ -69,7 +71,7 @@ def _first_tensor(out):
     return out if isinstance(out, torch.Tensor) else out[0]
 
 
-def run_prunekit(model, example, ratio, ignored):
+def run_prunekit(model, example, ratio, ignored, inplace=False):
     from prunekit import build_graph, compact, prune_structured
 
     times = {}
@@ -80,7 +82,7 @@ def run_prunekit(model, example, ratio, ignored):
     prune_structured(model, ratio, example, scope="local", graph=graph)
     times["prune"] = time.perf_counter() - start
     start = time.perf_counter()
-    small, _ = compact(model, example, graph=graph)
+    small, _ = compact(model, example, graph=graph, inplace=inplace)
     times["compact"] = time.perf_counter() - start
     return times, params(small)
 
@@ -110,9 +112,11 @@ def worker(name: str, tool: str, ratio: float) -> None:
     dense = params(model)
     result = {"model": name, "tool": tool, "params": dense, "model_mb": dense * 4 / 2**20, "rss_built_mb": before}
     try:
-        run = run_prunekit if tool == "prunekit" else run_torch_pruning
-        with torch.no_grad() if tool == "prunekit" else torch.enable_grad():
-            times, kept = run(model, example, ratio, ignored)
+        with torch.no_grad() if tool.startswith("prunekit") else torch.enable_grad():
+            if tool.startswith("prunekit"):
+                times, kept = run_prunekit(model, example, ratio, ignored, inplace=tool == "prunekit_inplace")
+            else:
+                times, kept = run_torch_pruning(model, example, ratio, ignored)
         result.update(times=times, kept=kept / dense)
     except Exception as e:  # noqa: BLE001 - a tool failing on a model is a result, not a crash
         result["error"] = f"{type(e).__name__}: {str(e)[:120]}"
@@ -125,7 +129,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--ratio", type=float, default=0.5)
     parser.add_argument("--models", default=",".join(TORCHVISION + HF))
-    parser.add_argument("--tools", default="prunekit,torch_pruning")
+    parser.add_argument("--tools", default="prunekit,torch_pruning",
+                        help="prunekit, prunekit_inplace (compact(inplace=True)), torch_pruning")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=600, help="seconds one run may take")
     parser.add_argument("--log", help="append every run's result (one JSON line) to this file")
@@ -170,7 +175,7 @@ def main():
         totals = {}
         for tool in tools:
             runs = [x for x in results.get((name, tool), []) if "times" in x]
-            short = "pk" if tool == "prunekit" else "tp"
+            short = {"prunekit": "pk", "prunekit_inplace": "pk in place"}.get(tool, "tp")
             if not runs:
                 failed = results.get((name, tool), [{"error": "not run"}])[0].get("error", "?")
                 row[f"{short} total s"] = "failed: " + failed[:40]
@@ -186,7 +191,7 @@ def main():
             extra = statistics.median(x["peak_rss_mb"] - x["rss_built_mb"] for x in runs)
             row[f"{short} peak/model"] = f"{(extra + first['model_mb']) / first['model_mb']:.2f}"
             row[f"{short} kept"] = f"{first['kept']:.2f}"
-        if len(totals) == 2:
+        if "prunekit" in totals and "torch_pruning" in totals:
             ratio = totals["prunekit"] / totals["torch_pruning"]
             ratios.append(ratio)
             row["pk/tp"] = f"{ratio:.2f}"

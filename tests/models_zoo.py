@@ -309,6 +309,15 @@ class ScaledStdConv2d(nn.Conv2d):
         return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
+class NormalisedConv2d(nn.Conv2d):
+    """Each filter divided by its norm: zeros (removed inputs) do not change a norm, so the input
+    channels stay prunable, unlike standardisation."""
+
+    def forward(self, x):
+        w = self.weight / self.weight.pow(2).sum((1, 2, 3), keepdim=True).sqrt().clamp_min(1e-6)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
 class StandardisedNet(nn.Module):
     """Standardised convs (one depthwise) and a plain conv before the head."""
 
@@ -328,6 +337,10 @@ def standardised():
 
 def scaled_standardised():
     return StandardisedNet(ScaledStdConv2d), torch.randn(2, 3, 8, 8)
+
+
+def normalised():
+    return StandardisedNet(NormalisedConv2d), torch.randn(2, 3, 8, 8)
 
 
 class StackedBranches(nn.Module):
@@ -356,5 +369,6 @@ ZOO = {"resnet_bottleneck": resnet_bottleneck, "densenet": densenet, "mobilenet_
        "transformer": transformer, "transformer_eager": transformer_eager,
        "transformer_einsum": transformer_einsum, "mha_model": mha_model,
        "fused_qkv": fused_qkv, "torch_encoder": torch_encoder, "assorted": assorted,
-       "standardised": standardised, "scaled_standardised": scaled_standardised, "stacked": stacked,
+       "standardised": standardised, "scaled_standardised": scaled_standardised, "normalised": normalised,
+       "stacked": stacked,
        "unsqueeze_cat": unsqueeze_cat}

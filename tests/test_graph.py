@@ -13,7 +13,7 @@ from prunekit.graph import unregister_handler
 from prunekit.prune import prune_structured
 from prunekit.compaction import compact
 
-from models_zoo import (ZOO, StdConv2d, densenet, fused_qkv, mha_model, mobilenet_v2, resnet_bottleneck,
+from models_zoo import (ZOO, NormalisedConv2d, StdConv2d, densenet, fused_qkv, mha_model, mobilenet_v2, resnet_bottleneck,
                         scaled_standardised, stacked, standardised, transformer, unsqueeze_cat,
                         transformer_eager, transformer_einsum, untraceable)
 
@@ -314,10 +314,13 @@ def test_standardised_weights_keep_their_output_channels(builder):
     assert small.stem.out_channels == small.dw.groups == 4 and small.expand.out_channels == 6
 
 
-def test_a_statistic_over_input_channels_blocks_them():
+def test_a_statistic_over_input_channels_blocks_them_a_norm_does_not():
     model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), StdConv2d(8, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 1))
     reason = build_graph(model, torch.randn(1, 3, 6, 6))["0:out"].reason
     assert "'mean' in 2 computes a statistic over axis 1 of 2.weight" in reason
+    model[2] = NormalisedConv2d(8, 4, 3)  # w / ‖w‖: masked zeros leave the norm unchanged
+    group = build_graph(model, torch.randn(1, 3, 6, 6))["0:out"]
+    assert group.prunable and ("2.weight", 1) in slices_of(group)
 
 
 def test_per_channel_bookkeeping_for_computed_weights():
@@ -498,3 +501,17 @@ def test_vectorised_union_find_matches_a_plain_one():
         sizes = torch.bincount(theirs)[theirs]
         assert torch.equal(atoms.merged(ids), (sizes > 1) | (ours == ours[0]))
     assert atoms.reasons(int(ids[0])) == ["first"]
+
+
+def test_a_handler_that_fails_blocks_and_names_the_op(monkeypatch):
+    from prunekit.graph import handlers
+
+    def broken(trace, name, func, args, kwargs, out):
+        raise IndexError("unexpected layout")
+
+    monkeypatch.setitem(handlers.TABLE, "prelu", broken)
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.PReLU(8), nn.Conv2d(8, 4, 1), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    graph = build_graph(model, torch.randn(1, 3, 4, 4))  # the trace goes on
+    assert not graph["0:out"].prunable
+    assert "'prelu' in 1 could not be followed by prunekit (IndexError: unexpected layout)" in graph["0:out"].reason
+    assert graph["2:out"].prunable

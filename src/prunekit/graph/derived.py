@@ -58,7 +58,7 @@ def _source_sizes(shapes, name: str, axes) -> int:
     return size
 
 
-def elementwise(trace, name, operands, out: torch.Tensor) -> Derived:
+def elementwise(trace, name, operands, out: torch.Tensor, args=()) -> Derived:
     """Broadcast each operand's alignment to the output; an axis meeting two different source
     axes, or a constant of fixed size, is mixed."""
     result = Derived({}, {}, True)
@@ -99,7 +99,8 @@ def elementwise(trace, name, operands, out: torch.Tensor) -> Derived:
         divides = name in ("div", "truediv", "itruediv", "divide", "true_divide")
         result.zero_preserving = (first is not None and first.zero_preserving) if divides else all(
             d.zero_preserving for d in sources)
-    elif name in ZERO_PRESERVING_UNARY or (name == "pow" and len(operands) == 2 and operands[1][1] is None):
+    elif name in ZERO_PRESERVING_UNARY or (name == "pow" and len(args) > 1 and isinstance(args[1], (int, float))
+                                           and args[1] > 0):  # w ** 2 keeps zeros at zero
         result.zero_preserving = all(d.zero_preserving for d in sources)
     else:
         result.zero_preserving = False

@@ -104,10 +104,9 @@ def computed_weight(trace: Trace, name, func, args, kwargs, out) -> bool:
         if not isinstance(out, torch.Tensor):
             return False
         operands = [(t, trace.source_of(t)) for t in inputs if t is not out or t is first]
-        result = derived.elementwise(trace, name, operands, out)
+        result = derived.elementwise(trace, name, operands, out, args)
     elif (name in REDUCTIONS or name in derived.ZERO_NEUTRAL_REDUCTIONS) and source is not None:
-        norm_like = name in ("norm", "linalg_vector_norm", "vector_norm")
-        dims, keepdim = _reduced_dims(first, args, {**kwargs, "_norm_like": norm_like})
+        dims, keepdim = _reduced_dims(name, first, args, kwargs)
         if dims is None:
             return False
         result = derived.reduction(trace, name, source, first.dim(), dims, keepdim)
@@ -149,10 +148,14 @@ def computed_weight(trace: Trace, name, func, args, kwargs, out) -> bool:
     return True
 
 
-def _reduced_dims(x, args, kwargs):
+# where a reduction's positional dim and keepdim sit: norm(x, p, dim, keepdim), var(x, dim, unbiased, keepdim)
+_DIM_POSITIONS = {"norm": (2, 3), "linalg_vector_norm": (2, 3), "vector_norm": (2, 3), "var": (1, 3), "std": (1, 3),
+                  "var_mean": (1, 3), "std_mean": (1, 3)}
+
+
+def _reduced_dims(name, x, args, kwargs):
     """(dims, keepdim) of a reduction call; dims None when it is elementwise (max(x, y))."""
-    # norm(x, p, dim, keepdim) and var/std(x, dim, unbiased, keepdim) put dim / keepdim later
-    dim_at, keep_at = (2, 3) if kwargs.get("_norm_like") else (1, 2)
+    dim_at, keep_at = _DIM_POSITIONS.get(name, (1, 2))
     dims = kwargs.get("dim", args[dim_at] if len(args) > dim_at else None)
     if isinstance(dims, torch.Tensor) or (len(args) > 1 and isinstance(args[1], torch.Tensor)):
         return None, False
@@ -164,7 +167,7 @@ def _reduced_dims(x, args, kwargs):
 
 
 # ----------------------------------------------------------------------------- generic families
-def unknown(trace: Trace, name, func, args, kwargs, out) -> None:
+def unknown(trace: Trace, name, func, args, kwargs, out, why: str | None = None) -> None:
     """Block everything the op touched; its outputs get one blocked atom."""
     inputs = list(tensors_in((args, kwargs)))
     touched = [t for t in inputs if trace.has_channels(t)]
@@ -173,7 +176,7 @@ def unknown(trace: Trace, name, func, args, kwargs, out) -> None:
         for t in outputs:
             trace.set_labels(t, torch.zeros((), dtype=torch.long))
         return
-    reason = f"'{name}' in {trace.where()} is not understood by prunekit (register a handler for its module)"
+    reason = f"'{name}' in {trace.where()} " + (why or "is not understood by prunekit (register a handler for its module)")
     if reason not in trace.unsupported:
         trace.unsupported.append(reason)
     for t in touched:

@@ -71,6 +71,7 @@ class Trace:
         saved = {key: copy.copy(value) for key, value in vars(self).items()
                  if key not in ("atoms", "model", "_labels", "derived", "output")}
         saved["frozen"] = {k: list(v) for k, v in self.frozen.items()}
+        saved["indexed"] = {k: set(v) for k, v in self.indexed.items()}
 
         def restore():
             restore_atoms()
@@ -254,8 +255,8 @@ class Trace:
         """A handler raised on this call: block what it touched, naming the op and the error."""
         from .handlers import op_name, unknown  # local: handlers imports this module
 
-        name = op_name(func)
-        unknown(self, f"{name}' ({type(error).__name__}: {error}) '", func, args, kwargs, out)
+        unknown(self, op_name(func), func, args, kwargs, out,
+                why=f"could not be followed by prunekit ({type(error).__name__}: {error}); please report it")
 
     def opaque(self, reason: str) -> torch.Tensor:
         """A fresh blocked atom: the label of an output prunekit cannot see through."""

@@ -183,7 +183,7 @@ def main():
             first = runs[0]
             row["params M"] = f"{first['params'] / 1e6:.1f}"
             for stage in ("graph", "prune", "compact"):
-                if short == "pk" or stage != "compact":
+                if short != "tp" or stage != "compact":  # Torch-Pruning removes inside its prune step
                     row[f"{short} {stage} s"] = f"{statistics.median(x['times'][stage] for x in runs):.2f}"
             totals[tool] = statistics.median(sum(x["times"].values()) for x in runs)
             row[f"{short} total s"] = f"{totals[tool]:.2f}"

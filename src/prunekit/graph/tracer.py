@@ -15,7 +15,8 @@ read through `parametrize.cached()` so the masked weight is recognised as its pa
 from __future__ import annotations
 
 import copy
-from contextlib import ExitStack
+import gc
+from contextlib import ExitStack, contextmanager
 
 import torch
 from torch import nn
@@ -359,6 +360,19 @@ def _restore_buffers(model: nn.Module, saved: dict) -> None:
                 b.copy_(saved[name])
 
 
+@contextmanager
+def _collector_paused():
+    """The pass makes many short-lived objects and frees them itself (nothing cyclic): Python's
+    cycle collector would only rescan the model's objects again and again. Restored after."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def run_trace(model: nn.Module, example_inputs, dispatch, handlers) -> Trace:
     """Trace `model` on `example_inputs` (anything ExampleInputs.of accepts).
 
@@ -371,15 +385,16 @@ def run_trace(model: nn.Module, example_inputs, dispatch, handlers) -> Trace:
     """
     example = ExampleInputs.of(example_inputs)
     trace = Trace(model)
-    trace.output = _one_pass(model, trace, example, dispatch, handlers, train=False)  # eval, no_grad
-    params = {canonical_name(n) for n, _ in model.named_parameters()}
-    if params - trace.seen:
-        restore = trace.checkpoint()
-        try:
-            _one_pass(model, trace, example, dispatch, handlers, train=True)
-        except Exception as e:  # noqa: BLE001 - any failure of the user's train-mode forward
-            restore()
-            trace.train_pass_error = f"{type(e).__name__}: {e}"
+    with _collector_paused():
+        trace.output = _one_pass(model, trace, example, dispatch, handlers, train=False)  # eval, no_grad
+        params = {canonical_name(n) for n, _ in model.named_parameters()}
+        if params - trace.seen:
+            restore = trace.checkpoint()
+            try:
+                _one_pass(model, trace, example, dispatch, handlers, train=True)
+            except Exception as e:  # noqa: BLE001 - any failure of the user's train-mode forward
+                restore()
+                trace.train_pass_error = f"{type(e).__name__}: {e}"
     trace.unused = sorted(params - trace.seen)
     used = {trace.atoms.find(int(a)) for atoms in trace.coupled.values()
             for a in torch.unique(atoms).tolist()} if trace.heads else set()

@@ -6,7 +6,10 @@ import torch
 
 # Datasets are cached once per test session in a private folder, never in the user's cache.
 os.environ.setdefault("PRUNEKIT_CACHE", os.path.join(tempfile.gettempdir(), "prunekit-test-cache"))
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# One intra-op thread by default: the suite's models are tiny, and on a shared 2-core machine torch's
+# threads spin against other processes (measured: 61 s with one thread, 423 s with two under load).
+# Tests that measure thread counts set their own.
+torch.set_num_threads(1)
 
 
 @pytest.fixture

@@ -116,3 +116,18 @@ def test_rank_problem_costs_are_the_factorised_models_parameters_and_greedy_meet
     assert allocation.met
     ranks = problem.ranks(allocation.counts)
     assert sum(p.numel() for p in low_rank(model, ranks=ranks)[0].parameters()) == allocation.achieved
+
+
+def test_rank_problem_flops_are_the_factorised_models_flops():
+    from prunekit.accounting import count_flops
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(16, 24, 3), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(24 * 6 * 6, 10))
+    x = torch.randn(1, 3, 16, 16)
+    problem = RankProblem(model, None, x, metric="flops")
+    assert {l.name for l in problem.layers} == {"0", "2", "5"}
+    for counts in ({}, {"0": 1}, {"2": 3, "5": 2}, problem.max_counts()):
+        assert problem.cost(counts) == count_flops(problem.apply(counts), x)["dense_flops"]
+    with pytest.raises(PrunekitError, match="example_input"):
+        RankProblem(model, None, metric="flops")

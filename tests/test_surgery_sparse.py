@@ -56,6 +56,19 @@ def test_sparse_linear_keeps_leading_dimensions_and_stores_only_nonzeros():
     assert layer.weight.values().numel() == int(linear.weight.count_nonzero())
 
 
+def test_sparse_conv_matches_the_dense_conv_batched_and_unbatched():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, (3, 2), stride=(2, 1), padding=(1, 2), dilation=(1, 2))
+    with torch.no_grad():
+        conv.weight[torch.rand_like(conv.weight) < 0.6] = 0
+    layer = SparseConv2d.from_dense(conv, "csr")
+    for x in (torch.randn(3, 4, 9, 7), torch.randn(4, 9, 7)):
+        assert layer(x).shape == conv(x).shape
+        assert torch.allclose(layer(x), conv(x), atol=1e-5)
+    with pytest.raises(PrunekitError, match="groups=1"):
+        SparseConv2d.from_dense(nn.Conv2d(4, 4, 3, groups=2), "csr")
+
+
 def test_user_model_and_masks_are_untouched():
     model = _net()
     pk.prune(model, 0.9)

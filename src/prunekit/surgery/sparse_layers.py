@@ -122,6 +122,8 @@ class SparseConv2d(nn.Module):
         return layout_of(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3:  # an unbatched (C, H, W) input, as nn.Conv2d accepts
+            return self.forward(x.unsqueeze(0)).squeeze(0)
         n, _, h, w = x.shape
         out_h, out_w = (
             (size + 2 * p - d * (k - 1) - 1) // s + 1

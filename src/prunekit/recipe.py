@@ -172,7 +172,7 @@ class Recipe:
     allocator: AllocatorSpec | None = None
 
     def to_dict(self) -> dict:
-        return _plain(dataclasses.asdict(self))
+        return plain_data(dataclasses.asdict(self))
 
     def settings(self) -> dict:
         """What determines the results (hashed into the run folder's name): all but output_dir."""
@@ -181,11 +181,12 @@ class Recipe:
                 if k != "output_dir" and not (k == "allocator" and v is None)}
 
 
-def _plain(value):
+def plain_data(value):
+    """Tuples → lists, recursively: what YAML and JSON write (dataclasses.asdict output in, plain data out)."""
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain_data(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain_data(v) for v in value]
     return value
 
 

@@ -158,25 +158,14 @@ class PruningProblem(ABC):
         return self.evaluate(self.apply(counts))
 
 
-class MaskedModelProblem(PruningProblem):
-    """A problem over a real model: pruning installs `self.masks(counts)` on a copy, accuracy
-    is measured on `self.val`, and fine-tuning (when `self.train_data` is given) trains with
-    `self.train_config` at its fine-tuning learning rate. Subclasses define `masks` and costs."""
+class ModelProblem(PruningProblem):
+    """A problem over a real model: accuracy is measured on `self.val`, and fine-tuning (when
+    `self.train_data` is given) trains with `self.train_config` at its fine-tuning learning rate."""
 
     model: nn.Module
     val: object
     train_data: object = None
     train_config: TrainConfig
-
-    @abstractmethod
-    def masks(self, counts: Mapping[str, int]) -> dict:
-        """Keep-masks (parameter name → bool tensor) for `counts` units pruned per layer."""
-
-    def apply(self, counts: Mapping[str, int], model: nn.Module | None = None) -> nn.Module:
-        counts = self.full(counts)
-        pruned = copy.deepcopy(model if model is not None else self.model)
-        apply_masks(pruned, self.masks(counts))
-        return pruned
 
     @property
     def has_validation(self) -> bool:
@@ -194,6 +183,20 @@ class MaskedModelProblem(PruningProblem):
         if steps > 0:
             train(model, self.train_data, self.train_config.for_finetuning(steps=steps, seed=seed), progress=False)
         return model
+
+
+class MaskedModelProblem(ModelProblem):
+    """Pruning installs `self.masks(counts)` on a copy of the model. Subclasses define `masks` and costs."""
+
+    @abstractmethod
+    def masks(self, counts: Mapping[str, int]) -> dict:
+        """Keep-masks (parameter name → bool tensor) for `counts` units pruned per layer."""
+
+    def apply(self, counts: Mapping[str, int], model: nn.Module | None = None) -> nn.Module:
+        counts = self.full(counts)
+        pruned = copy.deepcopy(model if model is not None else self.model)
+        apply_masks(pruned, self.masks(counts))
+        return pruned
 
 
 def resolve_target(problem: PruningProblem, budget: float) -> float:

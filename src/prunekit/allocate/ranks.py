@@ -25,13 +25,13 @@ from ..accounting import count_flops
 from ..errors import PrunekitError
 from ..surgery.common import matrix_view, plain_copy
 from ..surgery.lowrank import chosen_layers, low_rank, useful_rank
-from ..training import TrainConfig, evaluate, train
-from .base import Layer, PruningProblem
+from ..training import TrainConfig
+from .base import Layer, ModelProblem
 
 METRICS = ("params", "flops")
 
 
-class RankProblem(PruningProblem):
+class RankProblem(ModelProblem):
     """Per-layer SVD ranks of `model`'s Linear / Conv layers, evaluated on `val` (a TensorDataset)."""
 
     def __init__(self, model: nn.Module, val, example_input=None, *, metric: str = "params", layers=None,
@@ -80,16 +80,6 @@ class RankProblem(PruningProblem):
         source = model if model is not None else self.model
         ranks = self.ranks(counts)
         return low_rank(source, ranks=ranks)[0] if ranks else plain_copy(source)
-
-    def evaluate(self, model: nn.Module) -> float:
-        return evaluate(model, self.val)["accuracy"]
-
-    def finetune(self, model: nn.Module, steps: int, seed: int = 0) -> nn.Module:
-        if self.train_data is None:
-            return super().finetune(model, steps, seed)
-        if steps > 0:
-            train(model, self.train_data, self.train_config.for_finetuning(steps=steps, seed=seed), progress=False)
-        return model
 
     def features(self, name: str) -> list[float]:
         m, n = self._shape[name]

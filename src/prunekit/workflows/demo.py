@@ -41,6 +41,7 @@ from torch import nn
 
 import prunekit as pk
 from prunekit.modes import evaluation_mode
+from prunekit.recipe import plain_data
 from prunekit.training import TrainConfig, fastest_threads
 
 LENET = "LeNet-300-100"
@@ -75,7 +76,7 @@ class DemoSettings:
             raise pk.PrunekitError(f"threads must be ≥ 1 or None (measured), not {self.threads}.")
 
     def to_dict(self) -> dict:
-        return _plain(dataclasses.asdict(self))
+        return plain_data(dataclasses.asdict(self))
 
     def quick(self) -> DemoSettings:
         """A smoke run of a few seconds: every stage runs, the numbers mean nothing."""
@@ -87,14 +88,6 @@ class DemoSettings:
 def settings_yaml(settings: DemoSettings) -> str:
     """The settings as YAML, lists and small mappings on one line each."""
     return yaml.safe_dump(settings.to_dict(), sort_keys=False, default_flow_style=None, width=100)
-
-
-def _plain(value):
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def mnist_cnn(width: int = 32, num_classes: int = 10) -> nn.Sequential:

@@ -110,9 +110,13 @@ def kernels(args) -> None:
     print("\n### Kernels: one N×N Linear, fastest of alternating runs (ms); × = dense time ÷ that time\n")
     print(format_table(rows))
     print("\nGoals:")
-    worst = min(rows, key=lambda r: r["chosen × (re-timed)"])
-    print(f"  chosen never slower than dense (≥ 0.95×): worst {worst['chosen × (re-timed)']}× "
-          f"(N={worst['N']}, {worst['mask']} {worst['sparsity']}, batch {worst['batch']}, {worst['threads']} thr)")
+    for threads in (1, 2):
+        kept = [r for r in rows if r["threads"] == threads]
+        slow = [r for r in kept if r["chosen"] != "dense" and r["chosen × (re-timed)"] < 0.95]
+        noise = min(r["chosen × (re-timed)"] for r in kept if r["chosen"] == "dense")  # dense timed against itself
+        print(f"  chosen never slower than dense (≥ 0.95×), {threads} thr: {len(slow)} of {len(kept)} layers slower "
+              f"on re-timing {[(r['N'], r['mask'], r['sparsity'], r['batch'], r['chosen × (re-timed)']) for r in slow]}"
+              f"; noise floor (dense kept, re-timed against itself): {noise}×")
     for sparsity, goal in ((0.9, 2.5), (0.95, 5.0)):
         got = [r["chosen × (re-timed)"] for r in rows if r["N"] == max(sizes) and r["batch"] == max(batches)
                and r["mask"] == "unstructured" and r["sparsity"] == sparsity]

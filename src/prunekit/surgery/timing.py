@@ -46,27 +46,39 @@ def _synchronize() -> None:
         torch.cuda.synchronize()
 
 
+def _rotated(items: list, r: int) -> list:
+    return items[r % len(items):] + items[:r % len(items)] if items else items
+
+
 def paired_times(candidates: Mapping[str, Callable[[], object]], *, repeats: int = 20, warmup: int = 2,
                  threads: Mapping[str, int] | None = None) -> dict[str, list[float]]:
     """{name: seconds of each round}, the candidates called in rotating alternation (inference mode).
 
-    `threads` gives a candidate its own thread count, set before its call and not timed."""
+    `threads` gives a candidate its own thread count. Candidates sharing a thread count run
+    back to back within a round (the groups take turns, and so do the candidates inside a
+    group); after each switch one untimed call re-forms the thread pool, so no candidate pays
+    for a switch or profits from following one."""
     if repeats < 1 or not candidates:
         raise PrunekitError("Timing needs at least one candidate and repeats ≥ 1.")
-    names, threads = list(candidates), dict(threads or {})
-    times: dict[str, list[float]] = {n: [] for n in names}
     before = torch.get_num_threads()
+    groups: dict[int, list[str]] = {}
+    for n in candidates:
+        groups.setdefault(dict(threads or {}).get(n, before), []).append(n)
+    times: dict[str, list[float]] = {n: [] for n in candidates}
     try:
         with torch.inference_mode():
             for r in range(-warmup, repeats):
-                for n in names[r % len(names):] + names[:r % len(names)]:
-                    torch.set_num_threads(threads.get(n, before))
-                    _synchronize()
-                    start = time.perf_counter()
-                    candidates[n]()
-                    _synchronize()
-                    if r >= 0:
-                        times[n].append(time.perf_counter() - start)
+                for count in _rotated(list(groups), r):
+                    torch.set_num_threads(count)
+                    names = _rotated(groups[count], r)
+                    candidates[names[0]]()  # untimed: the first call after a switch is not representative
+                    for n in names:
+                        _synchronize()
+                        start = time.perf_counter()
+                        candidates[n]()
+                        _synchronize()
+                        if r >= 0:
+                            times[n].append(time.perf_counter() - start)
     finally:
         torch.set_num_threads(before)
     return times

@@ -14,9 +14,10 @@ from .blocks import find_residual_blocks, remove_blocks
 from .compaction import CompactionRecord, apply_record, compact, predicted_counts
 from .criteria import CRITERIA, get_criterion
 from .errors import AmountError, GraphError, MaskError, PrunekitError, RecipeError
+from .nested import ExampleInputs
 from .masks import (MaskSet, apply_masks, effective_weight, get_masks, load_masked_state_dict, named_parameters,
                     remove_masks)
-from .graph import build_graph, register_handler
+from .graph import LayerHandler, build_graph, layer_handlers, register_handler
 from .prune import prune, prune_blocks, prune_granular, prune_nm, prune_structured, prune_threshold
 from .pruner import Plan, Pruner
 from .saving import load, save
@@ -26,7 +27,7 @@ from .training import TrainConfig, evaluate, finetune, train
 __version__ = "0.1.0"
 
 __all__ = [
-    "CRITERIA", "CompactionRecord", "Plan", "Pruner", "load", "save", "find_residual_blocks", "prune_blocks", "remove_blocks", "apply_record", "build_graph", "compact", "get_criterion", "predicted_counts",
+    "CRITERIA", "CompactionRecord", "ExampleInputs", "LayerHandler", "layer_handlers", "Plan", "Pruner", "load", "save", "find_residual_blocks", "prune_blocks", "remove_blocks", "apply_record", "build_graph", "compact", "get_criterion", "predicted_counts",
     "prune_granular", "prune_nm", "prune_structured", "register_handler",
     "AmountError", "GraphError", "MaskError", "MaskSet", "PrunekitError", "RecipeError", "TrainConfig",
     "applications", "apply_masks", "llm", "surgery", "count_flops", "criteria", "data", "effective_weight", "evaluate", "finetune", "format_table",

@@ -41,12 +41,13 @@ class LayerHandler:
       counting only non-zero weights; None leaves the layer to torch's FLOP counter.
     """
 
-    def trace(self, trace, module, name, args, kwargs, output):
-        raise NotImplementedError  # never called: `traces_whole` is False unless a subclass overrides it
+    # A subclass that describes the layer as a whole defines the method
+    # trace(trace, module, name, args, kwargs, output); None: the inner operations are traced.
+    trace = None
 
     @property
     def traces_whole(self) -> bool:
-        return type(self).trace is not LayerHandler.trace
+        return self.trace is not None
 
     def attributes(self, module, size) -> dict:
         return {}

@@ -12,6 +12,7 @@ import yaml
 
 import prunekit as pk
 from prunekit.cli import main
+from prunekit.errors import PrunekitError
 from prunekit.compaction import CompactionRecord
 from prunekit.recipe import recipe_from_dict
 from prunekit.workflows.prune_finetune import run_recipe
@@ -160,3 +161,34 @@ def test_bad_recipe_values_write_no_run_folder(tmp_path):
         main(["sensitivity", "--model", "mnist1d_mlp", "--data", "digits", "--ratios", "0.5,1.5",
               "--output-dir", str(tmp_path / "runs")])
     assert stop.value.code == 2 and not (tmp_path / "runs").exists()
+
+
+def test_resolve_device_refuses_what_this_machine_lacks():
+    from prunekit.training import resolve_device
+
+    assert resolve_device(None) == resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else
+                                           "mps" if torch.backends.mps.is_available() else "cpu")
+    for bad, message in (("banana", "Unknown device"), ("meta", "not supported"), ("cuda:64", "CUDA")):
+        with pytest.raises(PrunekitError, match=message):
+            resolve_device(bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(PrunekitError, match="no CUDA GPU.*'auto'"):
+            resolve_device("cuda")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_device_flag_on_every_training_command_refuses_a_missing_gpu_and_writes_nothing(tmp_path, capsys):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"name": "dev", "data": {"name": "digits"},
+                                      "model": {"name": "mnist1d_mlp", "options": {"in_features": 64}},
+                                      "train": {"steps": 1}}))
+    out = tmp_path / "runs"
+    commands = (["run", str(recipe)],
+                ["sensitivity", "--model", "mnist1d_mlp", "--model-option", "in_features=64", "--data", "digits"],
+                ["lottery", "--rounds", "1", "--steps", "2"])
+    for command in commands:
+        assert main([*command, "--output-dir", str(out), "--device", "cuda"]) == 2, command
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and "no CUDA GPU" in err, (command, err)
+        assert not out.exists(), command

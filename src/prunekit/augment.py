@@ -30,8 +30,9 @@ class Shift:
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if x.dim() != 2:
             raise PrunekitError(f"Shift expects a batch of 1-D signals (B, L), got shape {tuple(x.shape)}.")
-        shifts = torch.randint(-self.max_shift, self.max_shift + 1, (x.shape[0], 1), generator=generator)
-        positions = torch.arange(x.shape[1]).unsqueeze(0)
+        # drawn on the CPU generator, then moved: the same shifts on every device
+        shifts = torch.randint(-self.max_shift, self.max_shift + 1, (x.shape[0], 1), generator=generator).to(x.device)
+        positions = torch.arange(x.shape[1], device=x.device).unsqueeze(0)
         return torch.gather(x, 1, (positions - shifts) % x.shape[1])
 
 
@@ -46,7 +47,7 @@ class Rotate:
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if x.dim() != 4:
             raise PrunekitError(f"Rotate expects images (B, C, H, W), got shape {tuple(x.shape)}.")
-        theta = (torch.rand(x.shape[0], generator=generator) * 2 - 1) * math.radians(self.max_degrees)
+        theta = ((torch.rand(x.shape[0], generator=generator) * 2 - 1) * math.radians(self.max_degrees)).to(x.device)
         cos, sin = theta.cos(), theta.sin()
         zero = torch.zeros_like(theta)
         # affine_grid maps output to input coordinates: rotating the sampling grid by θ

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import gzip
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +42,15 @@ class Dataset:
 
     def example_input(self, batch: int = 1) -> torch.Tensor:
         return self.test.tensors[0][:batch].clone()
+
+    def to(self, device) -> Dataset:
+        """The same data on `device` (self when it is already there): bundled sets are small, so a
+        GPU run keeps them there whole instead of copying every batch."""
+        device = torch.device(device)
+        if self.train.tensors[0].device == device:
+            return self
+        return replace(self, train=TensorDataset(*(t.to(device) for t in self.train.tensors)),
+                       test=TensorDataset(*(t.to(device) for t in self.test.tensors)))
 
 
 def cache_dir() -> Path:

@@ -20,3 +20,20 @@ def format_table(rows: list[dict], columns: list[str] | None = None, headers: di
     lines = ["| " + " | ".join(v.ljust(w) for v, w in zip(line, widths)) + " |" for line in cells]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
+
+
+class RowPrinter:
+    """A table printed one row at a time (a long run's console): the header once, then each
+    row as it arrives, in columns wide enough for the header or `width` characters."""
+
+    def __init__(self, columns: list[str], width: int = 9):
+        self.columns = columns
+        self.widths = [max(len(c), width) for c in columns]
+
+    def header(self) -> str:
+        names = "| " + " | ".join(c.ljust(w) for c, w in zip(self.columns, self.widths)) + " |"
+        return names + "\n|" + "|".join("-" * (w + 2) for w in self.widths) + "|"
+
+    def row(self, row: dict) -> str:
+        cells = ("" if row.get(c) is None else format_cell(row[c]) for c in self.columns)
+        return "| " + " | ".join(cell.ljust(w) for cell, w in zip(cells, self.widths)) + " |"

@@ -181,6 +181,33 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def resolve_device(device) -> torch.device:
+    """'cpu', 'cuda', 'cuda:1', 'mps' or 'auto' (a GPU when there is one, else the CPU) as a
+    torch.device; None is the CPU. A device this machine does not have is refused here, with
+    what to pass instead, rather than deep inside the first forward pass."""
+    if device is None or device == "auto":
+        if device == "auto" and torch.cuda.is_available():
+            return torch.device("cuda")
+        if device == "auto" and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise PrunekitError(f"Unknown device {device!r}; use 'cpu', 'cuda', 'cuda:1', 'mps' or 'auto'.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PrunekitError(f"device {str(device)!r} but no CUDA GPU is available here; use 'auto' to fall back "
+                            "to the CPU, or 'cpu'.")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise PrunekitError(f"device {str(device)!r} but this machine has {torch.cuda.device_count()} CUDA "
+                            f"device(s); use 'cuda:0' … or 'auto'.")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise PrunekitError("device 'mps' but Apple's Metal backend is not available here; use 'auto' or 'cpu'.")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise PrunekitError(f"device {str(device)!r} is not supported; use 'cpu', 'cuda', 'mps' or 'auto'.")
+    return device
+
+
 def _place(model: nn.Module, device) -> torch.device:
     if device is None:
         return model_device(model)

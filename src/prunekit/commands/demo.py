@@ -4,13 +4,13 @@ and a report (prunekit.workflows.demo)."""
 from __future__ import annotations
 
 from ..workflows.demo import DemoSettings, run_demo
+from .options import add_output_options, show_progress
 
 
 def register(sub) -> None:
     parser = sub.add_parser("demo", help="prune LeNet-300-100 and a CNN on real MNIST digits; writes a report "
                                          "(about three minutes on two cores)")
-    parser.add_argument("--output-dir", default="runs", help="where the run folder goes (default: runs)")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_output_options(parser)
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run of a few seconds: every stage runs, the numbers mean nothing")
     parser.set_defaults(func=_main)
@@ -18,5 +18,5 @@ def register(sub) -> None:
 
 def _main(args) -> int:
     settings = DemoSettings().quick() if args.quick else DemoSettings()
-    run_demo(settings, output_dir=args.output_dir, progress=not args.no_progress)
+    run_demo(settings, output_dir=args.output_dir, progress=show_progress(args))
     return 0

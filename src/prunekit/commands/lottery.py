@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from ..errors import PrunekitError
 from ..lottery import CONTROLS, LotteryConfig, run_lottery
 from ..lottery.summary import write_summary
 from ..training import OPTIMIZERS, TrainConfig
+from .options import add_device_option, add_model_options, add_output_options, model_options, show_progress
 
 
 def register(sub) -> None:
     p = sub.add_parser("lottery", help="find lottery tickets by IMP with rewinding; compare with controls")
-    p.add_argument("--model", default="mnist1d_mlp", help="mnist1d_mlp, lenet300100, lenet5, mnist1d_cnn")
+    add_model_options(p, default="mnist1d_mlp")
     p.add_argument("--data", "--dataset", dest="data", default="mnist1d", help="mnist1d, mnist5k, digits")
     p.add_argument("--rounds", type=int, default=10, help="pruning rounds (density ≈ (1 − rate)^rounds)")
     p.add_argument("--rate", type=float, default=0.2, help="fraction of surviving weights pruned per round")
@@ -23,31 +23,19 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, default=1000, help="training iterations of every network")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--dropout", type=float, default=0.0, help="dropout after hidden layers (MLPs)")
-    p.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra model argument, e.g. in_features=64 or hidden=32 (repeatable)")
     p.add_argument("--augment", choices=("shift", "rotate"), default=None)
     p.add_argument("--augment-strength", type=float, default=None, help="max shift (positions) or degrees")
     p.add_argument("--validation", type=int, default=500, help="training samples held out for early stopping")
     p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--keep-steps", type=int, nargs="*", default=[], help="dense iterations to checkpoint")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output-dir", default="runs", help="root of the run folders (default: runs)")
+    add_output_options(p)
+    add_device_option(p)
     p.set_defaults(func=_main)
 
 
 def _model_options(args) -> dict:
-    options = {}
-    for item in args.model_option:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise PrunekitError(f"--model-option expects KEY=VALUE (e.g. in_features=64), not {item!r}.")
-        try:
-            options[key] = int(value)
-        except ValueError:
-            try:
-                options[key] = float(value)
-            except ValueError:
-                options[key] = value
+    options = model_options(args)
     if args.dropout:
         options["dropout"] = args.dropout
     return options
@@ -64,7 +52,7 @@ def _main(args) -> int:
         rounds=args.rounds, rate=args.rate, scope=args.scope, rewind_step=args.rewind_step,
         controls=tuple(args.controls), validation=args.validation, eval_every=args.eval_every,
         augment=args.augment, augment_strength=strength, keep_steps=tuple(args.keep_steps), seed=args.seed)
-    run = run_lottery(config, args.output_dir)
+    run = run_lottery(config, args.output_dir, device=args.device, progress=show_progress(args))
     print(write_summary(run))
     print(f"\nrun folder: {run.path}")
     return 0

@@ -44,5 +44,11 @@ def add_output_options(parser, *, default_dir: str | None = "runs") -> None:
                                                                    "output is not a terminal)")
 
 
+def add_device_option(parser) -> None:
+    parser.add_argument("--device", default="cpu",
+                        help="where to train and prune: cpu (default), cuda, cuda:N, mps, or auto (a GPU when "
+                             "there is one)")
+
+
 def show_progress(args) -> bool:
     return not getattr(args, "no_progress", False) and sys.stderr.isatty()

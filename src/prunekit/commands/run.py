@@ -6,11 +6,12 @@ from ..workflows.allocation import run_allocation
 from ..recipe import load_recipe
 from ..table import format_table
 from ..workflows.prune_finetune import run_recipe
-from .options import add_output_options, show_progress
+from .options import add_device_option, add_output_options, show_progress
 
 
 def add_run_options(parser) -> None:
     add_output_options(parser, default_dir=None)
+    add_device_option(parser)
 
 
 def register(sub) -> None:
@@ -22,11 +23,12 @@ def register(sub) -> None:
 
 def execute(recipe, args) -> int:
     if recipe.allocator is not None:  # an allocator decides the per-layer ratios
-        run, _ = run_allocation(recipe, output_dir=args.output_dir, progress=show_progress(args))
+        run, _ = run_allocation(recipe, output_dir=args.output_dir, progress=show_progress(args),
+                                device=args.device)
         print(format_table(run.rows()))
         print(f"\nrun folder: {run.path}")
         return 0
-    run = run_recipe(recipe, output_dir=args.output_dir, progress=show_progress(args))
+    run = run_recipe(recipe, output_dir=args.output_dir, progress=show_progress(args), device=args.device)
     print(f"\nrun folder: {run.path}\nreport:     {run.path / 'report.html'}")
     return 0
 

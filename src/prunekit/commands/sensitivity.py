@@ -18,8 +18,10 @@ import argparse
 from ..recipe import load_recipe, recipe_from_dict
 from ..runs import RunDir
 from ..table import format_table
+from ..training import resolve_device
 from ..workflows.sources import check_fits, dataset_from
-from .options import add_data_option, add_model_options, add_output_options, model_options, show_progress
+from .options import (add_data_option, add_device_option, add_model_options, add_output_options, model_options,
+                      show_progress)
 
 
 def _ratios(text: str) -> tuple[float, ...]:
@@ -47,6 +49,7 @@ def register(sub) -> None:
     parser.add_argument("--criterion", default="magnitude")
     parser.add_argument("--executor", default="inprocess", choices=["inprocess", "ray"])
     add_output_options(parser)
+    add_device_option(parser)
     parser.set_defaults(func=_main)
 
 
@@ -61,16 +64,19 @@ def _main(args) -> int:
                                    "model": {"name": args.model, "options": model_options(args)},
                                    "train": {"steps": args.train_steps, "seed": args.seed}})
     threshold = args.threshold if args.threshold is not None or args.budget is not None else 0.01
+    device = resolve_device(args.device)  # model, data and device are checked before any folder is made
+    dataset = dataset_from(recipe.data.name)
+    check_fits(recipe, dataset)
+    dataset = dataset.to(device)
     dense_settings = {k: v for k, v in recipe.settings().items() if k in ("seed", "data", "model", "train")}
     # The dense model has its own run folder, so analyses with other thresholds reuse it.
     dense_run = RunDir.open(args.output_dir, f"{recipe.name}-dense", dense_settings)
     run = RunDir.open(args.output_dir, f"{recipe.name}-sensitivity",
                       {**dense_settings, "ratios": list(args.ratios), "threshold": threshold, "budget": args.budget,
                        "metric": args.metric, "criterion": args.criterion})
-    dataset = dataset_from(recipe.data.name)
-    check_fits(recipe, dataset)
     train_data, val = split_validation(dataset.train)
-    model = dense_model(recipe, dense_run, train_data, dataset.num_classes, progress=show_progress(args))
+    model = dense_model(recipe, dense_run, train_data, dataset.num_classes, progress=show_progress(args),
+                        device=device)
     problem = build_problem(model, val, dataset.example_input(1), metric=args.metric, criterion=args.criterion)
     allocation = SensitivityAllocator(threshold=threshold, budget=args.budget, ratios=args.ratios,
                                       executor=args.executor, run=run).allocate(problem)

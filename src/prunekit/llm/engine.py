@@ -28,6 +28,7 @@ from torch.func import functional_call
 
 from ..errors import PrunekitError
 from ..modes import evaluation_mode
+from ..training import resolve_device
 from .statistics import InputStatistics
 
 #: where causal LMs of the transformers library keep their decoder blocks
@@ -66,20 +67,6 @@ def check_calibration(tokens) -> torch.Tensor:
         raise PrunekitError(f"No calibration tokens (shape {tuple(tokens.shape)}); pass at least one sequence "
                             "of at least one token, e.g. prunekit.llm.calibration_tokens(tokenizer).")
     return tokens.long()
-
-
-def resolve_device(device) -> torch.device:
-    """'cpu' (default), 'auto' (a GPU when there is one, else the CPU) or an explicit device."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if device == "auto" and torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise PrunekitError(f"Unknown device {device!r}; use 'cpu', 'cuda', 'cuda:1' or 'auto'.") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise PrunekitError(f"device={str(device)!r} but no CUDA GPU is available; use device='auto' to fall back "
-                            "to the CPU, or 'cpu'.")
-    return device
 
 
 def _moved(obj, device: torch.device):

@@ -19,7 +19,8 @@ import torch
 
 from ..errors import PrunekitError
 from ..masks import MaskSet, apply_masks, check_masks, get_masks, named_parameters
-from .engine import BlockRun, block_linears, check_calibration, decoder_layers, resolve_device, run_blockwise
+from ..training import resolve_device
+from .engine import BlockRun, block_linears, check_calibration, decoder_layers, run_blockwise
 from .methods import get_method
 from .owl import OWL
 from .targets import NM, check_fits, parse_target

@@ -33,7 +33,7 @@ from ..masks import (MaskSet, apply_masks, default_prunable, get_masks, load_mas
 from ..models import build_model
 from ..runs import RunDir
 from ..selection import global_masks, local_masks, rank_existing_first
-from ..training import evaluate
+from ..training import evaluate, resolve_device
 from ..augment import make_augmentation
 from .config import LotteryConfig
 from .summary import write_summary
@@ -98,10 +98,11 @@ def _density(masks: MaskSet) -> float:
 class Experiment:
     """One IMP experiment in its run folder; `run()` does (or resumes) every round."""
 
-    def __init__(self, config: LotteryConfig, root: str | Path = "runs", *, log=print):
+    def __init__(self, config: LotteryConfig, root: str | Path = "runs", *, log=print, device=None):
         self.config = config
         self.log = log
-        data = load_dataset(config.dataset)
+        self.device = resolve_device(device)  # where the networks train; not a setting of the run
+        data = load_dataset(config.dataset).to(self.device)
         self.num_classes = data.num_classes
         if config.validation >= len(data.train):
             raise PrunekitError(f"validation={config.validation} leaves no training data ({config.dataset} has "
@@ -123,7 +124,7 @@ class Experiment:
 
     # Pieces -----------------------------------------------------------------------------
     def fresh(self, init_seed: int) -> nn.Module:
-        return build(self.config, self.num_classes, init_seed)
+        return build(self.config, self.num_classes, init_seed).to(self.device)
 
     def _train(self, model: nn.Module, start: int, on_step=None) -> dict:
         return train_segment(model, self.fit, self.train_config, start=start, validation=self.validation,
@@ -208,6 +209,8 @@ class Experiment:
         return self.run_dir
 
 
-def run_lottery(config: LotteryConfig, root: str | Path = "runs", *, log=print) -> RunDir:
-    """Run (or resume) the IMP experiment `config`; returns its run folder."""
-    return Experiment(config, root, log=log).run()
+def run_lottery(config: LotteryConfig, root: str | Path = "runs", *, log=print, device=None,
+                progress: bool | None = None) -> RunDir:
+    """Run (or resume) the IMP experiment `config` on `device` (default the CPU); returns its run
+    folder. `progress`: a bar with ETA over the rounds (default: when stderr is a terminal)."""
+    return Experiment(config, root, log=log, device=device).run(progress)

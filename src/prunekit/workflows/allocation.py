@@ -18,12 +18,11 @@ from pathlib import Path
 from torch.utils.data import TensorDataset
 
 from ..accounting import count_flops, parameter_counts
-from ..data import load_dataset
 from ..errors import PrunekitError
 from ..recipe import AllocatorSpec, Recipe
 from ..runs import RunDir
-from ..training import evaluate, train
-from .sources import fresh_model
+from ..training import evaluate, resolve_device, train
+from .sources import check_fits, dataset_from, fresh_model
 from ..allocate.base import Allocator, PruningProblem
 from ..allocate.channels import ChannelProblem
 from ..allocate.problems import UnstructuredProblem
@@ -74,9 +73,9 @@ def build_problem(model, val, example, *, metric: str, granularity: str = "eleme
                                train_data=train_data, train_config=train_config)
 
 
-def dense_model(recipe: Recipe, run: RunDir, train_data, num_classes: int, progress: bool = True):
-    """The recipe's trained dense model, from the run folder when it is already there."""
-    model = fresh_model(recipe.model.name, recipe.model.options, num_classes, recipe.seed)
+def dense_model(recipe: Recipe, run: RunDir, train_data, num_classes: int, progress: bool = True, device=None):
+    """The recipe's trained dense model (on `device`), from the run folder when it is already there."""
+    model = fresh_model(recipe.model.name, recipe.model.options, num_classes, recipe.seed, device)
     if run.is_done("dense"):
         model.load_state_dict(run.load_checkpoint("dense"))
     else:
@@ -86,14 +85,18 @@ def dense_model(recipe: Recipe, run: RunDir, train_data, num_classes: int, progr
     return model
 
 
-def run_allocation(recipe: Recipe, *, output_dir: str | Path | None = None, progress: bool = True, log=print):
-    """Run (or resume) the recipe's allocator; returns (RunDir, Allocation)."""
+def run_allocation(recipe: Recipe, *, output_dir: str | Path | None = None, progress: bool = True, log=print,
+                   device=None):
+    """Run (or resume) the recipe's allocator on `device` (default the CPU); returns (RunDir, Allocation)."""
     if recipe.allocator is None:
         raise PrunekitError("the recipe has no allocator section; add e.g. allocator: {name: greedy, budget: 0.5}.")
+    device = resolve_device(device)
+    dataset = dataset_from(recipe.data.name)  # model and data are checked before the run folder exists
+    check_fits(recipe, dataset)
+    dataset = dataset.to(device)
     run = RunDir.open(output_dir or recipe.output_dir, recipe.name, recipe.settings())
-    dataset = load_dataset(recipe.data.name)
     train_data, val = split_validation(dataset.train)
-    model = dense_model(recipe, run, train_data, dataset.num_classes, progress)
+    model = dense_model(recipe, run, train_data, dataset.num_classes, progress, device)
     example = dataset.example_input(1)
     spec = recipe.allocator
     problem = build_problem(model, val, example, metric=spec.metric,

@@ -44,12 +44,13 @@ def dataset_from(name: str) -> Dataset:
                         "or a pair (train, test) of TensorDataset(inputs, labels).")
 
 
-def fresh_model(name: str, options: dict, num_classes: int, seed: int):
-    """The model, initialised from `seed` (the same seed, the same weights); the caller's global
-    torch generator is left where it was."""
+def fresh_model(name: str, options: dict, num_classes: int, seed: int, device=None):
+    """The model, initialised from `seed` (the same seed, the same weights on every device: it is
+    built on the CPU, then moved); the caller's global torch generator is left where it was."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return build_model(name, num_classes=num_classes, **options)
+        model = build_model(name, num_classes=num_classes, **options)
+    return model.to(device) if device is not None else model
 
 
 def check_fits(recipe, dataset: Dataset) -> None:

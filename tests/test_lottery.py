@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 from torch.utils.data import TensorDataset
@@ -246,8 +248,12 @@ def test_cli_lottery_runs_and_resumes(tmp_path, capsys):
 def test_all_experiments_run_at_quick_scale(tmp_path):
     from prunekit.experiments import EXPERIMENTS, run_experiment
     for name in EXPERIMENTS:
-        text = run_experiment(name, tmp_path, seeds=(0, 1, 2), scale="quick", log=lambda *_: None)
+        lines = []
+        text = run_experiment(name, tmp_path, seeds=(0, 1, 2), scale="quick", log=lines.append)
         assert "±" in text
+        counts = [re.search(r"\] (\d+)/(\d+) ", line) for line in lines if line.startswith(f"[experiment {name}]")]
+        done = [(int(m[1]), int(m[2])) for m in counts if m]
+        assert done and [d for d, _ in done] == list(range(1, len(done) + 1)) and done[-1][0] == done[-1][1], name
     folders = {p.name for p in tmp_path.iterdir()}
     assert {"a_tickets", "b_rewind", "c_augment", "d_dropout", "e_landscape", "runs"} <= folders
     assert all(any(p.glob("**/plot*.png")) for p in tmp_path.iterdir() if p.name != "runs")

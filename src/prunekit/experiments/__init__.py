@@ -26,6 +26,7 @@ from .common import SCALES
 from .faithful import experiment_h, experiment_i
 from .gating import experiment_g
 from .landscape_rewind import experiment_e
+from .progress import WorkProgress, duration
 from .robustness import experiment_d
 from .tickets import experiment_a, experiment_b, experiment_c
 
@@ -37,7 +38,8 @@ ALIASES = {"tickets": "a", "rewind": "b", "augment": "c", "dropout": "d", "lands
 
 def run_experiment(name: str, out: str | Path = "runs/experiments", *, seeds=(0, 1, 2), scale: str = "full",
                    log=print) -> str:
-    """Run (or resume) experiment `name` (a–e or its alias); returns its Markdown table."""
+    """Run (or resume) experiment `name` (a–i or its alias); returns its Markdown table. Each
+    finished (setting, seed) unit is logged with the time spent and an estimate of the time left."""
     key = ALIASES.get(name, name)
     if key not in EXPERIMENTS:
         choices = list(EXPERIMENTS) + list(ALIASES)
@@ -47,9 +49,9 @@ def run_experiment(name: str, out: str | Path = "runs/experiments", *, seeds=(0,
         raise PrunekitError(f"scale must be one of {SCALES}, not {scale!r}.")
     if len(seeds) < 1:
         raise PrunekitError("Give at least one seed (three or more for mean ± std).")
-    start = time.time()
-    text = EXPERIMENTS[key](Path(out), list(seeds), scale, log=log)
-    log(f"[experiment {key}] finished in {time.time() - start:.0f} s")
+    progress = WorkProgress(key, log)
+    text = EXPERIMENTS[key](Path(out), list(seeds), scale, log, progress)
+    log(f"[experiment {key}] finished in {duration(time.monotonic() - progress.start)}")
     return text
 
 

@@ -23,6 +23,7 @@ from ..models import build_model
 from ..plots import grouped_bars
 from ..training import TrainConfig, train
 from .common import mean_std, pm, write_outputs
+from .progress import WorkProgress
 
 METHODS = ("dense", "min-cut", "attribution, same units", "random, same units", "attribution, fewest reaching target")
 
@@ -61,15 +62,17 @@ def _one_seed(seed: int, scale: str, log) -> dict:
     return results
 
 
-def experiment_f(out: Path, seeds, scale: str = "full", log=print) -> str:
+def experiment_f(out: Path, seeds, scale: str, log, progress: WorkProgress) -> str:
     folder = out / "f_mincut"
     folder.mkdir(parents=True, exist_ok=True)
     per_seed = []
+    progress.expect(len(seeds))
     for seed in seeds:
         cache = folder / f"seed{seed}_{scale}.json"
         if not cache.is_file():  # a rerun finds the finished seeds
             cache.write_text(json.dumps(_one_seed(seed, scale, log)))
         per_seed.append(json.loads(cache.read_text()))
+        progress.advance(f"seed {seed}")
 
     def averaged(method, key):  # one value per seed: the mean over classes
         return [sum(r[key] for r in res[method]) / len(res[method]) for res in per_seed]

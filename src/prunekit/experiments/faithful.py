@@ -21,6 +21,7 @@ from ..lottery.notebook import NotebookConfig, notebook_lottery
 from ..plots import line_plot
 from ..training import TrainConfig
 from .common import by_round, mean_std, pm, write_outputs
+from .progress import WorkProgress
 from .tickets import lottery_rows
 
 # The notebook's printed results (two trials: max test accuracy over training, %), by round
@@ -36,17 +37,19 @@ def _notebook_config(scale: str, seed: int) -> tuple[NotebookConfig, list[int]]:
     return NotebookConfig(seed=seed), sorted(NOTEBOOK_FIGURES)
 
 
-def experiment_h(out: Path, seeds, scale: str = "full", log=print) -> str:
+def experiment_h(out: Path, seeds, scale: str, log, progress: WorkProgress) -> str:
     folder = out / "h_mnist1d_notebook"
     folder.mkdir(parents=True, exist_ok=True)
     data = load_dataset("mnist1d")
     per_seed = []
+    progress.expect(len(seeds))
     for seed in seeds:
         cache = folder / f"seed{seed}_{scale}.json"
         if not cache.is_file():
             config, report_at = _notebook_config(scale, seed)
             cache.write_text(json.dumps(notebook_lottery(data, config, report_at=report_at, log=log)))
         per_seed.append(json.loads(cache.read_text()))
+        progress.advance(f"seed {seed}")
     table = []
     for index, row in enumerate(per_seed[0]):
         rows = [rows_[index] for rows_ in per_seed]
@@ -84,15 +87,16 @@ def paper_config(dataset: str, scale: str, seed: int) -> LotteryConfig:
                          eval_every=250, validation=500 if dataset == "mnist5k" else 5000, seed=seed)
 
 
-def experiment_i(out: Path, seeds, scale: str = "full", log=print) -> str:
+def experiment_i(out: Path, seeds, scale: str, log, progress: WorkProgress) -> str:
     folder = out / "i_lenet_paper"
     folder.mkdir(parents=True, exist_ok=True)
     datasets = ["mnist5k"] + (["fashion_mnist"] if fashion_mnist_available() else [])
     if len(datasets) == 1:
         log("[lenet-paper] Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist); MNIST-5k only.")
     texts = []
+    progress.expect(len(datasets) * len(seeds))
     for dataset in datasets:
-        runs = lottery_rows(lambda s: paper_config(dataset, scale, s), seeds, out, log)
+        runs = lottery_rows(lambda s: paper_config(dataset, scale, s), seeds, out, log, progress)
         dense = by_round(runs, "dense")[0]
         acc = {v: by_round(runs, v) for v in ("ticket", "reinit", "random")}
         table = [{"round": 0, "weights left %": 100.0, "ticket": pm(dense), "reinit": "", "random mask": "",

@@ -24,6 +24,7 @@ from ..errors import PrunekitError
 from ..plots import grouped_bars
 from ..training import TrainConfig
 from .common import mean_std, pm, write_outputs
+from .progress import WorkProgress
 
 
 def _settings(scale: str) -> dict:
@@ -61,7 +62,7 @@ def _one_seed(seed: int, settings: dict, log) -> dict:
     return {"dense": dense, "gated": gated, "static (before fine-tuning)": before_tuning, "static": static}
 
 
-def experiment_g(out: Path, seeds, scale: str = "full", log=print) -> str:
+def experiment_g(out: Path, seeds, scale: str, log, progress: WorkProgress) -> str:
     settings = _settings(scale)
     if settings["dataset"] == "fashion_mnist" and not fashion_mnist_available():
         raise PrunekitError("Experiment g needs Fashion-MNIST: sudo apt-get install dataset-fashion-mnist "
@@ -69,11 +70,13 @@ def experiment_g(out: Path, seeds, scale: str = "full", log=print) -> str:
     folder = out / "g_gating"
     folder.mkdir(parents=True, exist_ok=True)
     per_seed = []
+    progress.expect(len(seeds))
     for seed in seeds:
         cache = folder / f"seed{seed}_{scale}.json"
         if not cache.is_file():
             cache.write_text(json.dumps(_one_seed(seed, settings, log)))
         per_seed.append(json.loads(cache.read_text()))
+        progress.advance(f"seed {seed}")
     arms = list(per_seed[0])
     dense_acc = [r["dense"]["accuracy"] for r in per_seed]
     table = []

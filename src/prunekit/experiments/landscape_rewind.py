@@ -15,9 +15,10 @@ from ..lottery import Experiment
 from ..masks import get_masks
 from ..plots import line_plot
 from .common import mean_std, mnist1d_config, pm, write_outputs
+from .progress import WorkProgress
 
 
-def experiment_e(out: Path, seeds, scale: str = "full", log=print) -> str:
+def experiment_e(out: Path, seeds, scale: str, log, progress: WorkProgress) -> str:
     folder = out / "e_landscape"
     folder.mkdir(parents=True, exist_ok=True)
     mask_round = 10 if scale == "full" else 2
@@ -25,6 +26,7 @@ def experiment_e(out: Path, seeds, scale: str = "full", log=print) -> str:
     values: dict[tuple, dict[str, list]] = {}
     taus = mnist1d_config(scale).keep_steps
     density = []
+    progress.expect(len(seeds))
     for seed in seeds:
         exp = Experiment(mnist1d_config(scale, seed), out / "runs", log=log)
         exp.run()  # experiment a's run; resumes instantly when it is finished
@@ -40,6 +42,7 @@ def experiment_e(out: Path, seeds, scale: str = "full", log=print) -> str:
                     f"λmin={spec['lambda_min']:.4g} κ={spec['condition']:.4g}")
                 for key in ("lambda_max", "lambda_min", "condition", "loss"):
                     values.setdefault((which, tau), {}).setdefault(key, []).append(spec[key])
+        progress.advance(f"seed {seed}")
     table = []
     for tau in taus:
         row = {"τ": tau}

@@ -17,20 +17,24 @@ from ..training import evaluate
 from ..lottery import Experiment
 from ..lottery.trainer import train_segment
 from .common import lenet_config, mean_std, mnist1d_config, pm, write_outputs
+from .progress import WorkProgress
 
 SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
 
 
-def experiment_d(out: Path, seeds, scale: str = "full", log=print, dropout: float = 0.2) -> str:
+def experiment_d(out: Path, seeds, scale: str, log, progress: WorkProgress, dropout: float = 0.2) -> str:
     folder = out / "d_dropout"
     folder.mkdir(parents=True, exist_ok=True)
     finetune_steps = 100 if scale == "full" else 5
     sparsities = SPARSITIES if scale == "full" else (0.5, 0.9)
     texts, series, errors = [], {}, {}
-    for label, factory in (("LeNet-300-100 on MNIST-5k", lenet_config), ("MNIST-1D MLP", mnist1d_config)):
+    models = (("LeNet-300-100 on MNIST-5k", lenet_config), ("MNIST-1D MLP", mnist1d_config))
+    arms = ("plain", f"dropout {dropout:g}")
+    progress.expect(len(models) * len(arms) * len(seeds))
+    for label, factory in models:
         results = {}  # (arm, sparsity) → {"drop": [...], "drop_ft": [...]}, arm dense acc
         dense_acc = {}
-        for arm in ("plain", f"dropout {dropout:g}"):
+        for arm in arms:
             for seed in seeds:
                 config = factory(scale, seed)
                 if arm != "plain":
@@ -50,6 +54,7 @@ def experiment_d(out: Path, seeds, scale: str = "full", log=print, dropout: floa
                     entry = results.setdefault((arm, s), {"drop": [], "drop_ft": []})
                     entry["drop"].append(base - pruned)
                     entry["drop_ft"].append(base - tuned)
+                progress.advance(f"{label}, {arm}, seed {seed}")
         table = []
         for s in sparsities:
             row = {"sparsity %": round(100 * s, 1)}

@@ -14,16 +14,21 @@ from pathlib import Path
 from ..lottery import run_lottery
 from ..plots import line_plot
 from .common import by_round, lenet_config, mean_std, mnist1d_config, pm, write_outputs
+from .progress import WorkProgress
 
 
-def lottery_rows(config_for_seed, seeds, out: Path, log) -> list[list[dict]]:
-    """Run (or resume) one lottery setting for every seed; the rows of each seed's run."""
+def lottery_rows(config_for_seed, seeds, out: Path, log, progress: WorkProgress) -> list[list[dict]]:
+    """Run (or resume) one lottery setting for every seed (one unit of `progress` each); the rows
+    of each seed's run."""
     rows = []
     for seed in seeds:
         config = config_for_seed(seed)
         log(f"[lottery] {config.model}/{config.dataset} seed {seed}: rounds={config.rounds} rate={config.rate} "
             f"k={config.rewind_step} augment={config.augment} controls={config.controls}")
         rows.append(run_lottery(config, out / "runs", log=log).rows())
+        variant = (f" rewind {config.rewind_step}" if config.rewind_step else "") + \
+                  (f" {config.augment}" if config.augment else "")
+        progress.advance(f"{config.model}/{config.dataset}{variant} seed {seed}")
     return rows
 
 
@@ -31,11 +36,13 @@ def _density(rows_per_seed, r):
     return mean_std(row["density"] for rows in rows_per_seed for row in rows if row["round"] == r)[0]
 
 
-def experiment_a(out: Path, seeds, scale: str = "full", log=print) -> str:
+def experiment_a(out: Path, seeds, scale: str, log, progress: WorkProgress) -> str:
     folder = out / "a_tickets"
     texts = []
-    for label, factory in (("LeNet-300-100 on MNIST-5k", lenet_config), ("MNIST-1D MLP", mnist1d_config)):
-        runs = lottery_rows(lambda s: factory(scale, s), seeds, out, log)
+    settings = (("LeNet-300-100 on MNIST-5k", lenet_config), ("MNIST-1D MLP", mnist1d_config))
+    progress.expect(len(settings) * len(seeds))
+    for label, factory in settings:
+        runs = lottery_rows(lambda s: factory(scale, s), seeds, out, log, progress)
         dense = by_round(runs, "dense")[0]
         acc = {v: by_round(runs, v) for v in ("ticket", "reinit", "random")}
         es = by_round(runs, "ticket", "es_step")
@@ -69,11 +76,13 @@ def _mkdir(path: Path) -> Path:
     return path
 
 
-def experiment_b(out: Path, seeds, scale: str = "full", log=print) -> str:
+def experiment_b(out: Path, seeds, scale: str, log, progress: WorkProgress) -> str:
     folder = _mkdir(out / "b_rewind")
     k = 50 if scale == "full" else 5
-    zero = lottery_rows(lambda s: mnist1d_config(scale, s), seeds, out, log)  # shared with experiment a
-    late = lottery_rows(lambda s: mnist1d_config(scale, s).replace(rewind_step=k, controls=()), seeds, out, log)
+    progress.expect(2 * len(seeds))
+    zero = lottery_rows(lambda s: mnist1d_config(scale, s), seeds, out, log, progress)  # shared with experiment a
+    late = lottery_rows(lambda s: mnist1d_config(scale, s).replace(rewind_step=k, controls=()), seeds, out, log,
+                        progress)
     acc0, acck = by_round(zero, "ticket"), by_round(late, "ticket")
     es0, esk = by_round(zero, "ticket", "es_step"), by_round(late, "ticket", "es_step")
     table = []
@@ -96,16 +105,17 @@ def experiment_b(out: Path, seeds, scale: str = "full", log=print) -> str:
                                "trains iterations k+1 … T on the dense run's batches.")
 
 
-def experiment_c(out: Path, seeds, scale: str = "full", log=print) -> str:
+def experiment_c(out: Path, seeds, scale: str, log, progress: WorkProgress) -> str:
     folder = _mkdir(out / "c_augment")
     settings = [("MNIST-1D MLP", "shift", 8, mnist1d_config, 12 if scale == "full" else 2),
                 ("LeNet-300-100 on MNIST-5k", "rotate", 30.0, lenet_config, 4 if scale == "full" else 1)]
     texts, series, errors = [], {}, {}
+    progress.expect(2 * len(settings) * len(seeds))
     for label, augment, strength, factory, rounds in settings:
-        plain = lottery_rows(lambda s: factory(scale, s), seeds, out, log)  # shared with experiment a
+        plain = lottery_rows(lambda s: factory(scale, s), seeds, out, log, progress)  # shared with experiment a
         strong = lottery_rows(lambda s: factory(scale, s).replace(augment=augment, augment_strength=strength,
                                                                   rounds=rounds, controls=("reinit",)),
-                              seeds, out, log)
+                              seeds, out, log, progress)
         table = []
         for r in range(0, rounds + 1):
             row = {"round": r, "weights left %": round(100 * _density(plain, r), 2)}

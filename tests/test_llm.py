@@ -1,12 +1,15 @@
 """The sequential engine and one-shot pruning end to end on tiny random-init Llama and Qwen2
 models with grouped-query attention (4 query heads, 2 KV heads), built from configs."""
 
+import os
+import tempfile
+
 import pytest
 import torch
 
 from prunekit.errors import PrunekitError
-from prunekit.llm import (OWL, InputStatistics, LayerMethod, Wanda, block_linears, decoder_layers, evaluate_lm,
-                          prune_oneshot, recover, run_blockwise, sparsegpt_prune)
+from prunekit.llm import (OWL, InputStatistics, LayerMethod, SparseGPT, Wanda, block_linears, decoder_layers,
+                          evaluate_lm, prune_oneshot, recover, run_blockwise, sparsegpt_prune)
 from prunekit.llm.evaluate import windows
 from prunekit.llm.targets import nm_mask, parse_nm, row_mask
 from prunekit.masks import apply_masks, effective_weight, get_masks, remove_masks
@@ -199,14 +202,14 @@ def test_bad_input_raises_and_changes_nothing(kwargs, message):
 
 
 def test_a_failure_in_a_later_block_leaves_the_model_untouched():
-    class FailsOnSecondBlock(LayerMethod):
+    class FailsOnSecondBlock(LayerMethod):  # the first block's weights are rewritten in place before it fails
         name, needs, calls = "fails", "gram", 0
 
         def prune(self, weight, stats, target):
             self.calls += 1
             if self.calls > 7:
                 raise PrunekitError("planted failure")
-            return Wanda().prune(weight, stats, target)
+            return SparseGPT().prune(weight, stats, target)
 
     model = tiny("llama")
     before = state(model)
@@ -292,3 +295,28 @@ def test_layers_fed_the_same_tensor_share_one_accumulator_with_their_own_inputs(
     for name, x in inputs.items():
         assert captured[name].tokens == x.shape[0]
         assert torch.allclose(captured[name].gram, x.T @ x, rtol=1e-4, atol=1e-3)
+
+
+def test_disk_undo_restores_every_saved_tensor_and_leaves_no_file():
+    from prunekit.llm.undo import DiskUndo
+
+    def undo_folders():
+        return {p for p in os.listdir(tempfile.gettempdir()) if p.startswith("prunekit-undo-")}
+
+    before = undo_folders()
+    a, b = torch.randn(4, 3), torch.randn(5)
+    original = (a.clone(), b.clone())
+    with pytest.raises(RuntimeError, match="later"):
+        with DiskUndo() as undo:
+            undo.save({"a": a})
+            a.mul_(0)
+            undo.save({"b": b})
+            b.add_(1)
+            assert len(undo_folders() - before) == 1
+            raise RuntimeError("later failure")
+    assert torch.equal(a, original[0]) and torch.equal(b, original[1])
+    assert undo_folders() == before
+    with DiskUndo() as undo:  # success: the changes stay
+        undo.save({"a": a})
+        a.mul_(2)
+    assert torch.equal(a, 2 * original[0])

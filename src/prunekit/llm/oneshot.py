@@ -4,9 +4,10 @@
 
 validates everything first, then (OWL only) measures the per-block sparsities on the dense
 model, then prunes every decoder block's Linear layers from their own calibration inputs in
-the sequential engine, and only at the end writes the result into the model: reconstructed
-weights (SparseGPT) into the dense parameters, masks installed with
-`prunekit.masks.apply_masks`. A failure anywhere before that leaves the model untouched.
+the sequential engine. Reconstructed weights (SparseGPT) are written into the dense
+parameters block by block, the originals saved to a temporary file first (llm.undo: memory
+stays at the model plus one block); the masks are installed at the end with
+`prunekit.masks.apply_masks`. A failure anywhere restores the model exactly.
 Embeddings and the output head are not pruned, as in the papers.
 """
 
@@ -18,12 +19,13 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import PrunekitError
-from ..masks import MaskSet, apply_masks, check_masks, get_masks, named_parameters
+from ..masks import MaskSet, apply_masks, check_masks, get_masks
 from ..training import resolve_device
 from .engine import BlockRun, block_linears, check_calibration, decoder_layers, run_blockwise
 from .methods import get_method
 from .owl import OWL
 from .targets import NM, check_fits, parse_target
+from .undo import DiskUndo
 
 
 @dataclass
@@ -93,42 +95,35 @@ def prune_oneshot(model, tokens=None, method="wanda", *, sparsity=None, nm=None,
     else:
         targets = [target] * len(linears)
 
-    pending: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+    pending: dict[str, torch.Tensor] = {}  # masks, installed once every block is pruned
 
-    def prune_block(index: int, block_layers, stats) -> dict[str, torch.Tensor]:
-        substitutes = {}
+    def prune_block(index: int, block_layers, stats, undo: DiskUndo) -> dict[str, torch.Tensor]:
+        substitutes, rewritten = {}, {}
         for name, layer in block_layers.items():
             outcome = layer_method.prune(layer.weight, stats.pop(name) if stats else None, targets[index])
             new = layer.weight if outcome.weight is None else outcome.weight
             substitutes[f"{name}.weight"] = torch.where(outcome.mask, new, new.new_zeros(()))
-            kept = None if outcome.weight is None else outcome.weight[outcome.mask].cpu()
-            pending[f"{path}.{index}.{name}.weight"] = (outcome.mask.cpu(), kept)
+            pending[f"{path}.{index}.{name}.weight"] = outcome.mask.cpu()
+            if outcome.weight is not None:
+                rewritten[name] = (layer.weight, outcome)
+        if rewritten:  # kept weights change: originals to disk, then the new values in place
+            undo.save({name: weight for name, (weight, _) in rewritten.items()})
+            for weight, outcome in rewritten.values():
+                weight[outcome.mask] = outcome.weight[outcome.mask].to(weight.dtype)
         return substitutes
 
-    if layer_method.needs is None:
-        with torch.no_grad():
+    with DiskUndo() as undo, torch.no_grad():
+        if layer_method.needs is None:
             for index, block_layers in enumerate(linears):
-                prune_block(index, block_layers, None)
-    else:
-        def process(run: BlockRun):
-            return prune_block(run.index, linears[run.index], run.input_statistics(gram=layer_method.needs == "gram"))
+                prune_block(index, block_layers, None, undo)
+        else:
+            def process(run: BlockRun):
+                stats = run.input_statistics(gram=layer_method.needs == "gram")
+                return prune_block(run.index, linears[run.index], stats, undo)
 
-        run_blockwise(model, tokens, process, description=f"{layer_method.name} {target}", **engine)
-
-    masks = _commit(model, pending)
+            run_blockwise(model, tokens, process, description=f"{layer_method.name} {target}", **engine)
+        masks = apply_masks(model, check_masks(model, pending))
     rows = [{"layer": name, "sparsity": 1.0 - mask.float().mean().item()} for name, mask in masks.items()]
     block_sparsities = [float(t.sparsity) if isinstance(t, NM) else float(t) for t in targets]
     return OneShotResult(layer_method.name, str(target), masks, block_sparsities, time.perf_counter() - started,
                          owl=allocator is not None, rows=rows)
-
-
-def _commit(model, pending) -> MaskSet:
-    """Write reconstructed weights and install the masks, after checking every mask fits."""
-    masks = check_masks(model, {name: mask for name, (mask, _) in pending.items()})
-    params = named_parameters(model)
-    with torch.no_grad():
-        for name, (mask, kept) in pending.items():
-            if kept is not None:
-                param = params[name]
-                param[mask.to(param.device)] = kept.to(device=param.device, dtype=param.dtype)
-    return apply_masks(model, masks)

@@ -3,16 +3,23 @@ GQA head groups and FFN channels removed through the graph and compaction, whole
 block influence; the config follows so save_pretrained → from_pretrained rebuilds the model."""
 
 import copy
+import json
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import prunekit as pk
+from prunekit.cli import main
 from prunekit.errors import PrunekitError
-from prunekit.llm import block_influence, prune_structure, remove_layers, sync_config
+from prunekit.llm import (block_influence, calibration_tokens, load_causal_lm, prune_structure, remove_layers,
+                          sync_config)
+from prunekit.llm.text import LICENCE_DIR
 
 transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install 'prunekit[llm]')")
+from test_llm_cli import model_dir  # noqa: E402,F401 - fixture: a tiny saved Llama with a word-level tokenizer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 VOCAB = 64
 
@@ -213,3 +220,48 @@ def test_blocks_of_different_sizes_are_never_written_into_the_config():
     with pytest.raises(PrunekitError, match="allocation='uniform'"):
         sync_config(model)
     assert model.config.intermediate_size == 48
+
+
+
+needs_licences = pytest.mark.skipif(not (LICENCE_DIR / "GPL-3").is_file(), reason="needs /usr/share/common-licenses")
+
+
+@needs_licences
+def test_cli_writes_a_run_folder_and_a_model_that_reloads(model_dir, tmp_path, capsys):
+    out = tmp_path / "small"
+    args = ["llm", "--model", str(model_dir), "--calibration-samples", "4", "--seq-len", "32", "--window", "256",
+            "--output-dir", str(tmp_path / "runs"), "--no-progress", "--structure", "ffn", "--remove", "0.25"]
+    assert main([*args, "--out", str(out)]) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    rows = json.loads((run / "metrics.json").read_text())
+    assert [r["stage"] for r in rows] == ["dense", "pruned"] and rows[1]["params"] < rows[0]["params"]
+    again = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    assert again.config.intermediate_size == 96 and (out / "tokenizer.json").is_file()
+    x = torch.randint(0, 256, (1, 16))
+    original = transformers.AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    prune_structure(original, calibration_tokens(load_causal_lm(str(model_dir))[1], 4, 32), "ffn", 0.25)
+    assert torch.equal(logits(again, x), logits(original, x))  # same units, same weights
+    capsys.readouterr()
+    assert main(args) == 0 and "already done" in capsys.readouterr().out
+
+
+@needs_licences
+@pytest.mark.parametrize("extra,message", [(["--structure", "ffn"], "--remove"),
+                                           (["--structure", "ffn", "--remove", "1.2"], "--remove"),
+                                           (["--remove", "0.5"], "--structure"),
+                                           (["--structure", "heads", "--remove", "0.5", "--sparsity", "0.5"],
+                                            "--sparsity"),
+                                           (["--structure", "layers", "--remove", "0.5", "--save-model"], "--out")])
+def test_cli_refuses_mixed_or_missing_options(model_dir, tmp_path, capsys, extra, message):
+    assert main(["llm", "--model", str(model_dir), "--output-dir", str(tmp_path), *extra]) != 0
+    assert message in capsys.readouterr().err and not any(tmp_path.iterdir())
+
+
+@needs_licences
+def test_cli_never_writes_into_an_existing_folder(model_dir, tmp_path, capsys):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "keep.txt").write_text("mine")
+    assert main(["llm", "--model", str(model_dir), "--output-dir", str(tmp_path / "runs"), "--structure", "ffn",
+                 "--remove", "0.25", "--out", str(tmp_path / "taken")]) != 0
+    assert "not empty" in capsys.readouterr().err
+    assert (tmp_path / "taken" / "keep.txt").read_text() == "mine" and not (tmp_path / "runs").exists()

@@ -35,25 +35,31 @@ def unit_scores(model: nn.Module, graph: DependencyGraph, block_groups: list[str
         raise PrunekitError(f"Unknown structured criterion {criterion!r}; choose one of {', '.join(CRITERIA)}.")
     scores: dict[str, torch.Tensor] = {}
 
-    def score_block(run):
-        group = graph[block_groups[run.index]]
-        prefix = f"{layers_path}.{run.index}."
-        stats = run.input_statistics(gram=False) if criterion == "wanda" else None
+    def score_block(index: int, block: nn.Module, stats) -> None:
+        group = graph[block_groups[index]]
+        prefix = f"{layers_path}.{index}."
         element = {}
         for s in group.slices:
             if s.kind != "param" or not s.name.startswith(prefix):
                 continue
             layer_name, _, tensor = s.name[len(prefix):].rpartition(".")
-            weight = run.block.get_submodule(layer_name).get_parameter(tensor).detach().abs().float()
+            weight = block.get_submodule(layer_name).get_parameter(tensor).detach().abs().float()
             if stats is not None and tensor == "weight":
                 weight = weight * stats[layer_name].norms.to(weight.device)
             element[s.name] = weight
         scores.update(group_scores(model, graph, element, how="l1", groups=[group]))
+
+    if criterion == "magnitude":  # no activations needed
+        for index, block in enumerate(model.get_submodule(layers_path)):
+            score_block(index, block, None)
+        return scores
+
+    def score_run(run):
+        score_block(run.index, run.block, run.input_statistics(gram=False))
         return None  # the dense block propagates: every block is scored on the dense model's activations
 
-    run_blockwise(model, tokens, score_block, batch_size=batch_size, device=device, progress=progress,
-                  description=f"{criterion} scores")
+    run_blockwise(model, tokens, score_run, batch_size=batch_size, device=device, progress=progress,
+                  description="wanda scores")
     return scores
-
 
 __all__ = ["CRITERIA", "unit_scores"]

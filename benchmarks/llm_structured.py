@@ -6,7 +6,8 @@ a Llama config can describe):
 
     heads   GQA head groups (1 KV head + its 3 query heads) scored by Σ|W|·‖X‖ — SmolLM2 has 3
             per block, so 1 or 2 of 3 (6.6 % / 13.2 % of the parameters) are the only steps
-    ffn     SwiGLU channels scored by Σ|W|·‖X‖ (rows ending ":magnitude": by Σ|W|, for comparison)
+    ffn     SwiGLU channels scored by Σ|W|·‖X‖ (rows ending ":magnitude" or ":wanda-out": by those
+            criteria of prunekit.llm.unit_scores, for comparison)
     layers  whole decoder blocks by block influence (ShortGPT)
     mix     half of the parameter target by whole blocks, the rest by FFN channels
 
@@ -107,6 +108,7 @@ def main():
                         help="structure:amount[:criterion], e.g. ffn:0.2, heads:1/3, mix:0.3, ffn:0.2:magnitude")
     parser.add_argument("--samples", type=int, default=16, help="calibration windows of 128 tokens")
     parser.add_argument("--repeats", type=int, default=3, help="timed forward passes per model and batch")
+    parser.add_argument("--no-speed", action="store_true", help="perplexity, parameters and FLOPs only")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -126,16 +128,16 @@ def main():
         evaluation = evaluate_lm(model, stream, reference=reference)
         params = sum(p.numel() for p in model.parameters())
         cut = 1 - flops(model) / dense_flops
-        speed = speeds(dense, model, args.repeats)
         row = {"row": name, "units": " + ".join(f"{r.structure} {r.removed_per_block}/{r.units_per_block}"
                                                  for r in results),
                "params_M": params / 1e6, "removed": 1 - params / dense_params, "perplexity": evaluation.perplexity,
-               "agreement": evaluation.agreement, "flops_cut": cut,
-               "speedup_b1": speed["pruned_tok_s_b1"] / speed["dense_tok_s_b1"],
-               "speedup_b8": speed["pruned_tok_s_b8"] / speed["dense_tok_s_b8"],
-               "tok_s_b1": speed["pruned_tok_s_b1"], "dense_tok_s_b1": speed["dense_tok_s_b1"],
-               "tok_s_b8": speed["pruned_tok_s_b8"], "dense_tok_s_b8": speed["dense_tok_s_b8"],
-               "prune_s": sum(r.seconds for r in results)}
+               "agreement": evaluation.agreement, "flops_cut": cut, "prune_s": sum(r.seconds for r in results)}
+        if not args.no_speed:
+            speed = speeds(dense, model, args.repeats)
+            row.update({"speedup_b1": speed["pruned_tok_s_b1"] / speed["dense_tok_s_b1"],
+                        "speedup_b8": speed["pruned_tok_s_b8"] / speed["dense_tok_s_b8"],
+                        "tok_s_b1": speed["pruned_tok_s_b1"], "dense_tok_s_b1": speed["dense_tok_s_b1"],
+                        "tok_s_b8": speed["pruned_tok_s_b8"], "dense_tok_s_b8": speed["dense_tok_s_b8"]})
         rows.append(row)
         print(format_table([row]), flush=True)
         del model

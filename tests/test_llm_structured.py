@@ -94,7 +94,7 @@ def test_units_equal_the_masked_model_and_only_the_chosen_units_go():
     assert all(len(r) == 12 for r in result.removed)
 
 
-def direct_scores(model, tokens, structure):
+def direct_scores(model, tokens, structure, output_only=False):
     """Σ|W|·‖X‖ per unit from inputs recorded in one ordinary forward pass (no engine)."""
     norms, handles = {}, []
     for name, module in model.named_modules():
@@ -113,7 +113,9 @@ def direct_scores(model, tokens, structure):
         prefix = f"model.layers.{i}."
         def term(layer, rows=None, cols=None):
             w = (layer.weight.detach().double().abs() * norms[prefix + path[layer]].sqrt())
-            return w[rows].sum() if rows is not None else w[:, cols].sum()
+            if rows is not None:  # an input-side slice
+                return torch.zeros((), dtype=torch.float64) if output_only else w[rows].sum()
+            return w[:, cols].sum()
         if structure == "ffn":
             mlp = block.mlp
             path = {mlp.gate_proj: "mlp.gate_proj", mlp.up_proj: "mlp.up_proj", mlp.down_proj: "mlp.down_proj"}
@@ -134,12 +136,13 @@ def direct_scores(model, tokens, structure):
     return scores
 
 
+@pytest.mark.parametrize("criterion", ["wanda", "wanda-out"])
 @pytest.mark.parametrize("structure,remove,heads", [("ffn", 0.25, 4), ("heads", 0.5, 8)])
-def test_wanda_unit_scores_match_a_direct_computation(structure, remove, heads):
+def test_wanda_unit_scores_match_a_direct_computation(structure, remove, heads, criterion):
     # 8 query / 4 KV heads for the head case, so the lowest of four units is a real choice
     model, tokens = tiny(heads=heads, kv_heads=heads // 2), ids()
-    expected = direct_scores(model, tokens, structure)
-    result = prune_structure(model, tokens, structure, remove)
+    expected = direct_scores(model, tokens, structure, output_only=criterion == "wanda-out")
+    result = prune_structure(model, tokens, structure, remove, criterion=criterion)
     for block_scores, removed in zip(expected, result.removed):
         lowest = sorted(torch.argsort(block_scores, stable=True)[:result.removed_per_block].tolist())
         assert removed == lowest

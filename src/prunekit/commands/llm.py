@@ -37,8 +37,9 @@ def register(sub) -> None:
     p.add_argument("--structure", choices=("heads", "ffn", "layers"),
                    help="structured pruning instead: GQA head groups, FFN channels or whole decoder blocks")
     p.add_argument("--remove", type=float, help="with --structure: fraction of the units (per block) or blocks removed")
-    p.add_argument("--criterion", default="wanda", choices=("wanda", "magnitude"),
-                   help="with --structure heads/ffn: unit score Σ|W|·‖X‖ (wanda) or Σ|W| (default wanda)")
+    p.add_argument("--criterion", default="wanda", choices=("wanda", "wanda-out", "magnitude"),
+                   help="with --structure heads/ffn: unit score Σ|W|·‖X‖ over all its weights (wanda, default), "
+                        "over its output-projection columns only (wanda-out), or Σ|W| (magnitude)")
     p.add_argument("--out", help="with --structure: write the pruned model (save_pretrained) to this new folder")
     p.add_argument("--owl", action="store_true", help="outlier-weighted block sparsities (OWL) around --sparsity")
     p.add_argument("--calibration-samples", type=int, default=32, help="calibration windows (default 32)")

@@ -6,10 +6,14 @@ column of down_proj (the dependency graph lists them). With X the calibration in
 Linear layer that holds W (tokens × in_features):
 
     wanda:      s_u = Σ_{W_ij ∈ u} |W_ij| · ‖X_j‖₂     (Wanda's element score, summed over the unit)
+    wanda-out:  the same sum over the unit's output-side columns only (o_proj / down_proj)
     magnitude:  s_u = Σ_{W_ij ∈ u} |W_ij|
 
 For the output-side slice (o_proj / down_proj columns) ‖X_j‖ is the norm of the unit's own
-activation, so a head or channel that is rarely active scores low even with large weights.
+activation, so a head or channel that is rarely active scores low even with large weights;
+on the input side every unit of a block sees the same ‖X_j‖ (the block's normalised hidden
+state), so there the score is mostly |W| weighted by the outlier channels. "wanda-out" keeps
+only the part that measures the unit's own activity.
 The activation norms come from the dense model, block by block (prunekit.llm.engine), so the
 memory beyond the model is one block's calibration activations.
 """
@@ -24,7 +28,7 @@ from ..graph import DependencyGraph
 from ..structured import group_scores
 from .engine import run_blockwise
 
-CRITERIA = ("wanda", "magnitude")
+CRITERIA = ("wanda", "wanda-out", "magnitude")
 
 
 def unit_scores(model: nn.Module, graph: DependencyGraph, block_groups: list[str], tokens: torch.Tensor, *,
@@ -40,7 +44,7 @@ def unit_scores(model: nn.Module, graph: DependencyGraph, block_groups: list[str
         prefix = f"{layers_path}.{index}."
         element = {}
         for s in group.slices:
-            if s.kind != "param" or not s.name.startswith(prefix):
+            if s.kind != "param" or not s.name.startswith(prefix) or (criterion == "wanda-out" and s.dim != 1):
                 continue
             layer_name, _, tensor = s.name[len(prefix):].rpartition(".")
             weight = block.get_submodule(layer_name).get_parameter(tensor).detach().abs().float()

@@ -40,6 +40,11 @@ from .structure_result import StructuredResult, parameter_count, units_to_remove
 from .unit_scores import CRITERIA, unit_scores
 
 UNIT_STRUCTURES = ("heads", "ffn")
+# The compacted o_proj / down_proj sum fewer terms than the masked ones (the zeros are gone), so
+# float32 rounding differs; through SmolLM2's 30 residual blocks the logits then differ by up to
+# ~1e-5 relative (measured 1.01e-5), above compact's default check of 1e-5. A wrong unit would
+# show as an error of order 1.
+COMPACTION_RTOL = 1e-4
 STRUCTURES = UNIT_STRUCTURES + ("layers",)
 
 
@@ -103,7 +108,7 @@ def prune_units(model: nn.Module, tokens: torch.Tensor, structure: str, remove: 
 
     before = parameter_count(model)
     apply_masks(model, group_masks(graph, keep))
-    compact(model, example, graph=graph, inplace=True)
+    compact(model, example, graph=graph, inplace=True, rtol=COMPACTION_RTOL)
     config_changes = sync_config(model)
     return StructuredResult(structure, criterion, count, units, before, parameter_count(model), config_changes,
                             removed, time.perf_counter() - start)

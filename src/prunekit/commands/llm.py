@@ -3,6 +3,7 @@
     prunekit llm --method wanda --sparsity 0.5
     prunekit llm --method sparsegpt --nm 2:4 --model path/to/hf_model_dir
     prunekit llm --method sparsegpt --sparsity 0.5 --owl --recover-steps 100
+    prunekit llm --structure ffn --remove 0.25 --out small-model    # structured, physically smaller
 
 Loads the model (SmolLM2-135M by default, or any local AutoModelForCausalLM directory),
 draws the calibration windows from the licence texts, evaluates the dense model, prunes every
@@ -10,6 +11,12 @@ decoder Linear layer block by block, evaluates again (perplexity and top-1 agree
 dense model on held-out text) and, if asked, fine-tunes briefly with the masks held. Writes a
 run folder runs/llm-<method>-<hash>/ with settings.json, metrics.json/.csv, blocks.json (the
 sparsity of every block and layer) and report.md. Needs the [llm] extra (`make llm`).
+
+With --structure heads|ffn|layers the model is pruned structurally instead: --remove of the
+GQA head groups / FFN channels of every block (scored by Σ|W|·‖X‖ on the calibration tokens),
+or of the decoder blocks (lowest block influence), removed physically; the run folder gets
+dense and pruned rows with parameter counts, and --out DIR a save_pretrained folder (model +
+tokenizer) that AutoModelForCausalLM.from_pretrained reloads.
 """
 
 from __future__ import annotations
@@ -27,6 +34,13 @@ def register(sub) -> None:
     target = p.add_mutually_exclusive_group()
     target.add_argument("--sparsity", type=float, help="fraction of each layer's weights pruned (default 0.5)")
     target.add_argument("--nm", help="N:M pattern instead, e.g. 2:4 or 4:8")
+    p.add_argument("--structure", choices=("heads", "ffn", "layers"),
+                   help="structured pruning instead: GQA head groups, FFN channels or whole decoder blocks")
+    p.add_argument("--remove", type=float, help="with --structure: fraction of the units (per block) or blocks removed")
+    p.add_argument("--criterion", default="wanda", choices=("wanda", "wanda-out", "magnitude"),
+                   help="with --structure heads/ffn: unit score Σ|W|·‖X‖ over all its weights (wanda, default), "
+                        "over its output-projection columns only (wanda-out), or Σ|W| (magnitude)")
+    p.add_argument("--out", help="with --structure: write the pruned model (save_pretrained) to this new folder")
     p.add_argument("--owl", action="store_true", help="outlier-weighted block sparsities (OWL) around --sparsity")
     p.add_argument("--calibration-samples", type=int, default=32, help="calibration windows (default 32)")
     p.add_argument("--seq-len", type=int, default=256, help="tokens per calibration window (default 256)")
@@ -52,7 +66,29 @@ def _settings(args) -> dict:
             "recover_steps": args.recover_steps, "recover_lr": args.recover_lr}
 
 
+def _check_structured(args) -> None:
+    """Structured and unstructured options do not mix; bad values fail before anything is loaded."""
+    if args.structure is None:
+        used = [flag for flag, value in (("--remove", args.remove), ("--out", args.out)) if value is not None]
+        if used:
+            raise PrunekitError(f"{' and '.join(used)} go with --structure heads|ffn|layers.")
+        return
+    unstructured = [flag for flag, value in (("--sparsity", args.sparsity), ("--nm", args.nm), ("--owl", args.owl),
+                                             ("--recover-steps", args.recover_steps),
+                                             ("--save-model (use --out)", args.save_model)) if value]
+    if unstructured or args.method != "wanda":
+        raise PrunekitError(f"--structure removes whole units; leave out {', '.join(unstructured or ['--method'])} "
+                            "(those are for unstructured pruning).")
+    if args.remove is None or not 0 < args.remove < 1:
+        raise PrunekitError(f"--structure needs --remove, a fraction in (0, 1) of the units removed; got {args.remove}.")
+    if args.out is not None and Path(args.out).exists() and any(Path(args.out).iterdir()):
+        raise PrunekitError(f"--out {args.out} exists and is not empty; choose a new folder (nothing is overwritten).")
+
+
 def _main(args) -> int:
+    _check_structured(args)
+    if args.structure is not None:
+        return _structured(args)
     from ..llm import (PeakRSS, calibration_tokens, evaluate_lm, evaluation_tokens, load_causal_lm, prune_oneshot,
                        recover, require_transformers)
     from ..llm.targets import parse_target
@@ -102,6 +138,52 @@ def _main(args) -> int:
     run.mark_done("llm")
     print(format_table(rows, ["stage", "perplexity", "agreement", "sparsity", "eval_tokens"]))
     print(f"\nrun folder: {run.path}\nreport:     {run.path / 'report.md'}")
+    return 0
+
+
+def _structured(args) -> int:
+    from ..llm import calibration_tokens, evaluate_lm, evaluation_tokens, load_causal_lm, prune_structure
+    from ..runs import RunDir
+
+    if args.model != "smollm2" and not Path(args.model).is_dir():
+        raise PrunekitError(f"--model {args.model!r} is neither 'smollm2' nor a directory.")
+    settings = {**{k: v for k, v in _settings(args).items() if k not in ("method", "sparsity", "nm", "owl",
+                                                                         "recover_steps", "recover_lr")},
+                "structure": args.structure, "remove": args.remove,
+                "criterion": args.criterion if args.structure != "layers" else "block influence"}
+    run = RunDir.open(args.output_dir, f"llm-{args.structure}", settings)
+    if run.is_done("llm") and args.out is None:
+        print(format_table(run.rows()))
+        print(f"\nalready done: {run.path}")
+        return 0
+    model, tokenizer = load_causal_lm(args.model)
+    tokens = calibration_tokens(tokenizer, args.calibration_samples, args.seq_len, seed=args.seed)
+    stream = evaluation_tokens(tokenizer, args.eval)
+    dense = evaluate_lm(model, stream, window=args.window)
+    result = prune_structure(model, tokens, args.structure, args.remove, criterion=args.criterion,
+                             batch_size=args.batch_size, device=args.device,
+                             progress=False if args.no_progress else None)
+    pruned = evaluate_lm(model, stream, window=args.window, reference=dense)
+    rows = [{"stage": "dense", **dense.row(), "agreement": 1.0, "params": result.params_before},
+            {"stage": "pruned", **pruned.row(), "params": result.params_after,
+             "params_removed": result.params_removed, "seconds": result.seconds}]
+    run.replace_rows(rows)
+    run.write_json("structure.json", {"removed_per_block": result.removed_per_block,
+                                      "units_per_block": result.units_per_block, "removed": result.removed,
+                                      "config_changes": result.config_changes})
+    columns = ["stage", "perplexity", "agreement", "params", "params_removed", "eval_tokens"]
+    unit = "blocks" if args.structure == "layers" else f"{args.structure} units per block"
+    (run.path / "report.md").write_text("\n".join([
+        f"# {args.structure} pruning on {settings['model']}", "",
+        f"{result.removed_per_block} of {result.units_per_block} {unit} removed ({settings['criterion']}), "
+        f"{result.params_removed:.1%} of the parameters; config changes {result.config_changes}.", "",
+        format_table(rows, columns), ""]))
+    if args.out is not None:
+        model.save_pretrained(args.out)
+        tokenizer.save_pretrained(args.out)
+    run.mark_done("llm")
+    print(format_table(rows, columns))
+    print(f"\nrun folder: {run.path}" + (f"\nmodel:      {args.out}" if args.out else ""))
     return 0
 
 

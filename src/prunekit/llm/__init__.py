@@ -3,6 +3,7 @@
     from prunekit.llm import load_causal_lm, calibration_tokens, evaluation_tokens, prune_oneshot, evaluate_lm
     model, tokenizer = load_causal_lm("smollm2")            # needs the [llm] extra
     result = prune_oneshot(model, calibration_tokens(tokenizer), "sparsegpt", sparsity=0.5)
+    prune_structure(model, calibration_tokens(tokenizer), "heads", 1 / 3)  # heads / ffn / layers, compacted
 
 Importing this package needs only torch; transformers is imported when a model is loaded.
 """
@@ -10,6 +11,8 @@ Importing this package needs only torch; transformers is imported when a model i
 from .base import LayerMethod, LayerPruning
 from .engine import BlockRun, block_linears, decoder_layers, run_blockwise
 from .evaluate import LMEvaluation, evaluate_lm
+from .hf_config import sync_config
+from .layers import block_influence, remove_layers
 from .loading import load_causal_lm, require_transformers
 from .magnitude import Magnitude
 from .memory import PeakRSS
@@ -19,6 +22,8 @@ from .owl import OWL, owl_sparsities
 from .recover import recover
 from .sparsegpt import SparseGPT, sparsegpt_prune
 from .statistics import InputStatistics
+from .structure_result import StructuredResult
+from .structured import STRUCTURES, prune_structure, prune_units
 from .targets import NM, parse_nm
 from .text import calibration_tokens, evaluation_tokens
 from .wanda import Wanda, wanda_scores
@@ -27,4 +32,5 @@ __all__ = ["LayerMethod", "LayerPruning", "BlockRun", "block_linears", "decoder_
            "LMEvaluation", "evaluate_lm", "load_causal_lm", "require_transformers", "Magnitude", "PeakRSS", "METHODS",
            "get_method", "OneShotResult", "prune_oneshot", "OWL", "owl_sparsities", "recover", "SparseGPT",
            "sparsegpt_prune", "InputStatistics", "NM", "parse_nm", "calibration_tokens", "evaluation_tokens",
-           "Wanda", "wanda_scores"]
+           "Wanda", "wanda_scores", "sync_config", "block_influence", "remove_layers", "StructuredResult",
+           "STRUCTURES", "prune_structure", "prune_units"]

@@ -191,6 +191,20 @@ def test_bad_amounts_leave_the_model_untouched(structure, bad):
     assert model.config.num_hidden_layers == 3 and not pk.get_masks(model)
 
 
+@pytest.mark.parametrize("structure", ["heads", "ffn"])
+def test_a_failed_compaction_check_leaves_the_model_untouched(structure, monkeypatch):
+    import prunekit.llm.structured as structured
+
+    monkeypatch.setattr(structured, "COMPACTION_RTOL", -1.0)  # no output can pass: the check must fail
+    model = tiny()
+    before = state(model)
+    with pytest.raises(pk.PrunekitError):
+        prune_structure(model, ids(), structure, 0.5)
+    after = state(model)
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert not pk.get_masks(model) and model.config.intermediate_size == 48
+
+
 def test_bad_structure_criterion_and_tokens_are_refused():
     model = tiny()
     with pytest.raises(PrunekitError, match="structure"):

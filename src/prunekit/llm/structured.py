@@ -31,12 +31,13 @@ from torch import nn
 from ..compaction import compact
 from ..errors import PrunekitError
 from ..graph import build_graph
-from ..masks import apply_masks, get_masks
+from ..masks import apply_masks, get_masks, named_parameters, remove_masks
 from ..structured import group_masks
 from .engine import check_calibration, decoder_layers
 from .hf_config import block_sizes, proposed_config, sync_config, uniform_sizes
 from .layers import remove_layers
 from .structure_result import StructuredResult, parameter_count, units_to_remove
+from .undo import DiskUndo
 from .unit_scores import CRITERIA, unit_scores
 
 UNIT_STRUCTURES = ("heads", "ffn")
@@ -107,8 +108,17 @@ def prune_units(model: nn.Module, tokens: torch.Tensor, structure: str, remove: 
         removed.append(sorted(lowest.tolist()))
 
     before = parameter_count(model)
-    apply_masks(model, group_masks(graph, keep))
-    compact(model, example, graph=graph, inplace=True, rtol=COMPACTION_RTOL)
+    masks = group_masks(graph, keep)
+    params = named_parameters(model)
+    with DiskUndo() as undo:  # a failed check restores the dense weights the masks zeroed
+        undo.save({name: params[name] for name in masks})
+        apply_masks(model, masks)
+        try:  # checked on a streamed copy first (memory: the model + its smaller copy)
+            compact(model, example, graph=graph, rtol=COMPACTION_RTOL)
+        except Exception:
+            remove_masks(model)
+            raise
+    compact(model, example, graph=graph, inplace=True, check=False)
     config_changes = sync_config(model)
     return StructuredResult(structure, criterion, count, units, before, parameter_count(model), config_changes,
                             removed, time.perf_counter() - start)

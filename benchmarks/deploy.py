@@ -302,41 +302,57 @@ def svd_vs_pruning(args) -> None:
 
     rows = []
     steps = 150 if args.quick else 1000
-    for name in ("lenet300100", "mnist1d_mlp"):
-        dense, data, config = trained(name, args.quick)
-        dense.eval()
-        x1, x64 = data.test.tensors[0][:1], data.test.tensors[0][:64]
-        total = sum(p.numel() for p in dense.parameters())
-        tune = config.for_finetuning(0.3, steps)
-        for keep in (0.75, 0.5, 0.25):
-            results = {}
-            problem = RankProblem(dense, data.test, metric="params")
-            allocation = KnapsackAllocator(keep, levels=0.05).allocate(problem)
-            factored, _ = low_rank(dense, ranks=problem.ranks(allocation.counts))
-            train(factored, data.train, tune, progress=False)
-            results["SVD (knapsack ranks)"] = (factored.eval(), ", ".join(
-                f"{n}:{r}" for n, r in problem.ranks(allocation.counts).items()))
-            unstructured = copy.deepcopy(dense)
-            prune_weights = total - round(keep * total)
-            pk.prune(unstructured, prune_weights)
-            finetune(unstructured, data.train, config, lr_factor=0.3, steps=steps, progress=False)
-            sparse, report = to_sparse(unstructured, x64, threads=(1,), repeats=10)
-            results["unstructured (to_sparse @64)"] = (sparse, " ".join(r["chosen"] for r in report.rows))
-            channel = copy.deepcopy(dense)
-            ratio = channel_ratio(dense, x1, keep)
-            prune_structured(channel, ratio, x1)
-            finetune(channel, data.train, config, lr_factor=0.3, steps=steps, progress=False)
-            small, _ = compact(channel, x1)
-            results["channel (compacted)"] = (small.eval(), f"{ratio:.2f} of units")
-            for method, (model, detail) in results.items():
-                ms1, s1 = latency_pair(dense, model, x1, 30)
-                ms64, s64 = latency_pair(dense, model, x64, 30)
-                rows.append({"model": name, "kept": keep, "method": method, "params": f"{params(model):,}",
-                             "accuracy": f"{accuracy(dense, data):.3f} → {accuracy(model, data):.3f}",
-                             "ms @1": ms(ms1), "× @1": f"{s1:.2f}", "ms @64": ms(ms64), "× @64": f"{s64:.2f}",
-                             "detail": detail})
-                print(rows[-1], flush=True)
-    print("\n### Equal parameter budgets: SVD vs unstructured vs channel pruning (same fine-tuning; 1 thread)\n")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for name in ("lenet300100", "mnist1d_mlp"):
+            dense, data, config = trained(name, args.quick)
+            dense.eval()
+            dense_acc = accuracy(dense, data)
+            x1, x64 = data.test.tensors[0][:1], data.test.tensors[0][:64]
+            total = sum(p.numel() for p in dense.parameters())
+            tune = config.for_finetuning(0.3, steps)
+            ms1, ms64 = (1e3 * paired_medians({"dense": lambda x=x: dense(x)}, repeats=30)["dense"]
+                         for x in (x1, x64))
+            rows.append({"model": name, "kept": 1.0, "method": "dense", "params": f"{params(dense):,}",
+                         "bytes": f"{safetensors_bytes(dense, tmp, 'dense.safetensors'):,}",
+                         "accuracy": f"{dense_acc:.3f}", "ms @1": f"{ms1:.3g}", "× @1": "1.00",
+                         "ms @64": f"{ms64:.3g}", "× @64": "1.00", "detail": "safetensors float32"})
+            for keep in (0.75, 0.5, 0.25):
+                results = {}
+                problem = RankProblem(dense, data.test, metric="params")
+                allocation = KnapsackAllocator(keep, levels=0.05).allocate(problem)
+                factored, _ = low_rank(dense, ranks=problem.ranks(allocation.counts))
+                train(factored, data.train, tune, progress=False)
+                results["SVD (knapsack ranks)"] = (
+                    factored.eval(), safetensors_bytes(factored, tmp, f"{name}-{keep}-svd.safetensors"),
+                    ", ".join(f"{n}:{r}" for n, r in problem.ranks(allocation.counts).items()))
+                unstructured = copy.deepcopy(dense)
+                pk.prune(unstructured, total - round(keep * total))
+                finetune(unstructured, data.train, config, lr_factor=0.3, steps=steps, progress=False)
+                sparse, report = to_sparse(unstructured, x64, threads=(1,), repeats=10)
+                size = save_sparse(sparse, tmp / f"{name}-{keep}-sparse.safetensors").stat().st_size
+                csr, _ = to_sparse(unstructured, x64, force="csr")  # the size it would have stored as CSR
+                csr_size = save_sparse(csr, tmp / f"{name}-{keep}-csr.safetensors").stat().st_size
+                results["unstructured (to_sparse @64)"] = (
+                    sparse, size, " ".join(r["chosen"] for r in report.rows) + f"; as CSR {csr_size:,} B")
+                channel = copy.deepcopy(dense)
+                ratio = channel_ratio(dense, x1, keep)
+                prune_structured(channel, ratio, x1)
+                finetune(channel, data.train, config, lr_factor=0.3, steps=steps, progress=False)
+                small, _ = compact(channel, x1)
+                results["channel (compacted)"] = (
+                    small.eval(), safetensors_bytes(small, tmp, f"{name}-{keep}-channel.safetensors"),
+                    f"{ratio:.2f} of units")
+                for method, (model, size, detail) in results.items():
+                    ms1, s1 = latency_pair(dense, model, x1, 30)
+                    ms64, s64 = latency_pair(dense, model, x64, 30)
+                    rows.append({"model": name, "kept": keep, "method": method, "params": f"{params(model):,}",
+                                 "bytes": f"{size:,}", "accuracy": f"{accuracy(model, data):.3f}",
+                                 "ms @1": ms(ms1), "× @1": f"{s1:.2f}", "ms @64": ms(ms64), "× @64": f"{s64:.2f}",
+                                 "detail": detail})
+                    print(rows[-1], flush=True)
+    print("\n### Equal parameter budgets: SVD vs unstructured vs channel pruning (same fine-tuning; 1 thread; "
+          "latency = median of alternating runs, × = dense ÷ this)\n")
     print(format_table(rows))
 
 

@@ -51,7 +51,7 @@ warnings.filterwarnings("ignore", message="Sparse (CSR|BSR) tensor support is in
 RECIPES = {  # dense training: model → (dataset, config)
     "lenet300100": ("mnist5k", TrainConfig(optimizer="adam", lr=1.2e-3, steps=4000, batch_size=100)),
     "lenet5": ("mnist5k", TrainConfig(optimizer="adam", lr=1.2e-3, steps=4000, batch_size=100)),
-    "caffe_lenet5": ("mnist5k", TrainConfig(optimizer="adam", lr=1e-3, steps=2000, batch_size=100)),
+    "caffe_lenet5": ("mnist5k", TrainConfig(optimizer="adam", lr=1e-3, steps=1500, batch_size=100)),
     "mnist1d_mlp": ("mnist1d", TrainConfig(optimizer="adam", lr=1e-2, steps=6000, batch_size=100)),
 }
 
@@ -244,7 +244,7 @@ DEEP = {  # model → [(pruning: a global sparsity or {weight: fraction kept}, t
     #                    {rank 2 (fully connected): bits, rank 4 (conv): bits}, fine-tuning steps per round)]
     "lenet300100": [(0.92, ({2: 6}, {2: 5}), 500)],
     "lenet5": [(0.92, ({2: 5, 4: 8},), 500), (PAPER_KEEP["lenet5"], ({2: 5, 4: 8}, {2: 5, 4: 5}), 500)],
-    "caffe_lenet5": [(PAPER_KEEP["caffe_lenet5"], ({2: 5, 4: 8},), 250)],
+    "caffe_lenet5": [(PAPER_KEEP["caffe_lenet5"], ({2: 5, 4: 8},), 200)],
 }
 
 
@@ -401,6 +401,11 @@ def svd_vs_pruning(args) -> None:
 # BatchNorm folding
 # ---------------------------------------------------------------------------------------------
 
+def channels_last(model: nn.Module, x: torch.Tensor):
+    """(copy of `model`, `x`) in channels-last (NHWC) memory format, the layout oneDNN convolutions use natively."""
+    return copy.deepcopy(model).to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+
+
 def bn_folding(args) -> None:
     from prunekit.compaction import compact
     from prunekit import prune_structured
@@ -416,30 +421,35 @@ def bn_folding(args) -> None:
         dense = build().eval()
         example = torch.randn(1, 3, side, side)
         masked = copy.deepcopy(dense)
-        prune_structured(masked, 0.5, example)
+        prune_structured(masked, 0.5, example, round_to=args.round_to)
         small, _ = compact(masked, example)
         small.eval()
         folded, pairs = fold_batchnorm(small, example)
         dense_folded, _ = fold_batchnorm(dense, example)
         cut = count_flops(dense, example)["dense_flops"] / count_flops(small, example)["dense_flops"]
-        for batch in (1, 64):
+        for batch in args.batches:
             x = torch.randn(batch, 3, side, side)
-            repeats = 3 if args.quick else (5 if batch == 64 else 20)
-            for threads in (1, 2):
+            models = {"dense": (dense, x), "dense+fold": (dense_folded, x), "compact": (small, x),
+                      "compact+fold": (folded, x), "dense+fold CL": channels_last(dense_folded, x),
+                      "compact+fold CL": channels_last(folded, x)}
+            repeats = 3 if args.quick else (5 if batch >= 64 else 20)
+            for threads in args.threads:
                 with num_threads(threads):
-                    t = paired_medians({m: (lambda mm=mm: mm(x)) for m, mm in
-                                        {"dense": dense, "dense+fold": dense_folded, "compact": small,
-                                         "compact+fold": folded}.items()}, repeats=repeats, warmup=1)
+                    t = paired_medians({m: (lambda mm=mm, xx=xx: mm(xx)) for m, (mm, xx) in models.items()},
+                                       repeats=repeats, warmup=1)
                 rows.append({"model": name, "batch": batch, "threads": threads, "FLOPs cut": f"{cut:.2f}×",
-                             "dense ms": ms(t["dense"]), "dense+fold ms": ms(t["dense+fold"]),
-                             "compact ms": ms(t["compact"]), "compact+fold ms": ms(t["compact+fold"]),
+                             "dense ms": ms(t["dense"]), "compact ms": ms(t["compact"]),
+                             "compact+fold ms": ms(t["compact+fold"]), "compact+fold CL ms": ms(t["compact+fold CL"]),
                              "speedup ÷ cut": f"{t['dense'] / t['compact'] / cut:.2f}",
-                             "folded speedup ÷ cut": f"{t['dense'] / t['compact+fold'] / cut:.2f}",
-                             "vs folded dense ÷ cut": f"{t['dense+fold'] / t['compact+fold'] / cut:.2f}",
+                             "folded ÷ cut": f"{t['dense'] / t['compact+fold'] / cut:.2f}",
+                             "folded vs folded dense ÷ cut": f"{t['dense+fold'] / t['compact+fold'] / cut:.2f}",
+                             "CL folded vs CL folded dense ÷ cut":
+                                 f"{t['dense+fold CL'] / t['compact+fold CL'] / cut:.2f}",
+                             "CL folded vs dense ÷ cut": f"{t['dense'] / t['compact+fold CL'] / cut:.2f}",
                              "BN folded": len(pairs)})
                 print(rows[-1], flush=True)
-    print("\n### BatchNorm folding: 50 % channels compacted, speedup ÷ FLOPs cut (1.0 = the FLOPs cut fully "
-          "became wall-clock time)\n")
+    print(f"\n### BatchNorm folding and channels-last: 50 % channels (round_to {args.round_to}) compacted, speedup ÷ "
+          "FLOPs cut (1.0 = the FLOPs cut fully became wall-clock time; medians of alternating runs)\n")
     print(format_table(rows))
 
 
@@ -454,6 +464,7 @@ def main():
                         help="models of the deep section")
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 64], help="batch sizes of the bn section")
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2], help="thread counts of the bn section")
+    parser.add_argument("--round-to", type=int, default=1, help="bn section: kept channels rounded to a multiple")
     args = parser.parse_args()
     # Training runs on one thread: on shared cores a second thread mostly waits (the timed
     # measurements set their own thread counts).

@@ -138,6 +138,6 @@ def test_torch_export_program_reloads_with_the_compacted_folded_outputs(tmp_path
         with torch.no_grad():
             expected, got = model(x), program(x)
         assert torch.allclose(got, expected, rtol=1e-4, atol=1e-5)
-    assert digest(source) == before
+    assert digest(source) == before and sorted(p.name for p in tmp_path.iterdir()) == ["resnet8.pt", "resnet8.pt2"]
     assert main(["export", str(source), *RESNET, "--format", "torch-export", "--out", str(out)]) == 2
     assert "pass --overwrite" in capsys.readouterr().err

@@ -15,6 +15,7 @@ prunekit's own formats, load only .pt2 files you trust.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -67,7 +68,10 @@ def save_exported(model: nn.Module, example_inputs, path, *, overwrite: bool = F
         program, batch = _trace(model, tuple(example.args))
         expected = example(model)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.pt2")
+    # A fresh name beside the target (torch reads only names ending in .pt2): no file of the user's is touched.
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".pt2")
+    os.close(handle)
+    tmp = Path(name)
     try:
         torch.export.save(program, str(tmp))
         with torch.no_grad():

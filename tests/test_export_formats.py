@@ -141,3 +141,24 @@ def test_torch_export_program_reloads_with_the_compacted_folded_outputs(tmp_path
     assert digest(source) == before and sorted(p.name for p in tmp_path.iterdir()) == ["resnet8.pt", "resnet8.pt2"]
     assert main(["export", str(source), *RESNET, "--format", "torch-export", "--out", str(out)]) == 2
     assert "pass --overwrite" in capsys.readouterr().err
+
+
+def test_deep_compression_of_a_run_folder_fine_tunes_on_the_runs_own_data(tmp_path, capsys):
+    import yaml
+
+    recipe = {"name": "dc", "data": {"name": "digits"},
+              "model": {"name": "mnist1d_mlp", "options": {"in_features": 64, "hidden": 16}},
+              "train": {"steps": 20, "batch_size": 50},
+              "prune": {"granularity": "element", "allocation": "global", "sparsities": [0.8]},
+              "finetune": {"steps": 0}}
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    assert main(["run", str(tmp_path / "recipe.yaml"), "--output-dir", str(tmp_path / "runs")]) == 0
+    (folder,) = (tmp_path / "runs").iterdir()
+    out = tmp_path / "run.pkdc"
+    assert main(["export", str(folder), "--format", "deep-compression", "--finetune-steps", "5",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "fine-tuned for 5 steps on digits" in printed and "test accuracy (digits)" in printed
+    model = read_back(out)
+    for layer in (model[1], model[3], model[5]):  # 5 bits for fully connected weights by default
+        assert len(torch.unique(layer.weight[layer.weight != 0])) <= 32

@@ -9,12 +9,14 @@
     q = quantize_int8(model)                         # int8 weights, per-channel scales
     gpu, info = to_semi_structured(model)            # 2:4 on CUDA sparse tensor cores, dense fallback
     threads, ms = fastest_threads(model, x)          # 1 vs 2 threads, measured
+    save_exported(model, x, "model.pt2")             # torch.export program, reloaded and checked
 
 Every function returns a new model and leaves the given one (masks included) unchanged.
 """
 
 from .batchnorm import find_foldable, fold_batchnorm
 from .compressed_file import deep_compressed_extra, read_deep_compressed, write_deep_compressed
+from .exported import save_exported
 from .lowrank import energy_rank, factorize, low_rank, svd_factors, useful_rank
 from .quantize import Int8Layer, model_bytes, quantize_int8
 from .semi_structured import is_two_four, to_semi_structured
@@ -28,5 +30,5 @@ __all__ = ["Int8Layer", "SparseConv2d", "SparseLinear", "SparseReport", "bake_sh
            "deep_compress", "deep_compressed_extra", "energy_rank", "factorize", "fastest_threads", "find_foldable",
            "fold_batchnorm", "is_two_four", "kmeans_1d", "load_sparse", "low_rank", "model_bytes",
            "model_latencies", "num_threads", "paired_medians", "quantize_int8", "read_deep_compressed",
-           "read_sparse_header", "save_sparse", "share_weights", "svd_factors", "to_semi_structured", "to_sparse",
-           "useful_rank", "write_deep_compressed"]
+           "read_sparse_header", "save_exported", "save_sparse", "share_weights", "svd_factors", "to_semi_structured",
+           "to_sparse", "useful_rank", "write_deep_compressed"]

@@ -192,3 +192,19 @@ def test_device_flag_on_every_training_command_refuses_a_missing_gpu_and_writes_
         err = capsys.readouterr().err
         assert "Traceback" not in err and "no CUDA GPU" in err, (command, err)
         assert not out.exists(), command
+
+
+def test_atomic_writes_never_touch_a_users_file_beside_the_target(tmp_path):
+    from prunekit.files import replacing, write_atomically
+
+    target = tmp_path / "model.pt"
+    for neighbour in ("model.pt.tmp", "model.pt.partial"):  # names a naive temporary file would take
+        (tmp_path / neighbour).write_text("the user's own file")
+    write_atomically(target, {"w": torch.ones(2)})
+    with pytest.raises(RuntimeError):
+        with replacing(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("interrupted")
+    assert torch.equal(torch.load(target)["w"], torch.ones(2))  # the failed write left the old file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt", "model.pt.partial", "model.pt.tmp"]
+    assert all((tmp_path / n).read_text() == "the user's own file" for n in ("model.pt.tmp", "model.pt.partial"))

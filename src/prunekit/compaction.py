@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +34,7 @@ from torch.nn.utils import parametrize
 
 from .accounting import count_flops
 from .errors import GraphError, PrunekitError
-from .files import load_tensors, make_parent
+from .files import load_tensors, make_parent, write_atomically
 from .graph import SIZE_SUFFIX, DependencyGraph, Handlers, build_graph, graph_and_output
 from .masks import canonical_name, get_masks
 from .modes import evaluation_mode
@@ -67,11 +66,10 @@ class CompactionRecord:
         if path.exists() and not overwrite:
             raise PrunekitError(f"{path} exists; pass overwrite=True to replace it or choose another path.")
         make_parent(path)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save({"format": FORMAT, "kept": self.kept, "shapes": {k: list(v) for k, v in self.shapes.items()},
-                    "attrs": {m: {a: list(v) if isinstance(v, tuple) else v for a, v in d.items()}
-                              for m, d in self.attrs.items()}}, tmp)
-        os.replace(tmp, path)
+        write_atomically(path, {"format": FORMAT, "kept": self.kept,
+                                "shapes": {k: list(v) for k, v in self.shapes.items()},
+                                "attrs": {m: {a: list(v) if isinstance(v, tuple) else v for a, v in d.items()}
+                                          for m, d in self.attrs.items()}})
         return path
 
     @classmethod

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -31,13 +33,25 @@ def load_tensors(path, what: str = "checkpoint"):
                             f"{str(e).splitlines()[0][:120] if str(e) else type(e).__name__}).") from None
 
 
-def write_atomically(path, obj) -> Path:
-    """torch.save to a temporary name, then rename: an interrupted write never leaves half a file."""
+@contextmanager
+def replacing(path):
+    """Yields a temporary path beside `path` to write to; when the block succeeds it is renamed
+    onto `path` in one step (an interrupted write never leaves half a file), when it fails it is
+    deleted. The temporary name is new and hidden, so no file of the user's is ever touched."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-    return path
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.partial")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomically(path, obj) -> Path:
+    """torch.save through `replacing`: an interrupted write never leaves half a file."""
+    with replacing(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
 
 
 def make_parent(path) -> None:

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from .files import replacing
 from .table import format_cell
 
 _STYLE = """
@@ -137,9 +138,8 @@ class Report:
 
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self.html())
-        os.replace(tmp, path)
+        with replacing(path) as tmp:
+            tmp.write_text(self.html())
         return path
 
 

@@ -18,13 +18,12 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 from pathlib import Path
 
 
 from . import rng
 from .errors import PrunekitError
-from .files import load_tensors, write_atomically
+from .files import load_tensors, replacing, write_atomically
 
 
 def settings_hash(settings: dict) -> str:
@@ -34,9 +33,8 @@ def settings_hash(settings: dict) -> str:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        tmp.write_text(text)
 
 
 class RunDir:
@@ -110,12 +108,10 @@ class RunDir:
         """Rewrite the metrics, e.g. to drop rows of a step that a killed run left unfinished."""
         _atomic_write(self.path / "metrics.json", json.dumps(rows, indent=2))
         columns = list(dict.fromkeys(k for r in rows for k in r))
-        tmp = self.path / "metrics.csv.tmp"
-        with tmp.open("w", newline="") as f:
+        with replacing(self.path / "metrics.csv") as tmp, tmp.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=columns)
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, self.path / "metrics.csv")
 
     def write_json(self, name: str, obj) -> Path:
         path = self.path / name

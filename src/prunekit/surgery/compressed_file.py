@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import struct
 import zlib
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ import torch
 from torch import nn
 
 from ..errors import PrunekitError
+from ..files import replacing
 from ..masks import get_masks
 from . import huffman
 from .bits import pack, unpack_fixed
@@ -261,13 +261,11 @@ def write_deep_compressed(model_or_state, path, *, coding: str = "huffman", shar
         raise PrunekitError(f"extra must be JSON-serialisable ({e}).") from None
     header = zlib.compress(text.encode(), 9)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with replacing(path) as tmp, open(tmp, "wb") as f:
         f.write(MAGIC + struct.pack("<I", len(header)) + header)
         for e in encoded:
             for part in e.parts:
                 f.write(part)
-    os.replace(tmp, path)
     rows = [{"name": e.header["name"], "shape": "×".join(map(str, e.header["shape"])),
              "encoding": e.header["encoding"] + (f"/{e.header['values']}/g{e.header['gap_bits']}"
                                                  if e.header["encoding"] == "sparse" else ""),

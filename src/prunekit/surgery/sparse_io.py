@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from pathlib import Path
 
 from torch import nn
 
 from ..errors import PrunekitError
+from ..files import replacing
 from ..masks import get_masks
 from .sparse_layers import SparseConv2d, SparseLinear, components, from_components
 
@@ -67,9 +67,8 @@ def save_sparse(model: nn.Module, path, *, extra: dict | None = None, overwrite:
     except TypeError as e:
         raise PrunekitError(f"extra must be JSON-serialisable ({e}).") from None
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"prunekit": text})
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"prunekit": text})
     return path
 
 

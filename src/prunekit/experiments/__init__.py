@@ -10,6 +10,9 @@
     h  notebook     the mnist1d notebook's lottery procedure (residual MLP, hidden 500)
     i  lenet-paper  LeNet-300-100 with Frankle & Carbin's per-layer rates (output at half),
                     on MNIST-5k and Fashion-MNIST
+    j  channels-vs-heads  CNN channels vs ViT attention heads under the same FLOPs budgets
+    k  block-removal      removing residual blocks of a ResNet vs layers of a plain CNN of the same depth
+    l  grasp-vs-snip      pruning at initialisation (SNIP, GraSP, magnitude, random) at 90–99 %, then training
 
 Each writes <out>/<folder>/table.md (+ csv/json) and plot.png, with mean ± std over the
 seeds (≥ 3 for the reported tables).
@@ -22,6 +25,7 @@ from pathlib import Path
 
 from ..errors import PrunekitError, did_you_mean
 from .capability import experiment_f
+from .channels_heads import experiment_j
 from .common import SCALES
 from .faithful import experiment_h, experiment_i
 from .gating import experiment_g
@@ -31,14 +35,15 @@ from .robustness import experiment_d
 from .tickets import experiment_a, experiment_b, experiment_c
 
 EXPERIMENTS = {"a": experiment_a, "b": experiment_b, "c": experiment_c, "d": experiment_d, "e": experiment_e,
-               "f": experiment_f, "g": experiment_g, "h": experiment_h, "i": experiment_i}
+               "f": experiment_f, "g": experiment_g, "h": experiment_h, "i": experiment_i,
+               "j": experiment_j}
 ALIASES = {"tickets": "a", "rewind": "b", "augment": "c", "dropout": "d", "landscape": "e", "mincut": "f", "gating": "g", "notebook": "h",
-           "lenet-paper": "i"}
+           "lenet-paper": "i", "channels-vs-heads": "j"}
 
 
 def run_experiment(name: str, out: str | Path = "runs/experiments", *, seeds=(0, 1, 2), scale: str = "full",
                    log=print) -> str:
-    """Run (or resume) experiment `name` (a–i or its alias); returns its Markdown table. Each
+    """Run (or resume) experiment `name` (a–l or its alias); returns its Markdown table. Each
     finished (setting, seed) unit is logged with the time spent and an estimate of the time left."""
     key = ALIASES.get(name, name)
     if key not in EXPERIMENTS:

@@ -25,10 +25,12 @@ from pathlib import Path
 
 from ..errors import PrunekitError, did_you_mean
 from .capability import experiment_f
+from .block_removal import experiment_k
 from .channels_heads import experiment_j
 from .common import SCALES
 from .faithful import experiment_h, experiment_i
 from .gating import experiment_g
+from .init_pruning import experiment_l
 from .landscape_rewind import experiment_e
 from .progress import WorkProgress, duration
 from .robustness import experiment_d
@@ -36,9 +38,10 @@ from .tickets import experiment_a, experiment_b, experiment_c
 
 EXPERIMENTS = {"a": experiment_a, "b": experiment_b, "c": experiment_c, "d": experiment_d, "e": experiment_e,
                "f": experiment_f, "g": experiment_g, "h": experiment_h, "i": experiment_i,
-               "j": experiment_j}
+               "j": experiment_j, "k": experiment_k, "l": experiment_l}
 ALIASES = {"tickets": "a", "rewind": "b", "augment": "c", "dropout": "d", "landscape": "e", "mincut": "f", "gating": "g", "notebook": "h",
-           "lenet-paper": "i", "channels-vs-heads": "j"}
+           "lenet-paper": "i", "channels-vs-heads": "j",
+           "block-removal": "k", "grasp-vs-snip": "l"}
 
 
 def run_experiment(name: str, out: str | Path = "runs/experiments", *, seeds=(0, 1, 2), scale: str = "full",

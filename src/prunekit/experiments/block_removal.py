@@ -40,8 +40,8 @@ from .progress import WorkProgress
 
 def _settings(scale: str) -> dict:
     if scale == "quick":
-        return dict(dataset="digits", widths=(4, 8, 8), blocks_per_stage=2, stem_stride=1, steps=30, batch_size=64,
-                    max_k=2, subsets=3)
+        return dict(dataset="digits", widths=(4, 8, 8), blocks_per_stage=2, stem_stride=1, steps=15, batch_size=64,
+                    max_k=2, subsets=2)
     return dict(dataset="mnist5k", widths=(8, 16, 32), blocks_per_stage=3, stem_stride=2, steps=300, batch_size=64,
                 max_k=5, subsets=10)
 

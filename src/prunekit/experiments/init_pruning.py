@@ -36,7 +36,7 @@ NETWORKS = {"lenet300100": lenet300100, "lenet5": lenet5}
 
 def _settings(scale: str) -> dict:
     if scale == "quick":
-        return dict(dataset="digits", networks=("lenet300100",), sparsities=(0.9, 0.99), steps=30, batch_size=64,
+        return dict(dataset="digits", networks=("lenet300100",), sparsities=(0.9, 0.99), steps=20, batch_size=64,
                     calibration=128)
     return dict(dataset="mnist5k", networks=("lenet300100", "lenet5"), sparsities=(0.9, 0.98, 0.99), steps=600,
                 batch_size=100, calibration=500)

@@ -163,3 +163,17 @@ def test_vit_loses_less_than_the_cnn_at_the_same_flops_fraction(tmp_path):
     # and with heads alone at 50 % (the lowest budget heads can reach) the same holds
     heads, channels = rows[("ViT heads", "taylor", "0.50")], rows[("CNN channels", "taylor", "0.50")]
     assert _split(heads["drop after (points)"])[0] < _split(channels["drop after (points)"])[0]
+
+
+@pytest.mark.slow
+def test_residual_network_degrades_gracefully_and_plain_collapses(tmp_path):
+    run_experiment("block-removal", tmp_path, seeds=SEEDS, log=lambda s: None)
+    rows = {(r["network"], r["blocks removed"]): r for r in _rows(tmp_path / "k_block_removal")}
+    removed = sorted({k for _, k in rows if k > 0})
+    for k in removed:
+        resnet, std = _split(rows[("ResNet (residual)", k)]["accuracy (mean over subsets)"])
+        plain, plain_std = _split(rows[("plain CNN", k)]["accuracy (mean over subsets)"])
+        assert resnet - 2 * std > plain + 2 * plain_std
+    # losing more blocks costs the ResNet more: accuracy falls with k (graceful, not a cliff at k = 1)
+    means = [_split(rows[("ResNet (residual)", k)]["accuracy (mean over subsets)"])[0] for k in [0] + removed]
+    assert means == sorted(means, reverse=True)

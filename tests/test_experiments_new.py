@@ -116,13 +116,19 @@ def test_block_removal_quick_run(tmp_path):
 def test_init_pruning_quick_run_reaches_each_sparsity(tmp_path):
     _quick("grasp-vs-snip", tmp_path)
     rows = _rows(tmp_path / "l_init_pruning")
-    assert {r["criterion"] for r in rows} == {"—", "grasp", "snip", "magnitude", "random"}
+    assert {r["criterion"] for r in rows} == {"—", "grasp", "grasp T=200", "snip", "magnitude", "random"}
     for row in rows:
         if row["criterion"] != "—":
             kept = _split(row["smallest layer kept"])[0]
             assert 0.0 <= kept <= 1.0 - float(row["sparsity"].rstrip("%")) / 100 + 1e-9  # some layer at most this dense
     cached = json.loads((tmp_path / "l_init_pruning" / "lenet300100_seed0_quick.json").read_text())
-    assert len(cached["pruned"]) == 2 * 4
+    assert len(cached["pruned"]) == 2 * 5
+    # a seed cached before an arm existed computes only that arm, the rest is kept as it was
+    cached["pruned"] = [row for row in cached["pruned"] if row["criterion"] != "grasp T=200"]
+    (tmp_path / "l_init_pruning" / "lenet300100_seed0_quick.json").write_text(json.dumps(cached))
+    _, lines = _quick("l", tmp_path)
+    again = json.loads((tmp_path / "l_init_pruning" / "lenet300100_seed0_quick.json").read_text())
+    assert again["pruned"][:8] == cached["pruned"] and [r["criterion"] for r in again["pruned"][8:]] == ["grasp T=200"] * 2
 
 
 # ---- the run report's activation-sparsity section -----------------------------------------------

@@ -9,6 +9,12 @@ sparsity and criterion a copy is pruned once, globally over every weight matrix 
 control; SNIP and GraSP score one calibration batch of training data), then trained from
 that initialisation with its mask fixed. Reported on the test set after training: accuracy,
 and the smallest fraction of weights any one layer keeps (0 means a disconnected network).
+
+"grasp T=200" scores with the logits divided by T = 200 before the cross-entropy, as the
+GraSP authors' implementation does when it computes g and Hg (a softer softmax, so the
+gradients are not dominated by the few examples the random network already gets confidently
+wrong); "grasp" is the paper's formula on the plain loss. A cached seed that lacks an arm
+added later computes only that arm (same initialisation and calibration batch).
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ from ..training import TrainConfig, evaluate, train
 from .common import mean_std, pm, write_outputs
 from .progress import WorkProgress
 
-CRITERIA = ("grasp", "snip", "magnitude", "random")
+CRITERIA = ("grasp", "grasp T=200", "snip", "magnitude", "random")
+GRASP_TEMPERATURE = 200.0
 NETWORKS = {"lenet300100": lenet300100, "lenet5": lenet5}
 
 
@@ -48,7 +55,23 @@ def _network(name: str, data):
     return lenet300100(data.num_classes, in_features=data.train.tensors[0][0].numel())
 
 
-def _one(network: str, seed: int, settings: dict, log) -> dict:
+def tempered_cross_entropy(outputs, targets):
+    """Cross-entropy of logits / T (T = GRASP_TEMPERATURE), the loss GraSP's authors score with."""
+    return F.cross_entropy(outputs / GRASP_TEMPERATURE, targets)
+
+
+def _criterion(name: str, seed: int):
+    """(criterion for prunekit.prune, loss it scores with)."""
+    if name == "random":
+        return Random(seed=seed), F.cross_entropy
+    if name == "grasp T=200":
+        return "grasp", tempered_cross_entropy
+    return name, F.cross_entropy
+
+
+def _complete(network: str, seed: int, settings: dict, result: dict, log) -> dict:
+    """Fill in whatever `result` (a cached seed, or {}) lacks: the dense run and every
+    (sparsity, criterion) arm."""
     data = load_dataset(settings["dataset"])
     torch.manual_seed(seed)
     init = _network(network, data)
@@ -57,14 +80,18 @@ def _one(network: str, seed: int, settings: dict, log) -> dict:
     xs, ys = data.train.tensors
     order = torch.randperm(len(xs), generator=torch.Generator().manual_seed(seed))[:settings["calibration"]]
     calibration = [(xs[order], ys[order])]
-    dense = copy.deepcopy(init)
-    train(dense, data.train, config, progress=False)
-    result = {"dense": evaluate(dense, data.test)["accuracy"], "pruned": []}
+    if "dense" not in result:
+        dense = copy.deepcopy(init)
+        train(dense, data.train, config, progress=False)
+        result = {"dense": evaluate(dense, data.test)["accuracy"], "pruned": []}
+    done = {(row["sparsity"], row["criterion"]) for row in result["pruned"]}
     for sparsity in settings["sparsities"]:
         for name in CRITERIA:
+            if (sparsity, name) in done:
+                continue
             model = copy.deepcopy(init)
-            criterion = Random(seed=seed) if name == "random" else name
-            prune(model, sparsity, criterion=criterion, batches=calibration, loss_fn=F.cross_entropy)
+            criterion, loss_fn = _criterion(name, seed)
+            prune(model, sparsity, criterion=criterion, batches=calibration, loss_fn=loss_fn)
             kept = min(float(m.float().mean()) for m in get_masks(model).values())
             at_init = evaluate(model, data.test)["accuracy"]
             train(model, data.train, config, progress=False)
@@ -84,8 +111,9 @@ def experiment_l(out: Path, seeds, scale: str, log, progress: WorkProgress) -> s
     for seed in seeds:
         for network in runs:
             cache = folder / f"{network}_seed{seed}_{scale}.json"
-            if not cache.is_file():
-                cache.write_text(json.dumps(_one(network, seed, settings, log)))
+            cached = json.loads(cache.read_text()) if cache.is_file() else {}
+            if len(cached.get("pruned", [])) < len(settings["sparsities"]) * len(CRITERIA):
+                cache.write_text(json.dumps(_complete(network, seed, settings, cached, log)))
             runs[network].append(json.loads(cache.read_text()))
             progress.advance(f"{network} seed {seed}")
     table, series, errors = [], {}, {}

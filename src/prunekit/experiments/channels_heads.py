@@ -43,7 +43,7 @@ ARMS = {"cnn": [("CNN channels", "channel")],
 def _settings(scale: str) -> dict:
     if scale == "quick":
         return dict(dataset="digits", patch=4, cnn_widths=(4, 8, 8), vit=dict(dim=16, heads=4, hidden=16, depth=1),
-                    steps=20, finetune_steps=5, batch_size=64, budgets=(0.7, 0.5), calibration=1)
+                    steps=20, finetune_steps=5, batch_size=64, budgets=(0.5,), calibration=1)
     return dict(dataset="mnist5k", patch=7, cnn_widths=(8, 16, 32), vit=dict(dim=64, heads=8, hidden=64, depth=2),
                 steps=400, finetune_steps=100, batch_size=64, budgets=(0.7, 0.5, 0.3), calibration=2)
 

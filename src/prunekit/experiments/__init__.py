@@ -1,4 +1,4 @@
-"""The source documents' experiments, one function each (a–e); `run_experiment(name)`.
+"""The source documents' experiments, one function each (a–l); `run_experiment(name)`.
 
     a  tickets      winning ticket vs reinit vs random mask down to ≤ 2 % of the weights
     b  rewind       rewinding to iteration k vs 0
@@ -11,7 +11,7 @@
     i  lenet-paper  LeNet-300-100 with Frankle & Carbin's per-layer rates (output at half),
                     on MNIST-5k and Fashion-MNIST
     j  channels-vs-heads  CNN channels vs ViT attention heads under the same FLOPs budgets
-    k  block-removal      removing residual blocks of a ResNet vs layers of a plain CNN of the same depth
+    k  block-removal      removing blocks of a trained ResNet vs a plain CNN of the same depth
     l  grasp-vs-snip      pruning at initialisation (SNIP, GraSP, magnitude, random) at 90–99 %, then training
 
 Each writes <out>/<folder>/table.md (+ csv/json) and plot.png, with mean ± std over the
@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 from ..errors import PrunekitError, did_you_mean
-from .capability import experiment_f
 from .block_removal import experiment_k
+from .capability import experiment_f
 from .channels_heads import experiment_j
 from .common import SCALES
 from .faithful import experiment_h, experiment_i

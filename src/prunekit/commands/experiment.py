@@ -1,4 +1,4 @@
-"""`prunekit experiment NAME`: one of the source documents' experiments (a–i), as a table + plot."""
+"""`prunekit experiment NAME`: one of the source documents' experiments (a–l), as a table + plot."""
 
 from __future__ import annotations
 

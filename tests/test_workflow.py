@@ -114,3 +114,15 @@ def test_cli_run_with_typo_recipe(tmp_path, capsys):
     err = capsys.readouterr().err
     assert re.search(r"prune\.sparsites: unknown key\. Did you mean 'sparsities'", err)
     assert not any(tmp_path.glob("x-*"))
+
+
+def test_report_shows_the_final_models_activation_sparsity(demo_run):
+    run, _ = demo_run
+    rows = run.read_json("activations.json")
+    assert 'id="activation-sparsity"' in (run.path / "report.html").read_text()
+    first = rows[0]  # the first layer reads the test inputs themselves
+    inputs = pk.data.load_dataset("mnist1d").test.tensors[0]
+    assert first["input zeros"] == pytest.approx((inputs == 0).float().mean().item(), abs=1e-4)
+    later = rows[1:-1]
+    assert later and all(0 <= r["input zeros"] <= 1 for r in later)
+    assert any(r["input zeros"] > 0.2 for r in later)  # inputs after ReLU: many exact zeros

@@ -34,6 +34,7 @@ from ..runs import RunDir
 from ..surgery import model_latencies
 from ..table import RowPrinter
 from ..training import evaluate, finetune, resolve_device, train
+from .activations_section import activation_rows, add_activation_section
 from .allocation import split_validation
 from .sources import check_fits, dataset_from, fresh_model
 
@@ -158,6 +159,8 @@ def _run_rounds(recipe: Recipe, output_dir, progress: bool, log, device: torch.d
         dense = _fresh_model(recipe, dataset.num_classes, device)
         dense.load_state_dict(dense_state)
         run.write_json("latency.json", measure_latency(dense, model, recipe.prune, dataset.example_input(LATENCY_BATCH)))
+    if not (run.path / "activations.json").is_file():
+        run.write_json("activations.json", activation_rows(model, dataset.test))
     write_report(run, recipe, prunable)
     masks = get_masks(model)
     log(f"final sparsity of the pruned weights: {masks.sparsity():.4f}" if len(masks) else "no masks")
@@ -253,6 +256,8 @@ def write_report(run: RunDir, recipe: Recipe, prunable: list[str]) -> Path:
         report.heading(f"Per-layer sparsity, {last}").table(layers[last], ["name", "shape", "numel", "nonzero",
                                                                            "sparsity", "dense_bytes",
                                                                            "compressed_bytes", "layout"])
+    if (run.path / "activations.json").is_file():  # runs from before it was measured have none
+        add_activation_section(report, run.read_json("activations.json"))
     report.heading("Recipe")
     report.code(yaml.safe_dump(recipe.to_dict(), sort_keys=False), "yaml")
     report.footer(environment())

@@ -60,12 +60,12 @@ class Precomputed(Criterion):
 
 
 def criteria(args) -> dict[str, Criterion]:
-    found = {"magnitude": pk.criteria.get_criterion("magnitude"),
-             "heads:entropy": HeadImportance("entropy"),
-             "heads:redundancy": HeadImportance("redundancy"),
+    # the data-aware criteria first: an interrupted run has measured what matters most
+    found = {"head_ablation": HeadAblation(output="mean_pooled"),
              "head_taylor": HeadTaylor(output="mean_pooled", probes=args.probes),
-             "head_ablation": HeadAblation(output="mean_pooled")}
+             "magnitude": pk.criteria.get_criterion("magnitude")}
     found.update({f"random:{s}": Random(seed=s) for s in args.random_seeds})
+    found.update({"heads:entropy": HeadImportance("entropy"), "heads:redundancy": HeadImportance("redundancy")})
     return {name: c for name, c in found.items() if name.split(":")[0] in args.criteria}
 
 
@@ -78,7 +78,7 @@ def main():
     parser.add_argument("--eval-sentences", type=int, default=200)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--steps", type=int, default=60, help="distillation steps (batches of 16)")
-    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--probes", type=int, default=4)
     parser.add_argument("--quick", action="store_true", help="32 / 128 / 100 sentences, 30 steps")
     parser.add_argument("--out", default="runs/minilm_heads.jsonl")

@@ -149,11 +149,20 @@ def head_gates(model: nn.Module, sites: list[AttentionSite], gates: dict[str, to
             h.remove()
 
 
-def require_sites(model: nn.Module, params, who: str) -> list[AttentionSite]:
+def per_head_scores(model: nn.Module, params, who: str, head_scores) -> dict[str, torch.Tensor]:
+    """Element scores for `params` (per-head parameters of recognised blocks) from
+    head_scores(sites) → {site name: (H,) values}, called with the sites the parameters belong to."""
     sites = find_attention_sites(model)
     if not sites:
-        raise PrunekitError(f"Criterion '{who}' found no attention block it recognises (BERT-style query/key/value + "
-                            "output.dense); add a finder to prunekit.criteria.attention_sites.SITE_FINDERS.")
-    for name in params:
-        site_of_parameter(sites, name)
-    return sites
+        raise PrunekitError(f"Criterion '{who}' found no attention block it recognises (BERT-style query/key/value "
+                            "+ output.dense, or nn.MultiheadAttention for 'heads'); add a finder to "
+                            "prunekit.criteria.attention_sites.SITE_FINDERS.")
+    placed = {name: site_of_parameter(sites, name) for name in params}
+    used = {site.name for site, _ in placed.values()}
+    values = head_scores([s for s in sites if s.name in used])
+    out = {}
+    for name, (site, dim) in placed.items():
+        if site.name not in values:
+            raise PrunekitError(f"The forward pass never reached '{site.name}'; pass batches that run through it.")
+        out[name] = broadcast_head_values(values[site.name], site, dim, params[name].detach())
+    return out

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .attention_sites import broadcast_head_values, head_gates, require_sites, site_of_parameter
+from .attention_sites import head_gates, per_head_scores
 from .base import Criterion
 from .calibration import batch_list, pure
 from .head_objective import example_outputs, resolve_output
@@ -46,12 +46,7 @@ class HeadAblation(Criterion):
 
     def scores(self, model, params, *, batches=None, loss_fn=None):
         batches = batch_list(batches, self.name, self.max_batches, targets=False)
-        sites = require_sites(model, params, self.name)
-        placed = {name: site_of_parameter(sites, name) for name in params}
-        used = {site.name for site, _ in placed.values()}
-        values = self.head_scores(model, [s for s in sites if s.name in used], batches)
-        return {name: broadcast_head_values(values[site.name], site, dim, params[name].detach())
-                for name, (site, dim) in placed.items()}
+        return per_head_scores(model, params, self.name, lambda sites: self.head_scores(model, sites, batches))
 
     def __repr__(self):
         return "HeadAblation()"

@@ -24,7 +24,7 @@ import torch
 
 from ..errors import PrunekitError
 from ..nested import model_inputs
-from .attention_sites import broadcast_head_values, head_gates, require_sites, site_of_parameter
+from .attention_sites import head_gates, per_head_scores
 from .base import Criterion
 from .calibration import batch_list, pure, require_loss
 from .head_objective import example_outputs, resolve_output
@@ -71,12 +71,8 @@ class HeadTaylor(Criterion):
         batches = batch_list(batches, self.name, self.max_batches, targets=loss_fn is not None)
         if loss_fn is not None:
             require_loss(loss_fn, self.name)
-        sites = require_sites(model, params, self.name)
-        placed = {name: site_of_parameter(sites, name) for name in params}
-        used = {site.name for site, _ in placed.values()}
-        values = self.head_scores(model, [s for s in sites if s.name in used], batches, loss_fn)
-        return {name: broadcast_head_values(values[site.name], site, dim, params[name].detach())
-                for name, (site, dim) in placed.items()}
+        return per_head_scores(model, params, self.name,
+                               lambda sites: self.head_scores(model, sites, batches, loss_fn))
 
     def __repr__(self):
         return f"HeadTaylor(probes={self.probes}, seed={self.seed})"

@@ -41,8 +41,7 @@ from torch import nn
 from ..errors import PrunekitError
 from ..modes import evaluation_mode
 from ..nested import model_inputs
-from .attention_sites import (AttentionSite, broadcast_head_values, eager_attention, find_attention_sites,
-                              site_of_parameter)
+from .attention_sites import AttentionSite, eager_attention, per_head_scores
 from .base import Criterion
 from .calibration import batch_list
 from .channels import owner_name
@@ -263,21 +262,10 @@ class HeadImportance(Criterion):
 
     def _site_scores(self, model, params, batches):
         """HuggingFace-style attention blocks (prunekit.criteria.attention_sites)."""
-        sites = find_attention_sites(model)
-        if not sites:
-            raise PrunekitError("The model has neither nn.MultiheadAttention nor an attention block that "
-                                "prunekit.criteria.attention_sites recognises; compute attention maps yourself and "
-                                "use prunekit.criteria.heads.head_entropy / head_similarity / redundancy_scores.")
-        placed = {name: site_of_parameter(sites, name) for name in params}
-        used = {site.name for site, _ in placed.values()}
-        stats = capture_site_statistics(model, [s for s in sites if s.name in used], batches)
-        out = {}
-        for name, p in params.items():
-            site, dim = placed[name]
-            if site.name not in stats:
-                raise PrunekitError(f"The forward pass never called '{site.maps}'; pass batches that reach it.")
-            out[name] = broadcast_head_values(self.head_scores(stats[site.name]), site, dim, p.detach())
-        return out
+        def head_scores(sites):
+            stats = capture_site_statistics(model, sites, batches)
+            return {name: self.head_scores(values) for name, values in stats.items()}
+        return per_head_scores(model, params, self.name, head_scores)
 
     def __repr__(self):
         return f"HeadImportance(kind={self.kind!r})"

@@ -78,7 +78,7 @@ def main():
     parser.add_argument("--eval-sentences", type=int, default=200)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--steps", type=int, default=60, help="distillation steps (batches of 16)")
-    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--probes", type=int, default=4)
     parser.add_argument("--quick", action="store_true", help="32 / 128 / 100 sentences, 30 steps")
     parser.add_argument("--out", default="runs/minilm_heads.jsonl")
@@ -90,13 +90,16 @@ def main():
     torch.set_num_threads(1)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    setting = dict(score=args.score_sentences, distill=args.distill_sentences, eval=args.eval_sentences,
-                   max_length=args.max_length, steps=args.steps, lr=args.lr, probes=args.probes)
-    done = {}  # rows of earlier runs with the same settings
+    scoring = dict(score=args.score_sentences, eval=args.eval_sentences, max_length=args.max_length,
+                   probes=args.probes)
+    recovery = dict(distill=args.distill_sentences, steps=args.steps, lr=args.lr)
+    done = {}  # rows of earlier runs with the same settings (their recovery only if its settings match too)
     if out.is_file():
         for line in out.read_text().splitlines():
             row = json.loads(line)
-            if all(row.get(k) == v for k, v in setting.items()):
+            if all(row.get(k) == v for k, v in scoring.items()):
+                if not all(row.get(k) == v for k, v in recovery.items()):
+                    row = {k: v for k, v in row.items() if k not in ("recovered", "distill_s")}
                 done[(row["criterion"], row["removed"], row["allocation"])] = row
 
     dense_model, tokenizer = load_sentence_encoder("minilm")
@@ -112,7 +115,7 @@ def main():
           f"{args.score_sentences} scoring, {args.distill_sentences} distillation, {args.eval_sentences} evaluation")
 
     def record(row):
-        row.update(setting)
+        row.update(scoring, **recovery)
         done[(row["criterion"], row["removed"], row["allocation"])] = row
         with out.open("a") as f:
             f.write(json.dumps(row) + "\n")

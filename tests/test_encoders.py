@@ -78,10 +78,12 @@ def test_distillation_recovers_towards_the_dense_embeddings_with_heads_held():
     masks = pk.get_masks(model)
     before = embedding_cosine(model, batches, dense)
     flags = [p.requires_grad for p in model.parameters()]
+    words = model.embeddings.word_embeddings.weight.detach().clone()
     losses = distill(model, batches, dense, steps=40, lr=3e-3, progress=False)
     after = embedding_cosine(model, batches, dense)
     assert after > before + 0.01 and losses[-1] < losses[0]
     assert [p.requires_grad for p in model.parameters()] == flags and all(p.grad is None for p in model.parameters())
+    assert torch.equal(model.embeddings.word_embeddings.weight, words)  # frozen
     for name, keep in masks.items():  # removed heads stay exactly zero
         assert torch.all(effective_weight(model, name).detach()[~keep] == 0), name
     with pytest.raises(PrunekitError, match="steps"):

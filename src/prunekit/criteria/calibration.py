@@ -20,8 +20,8 @@ from torch.func import functional_call
 
 from ..errors import PrunekitError
 from ..masks import canonical_name
-from ..nested import ExampleInputs, model_inputs
 from ..modes import evaluation_mode, training_mode
+from ..nested import ExampleInputs, model_inputs
 
 MODES = ("eval", "train")
 

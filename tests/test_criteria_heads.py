@@ -95,7 +95,7 @@ def test_head_scores_are_broadcast_over_each_heads_slices():
         model.eval()
         _, maps = model[0].self_attn(x, x, x, need_weights=True, average_attn_weights=False)
         model.train()
-    per_head = -head_entropy(maps).float()
+    per_head = torch.exp(-head_entropy(maps)).float()
     d = 4
     for block in range(3):  # q, k, v
         for h in range(2):

@@ -37,8 +37,30 @@ class Attn(nn.Module):
         return self.fc(self.mha(x, x, x, need_weights=False)[0].mean(1))
 
 
+def _tiny_bert_classifier():
+    transformers = pytest.importorskip("transformers")
+
+    class Classifier(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bert = transformers.BertModel(transformers.BertConfig(
+                vocab_size=20, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
+                max_position_embeddings=16, hidden_dropout_prob=0.5, attention_probs_dropout_prob=0.5))
+            self.fc = nn.Linear(8, 3)
+
+        def forward(self, ids):
+            return self.fc(self.bert(input_ids=ids).last_hidden_state.mean(1))
+
+    return Classifier()
+
+
 def _setup(name):
     torch.manual_seed(0)
+    if name in ("head_taylor", "head_ablation"):
+        from prunekit.criteria.attention_sites import find_attention_sites
+        model = _tiny_bert_classifier()
+        names = [n for site in find_attention_sites(model) for n in site.head_params]
+        return model, names, [(torch.randint(0, 20, (4, 5)), torch.randint(0, 3, (4,)))]
     if name == "heads":
         model = Attn()
         return model, attention_parameters(model), [(torch.randn(4, 5, 8), torch.randint(0, 3, (4,)))]

@@ -58,6 +58,14 @@ class ExampleInputs:
         return f"ExampleInputs({', '.join(parts)})"
 
 
+def model_inputs(batch_inputs) -> ExampleInputs:
+    """The call a calibration batch's inputs stand for: a dict is keyword inputs (a tokenizer's
+    output), an ExampleInputs is itself, anything else is the single positional input."""
+    if isinstance(batch_inputs, (dict, ExampleInputs)):
+        return ExampleInputs.of(batch_inputs)
+    return ExampleInputs(batch_inputs)
+
+
 def _describe(value) -> str:
     if isinstance(value, torch.Tensor):
         return f"Tensor{tuple(value.shape)}"

@@ -35,6 +35,7 @@ from torch import nn
 from .errors import PrunekitError
 from .masks import apply_masks, named_parameters
 from .modes import evaluation_mode
+from .nested import model_inputs
 from .selection import resolve_amount
 
 
@@ -96,7 +97,7 @@ def input_moments(model: nn.Module, layer_name: str, batches) -> torch.Tensor:
     try:
         with evaluation_mode(model), torch.no_grad():
             for batch in batches:
-                model(batch[0] if isinstance(batch, (tuple, list)) else batch)
+                model_inputs(batch[0] if isinstance(batch, (tuple, list)) else batch)(model)
     finally:
         handle.remove()
     if not moments:

@@ -7,6 +7,8 @@ from .base import Criterion
 from .apoz import APoZ
 from .bn_scale import BNScale
 from .grasp import GraSP
+from .head_ablation import HeadAblation
+from .head_taylor import HeadTaylor
 from .heads import HeadImportance
 from .magnitude import Magnitude
 from .obd import OBD
@@ -26,6 +28,8 @@ CRITERIA: dict[str, type[Criterion]] = {
     "apoz": APoZ,
     "regression": Regression,
     "heads": HeadImportance,
+    "head_taylor": HeadTaylor,
+    "head_ablation": HeadAblation,
 }
 
 
@@ -40,4 +44,5 @@ def get_criterion(spec, **options) -> Criterion:
 
 
 __all__ = ["CRITERIA", "Criterion", "get_criterion", "Magnitude", "Random", "SNIP", "Taylor", "GraSP", "OBD",
-           "BNScale", "APoZ", "Regression", "HeadImportance"]
+           "BNScale", "APoZ", "Regression", "HeadImportance",
+           "HeadTaylor", "HeadAblation"]

@@ -22,6 +22,7 @@ import torch
 
 from ..errors import PrunekitError
 from ..modes import evaluation_mode
+from ..nested import model_inputs
 from .base import Criterion
 from .calibration import batch_list, per_channel
 from .channels import NORMS, channel_dim, norms_after, owner_name
@@ -72,7 +73,7 @@ class APoZ(Criterion):
                 handles.append(module.register_forward_hook(hook_for(tap)))
             with evaluation_mode(model), torch.no_grad():
                 for batch in batches:
-                    model(batch[0])
+                    model_inputs(batch[0])(model)
         finally:
             for h in handles:
                 h.remove()

@@ -21,6 +21,7 @@ from torch.func import functional_call
 from ..errors import PrunekitError
 from ..masks import canonical_name
 from ..modes import evaluation_mode, training_mode
+from ..nested import ExampleInputs, model_inputs
 
 MODES = ("eval", "train")
 
@@ -28,7 +29,8 @@ MODES = ("eval", "train")
 def batch_list(batches, who: str, max_batches: int | None = None, targets: bool = True) -> list[tuple]:
     """A reusable list of (inputs, targets) batches from a list, a DataLoader, an iterator or a
     single (x, y) pair of tensors. Iterators without a length are read up to `max_batches`.
-    With targets=False bare input tensors are accepted too (as (x,) tuples)."""
+    With targets=False bare inputs are accepted too (as (x,) tuples): a tensor, a dict of keyword
+    inputs (a tokenizer's output) or an ExampleInputs."""
     if batches is None:
         raise PrunekitError(f"Criterion '{who}' needs calibration data: pass batches=[(x, y), ...] "
                             "(a DataLoader works).")
@@ -46,7 +48,7 @@ def batch_list(batches, who: str, max_batches: int | None = None, targets: bool 
     if not out:
         raise PrunekitError(f"Criterion '{who}' got no calibration batches; pass at least one (x, y).")
     if not targets:
-        out = [(b,) if isinstance(b, torch.Tensor) else b for b in out]
+        out = [(b,) if isinstance(b, (torch.Tensor, dict, ExampleInputs)) else b for b in out]
     for i, b in enumerate(out):
         if not isinstance(b, (tuple, list)) or len(b) < (2 if targets else 1):
             raise PrunekitError(f"Criterion '{who}': every batch must be an (inputs, targets) pair.")
@@ -92,7 +94,8 @@ def pure(model: nn.Module, mode: str = "eval"):
 
 
 class LossOfParams:
-    """f(tensors) = loss_fn(model(x; θ_selected = tensors), y) for one batch (x, y)."""
+    """f(tensors) = loss_fn(model(x; θ_selected = tensors), y) for one batch (x, y); x may be a dict of
+    keyword inputs or an ExampleInputs (prunekit.nested.model_inputs)."""
 
     def __init__(self, model: nn.Module, names: list[str], loss_fn, batch):
         raw = raw_names(model)
@@ -100,7 +103,8 @@ class LossOfParams:
         self.x, self.y = batch[0], batch[1]
 
     def outputs(self, tensors):
-        return functional_call(self.model, dict(zip(self.keys, tensors)), (self.x,))
+        call = model_inputs(self.x)
+        return functional_call(self.model, dict(zip(self.keys, tensors)), call.args, call.kwargs)
 
     def __call__(self, tensors):
         loss = self.loss_fn(self.outputs(tensors), self.y)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..modes import evaluation_mode
+from ..nested import model_inputs
 
 NORMS = (nn.modules.batchnorm._BatchNorm,)
 
@@ -67,7 +68,7 @@ def traced_norms(model: nn.Module, example: torch.Tensor) -> dict[str, str]:
             elif isinstance(module, NORMS):
                 handles.append(module.register_forward_pre_hook(before))
         with evaluation_mode(model), torch.no_grad():
-            model(example)
+            model_inputs(example)(model)
     finally:
         for h in handles:
             h.remove()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from .. import hessian
 from ..masks import effective_weight
+from .attention_sites import eager_attention
 from .base import Criterion
 from .calibration import LossOfParams, batch_list, dense_values, pure, require_loss
 from .gradients import mean_gradient
@@ -35,7 +36,8 @@ class GraSP(Criterion):
         batches = batch_list(batches, self.name, self.max_batches)
         require_loss(loss_fn, self.name)
         names, values = list(params), dense_values(params)
-        with pure(model, self.mode):
+        # second derivatives: HF models switch from fused attention kernels (no double backward) to eager
+        with pure(model, self.mode), eager_attention(model):
             if len(batches) == 1:
                 return hessian.gradient_and_hvp(LossOfParams(model, names, loss_fn, batches[0]), values)
             g = mean_gradient(model, params, loss_fn, batches)

@@ -2,29 +2,35 @@
 does the same job (similarity).
 
 For a head h with attention map A^h ∈ ℝ^{L×S} (rows are distributions over the S keys) on
-example n:
+example n, over the valid (non-padding) query rows i:
 
-    entropy   E_h = mean_{n, query i} −Σ_j A^h_{ij} log A^h_{ij}        (0 = one key, log S = uniform)
-    similarity C_{hk} = mean_n ⟨A^h, A^k⟩_F / (‖A^h‖_F ‖A^k‖_F)          (cosine of the flattened maps)
+    entropy   E_h = mean_{n, valid i} −Σ_j A^h_{ij} log A^h_{ij}     (0 = one key, log S = uniform)
+    similarity C_{hk} = mean_n ⟨A^h, A^k⟩_F / (‖A^h‖_F ‖A^k‖_F)       (cosine of the flattened maps,
+                                                                      padding rows zeroed)
 
 A low-entropy head is a specialist; two heads with C ≈ 1 are redundant and one of them can go.
-Scores (higher = keep), `kind=`:
+Scores (higher = keep, all positive so that unit aggregation by a norm keeps their order), `kind=`:
     "redundancy" (default) greedy elimination: repeatedly remove the head most similar to any
                  remaining head (ties: the higher-entropy one, then the later index); a head's
                  score is (its removal step + 1) / H. Of two duplicates the first removed scores
                  lowest, and its twin, now unique, survives.
-    "entropy"    −E_h: generalists (spread-out attention) go first.
+    "entropy"    exp(−E_h): generalists (spread-out attention) go first.
     "similarity" 1 − max_{k≠h} C_hk (no greedy update: both duplicates score low).
 
-How maps are captured: a forward pre-hook on every nn.MultiheadAttention asks for per-head
-weights (need_weights=True, average_attn_weights=False) and a forward hook records them, then
-returns what the caller originally asked for; hooks are removed afterwards. Models with their
-own attention modules can compute maps themselves and use `head_entropy` / `head_similarity` /
-`redundancy_scores` directly.
+How maps are captured:
+- nn.MultiheadAttention: a forward pre-hook asks for per-head weights (need_weights=True,
+  average_attn_weights=False) and a forward hook records them, then returns what the caller
+  originally asked for.
+- HuggingFace attention (prunekit.criteria.attention_sites: BERT, MiniLM, RoBERTa, ViT …): the
+  model runs with the eager attention implementation, whose attention modules return the
+  probabilities; a forward hook records them. Calibration batches are then dicts of keyword
+  inputs (a tokenizer's output); their `attention_mask` marks the padding query rows left out.
+Hooks are removed and the attention implementation restored afterwards. Other models can compute
+maps themselves and use `head_entropy` / `head_similarity` / `redundancy_scores` directly.
 
 A head's score is broadcast over its slices: rows h·d … (h+1)·d − 1 of each of the query, key
 and value projections (in_proj_weight / in_proj_bias or q/k/v_proj_weight) and the same columns
-of out_proj.weight (d = embed_dim / num_heads).
+of the output projection (d = embed_dim / num_heads).
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ from torch import nn
 
 from ..errors import PrunekitError
 from ..modes import evaluation_mode
+from ..nested import model_inputs
+from .attention_sites import AttentionSite, eager_attention, per_head_scores
 from .base import Criterion
 from .calibration import batch_list
 from .channels import owner_name
@@ -47,16 +55,29 @@ def _check_maps(maps: torch.Tensor) -> torch.Tensor:
     return maps.detach().to(torch.float64)
 
 
-def entropy_sums(maps: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """(Σ over examples and queries of each head's row entropy, number of rows per head)."""
+def _valid_rows(maps: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """(batch, queries) weights: 1 for a real query row, 0 for padding."""
+    if valid is None:
+        return torch.ones(maps.shape[0], maps.shape[2], dtype=maps.dtype)
+    valid = valid.detach().to(maps.dtype)
+    if valid.shape != (maps.shape[0], maps.shape[2]):
+        raise PrunekitError(f"An attention mask of shape {tuple(valid.shape)} does not match maps of shape "
+                            f"{tuple(maps.shape)}; it must be (batch, queries).")
+    return valid
+
+
+def entropy_sums(maps: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+    """(Σ over examples and valid queries of each head's row entropy, number of valid rows per head)."""
     maps = _check_maps(maps)
+    weights = _valid_rows(maps, valid)
     rows = -torch.special.xlogy(maps, maps).sum(-1)  # 0·log 0 = 0 (masked keys)
-    return rows.sum((0, 2)), maps.shape[0] * maps.shape[2]
+    return (rows * weights[:, None, :]).sum((0, 2)), int(weights.sum())
 
 
-def similarity_sums(maps: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """(Σ over examples of the heads' cosine-similarity matrices, number of examples)."""
+def similarity_sums(maps: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+    """(Σ over examples of the heads' cosine-similarity matrices, number of examples); padding rows zeroed."""
     maps = _check_maps(maps)
+    maps = maps * _valid_rows(maps, valid)[:, None, :, None]
     flat = maps.reshape(maps.shape[0], maps.shape[1], -1)
     unit = flat / flat.norm(dim=-1, keepdim=True).clamp_min(1e-30)
     return torch.einsum("nhx,nkx->hk", unit, unit), maps.shape[0]
@@ -143,6 +164,44 @@ def capture_statistics(model: nn.Module, batches) -> dict[str, dict]:
     return out
 
 
+def capture_site_statistics(model: nn.Module, sites: list[AttentionSite], batches) -> dict[str, dict]:
+    """{site name: {"entropy": (H,), "similarity": (H, H)}} over the batches, from the probabilities
+    the attention modules return under the eager implementation."""
+    sums = {s.name: {"entropy": 0.0, "rows": 0, "similarity": 0.0, "examples": 0} for s in sites}
+    valid: list[torch.Tensor | None] = [None]
+    handles = []
+
+    def hook_for(site):
+        def hook(module, args, output):
+            maps = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+            if maps is None:
+                raise PrunekitError(f"'{site.maps}' returned no attention probabilities even with the eager "
+                                    "attention implementation; this attention module cannot be scored by maps.")
+            e, rows = entropy_sums(maps, valid[0])
+            c, examples = similarity_sums(maps, valid[0])
+            acc = sums[site.name]
+            acc["entropy"] += e
+            acc["rows"] += rows
+            acc["similarity"] += c
+            acc["examples"] += examples
+        return hook
+
+    try:
+        for site in sites:
+            handles.append(model.get_submodule(site.maps).register_forward_hook(hook_for(site)))
+        with evaluation_mode(model), eager_attention(model), torch.no_grad():
+            for batch in batches:
+                call = model_inputs(batch[0])
+                mask = call.kwargs.get("attention_mask")
+                valid[0] = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+                call(model)
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: {"entropy": acc["entropy"] / max(acc["rows"], 1), "similarity": acc["similarity"] / acc["examples"]}
+            for name, acc in sums.items() if acc["examples"]}
+
+
 def head_slices(module: nn.MultiheadAttention, tensor: str, param: torch.Tensor) -> tuple[int, int]:
     """(dimension, period): head h owns indices [h·d, (h+1)·d) modulo `period` along `dimension`."""
     e = module.embed_dim
@@ -176,7 +235,7 @@ class HeadImportance(Criterion):
 
     def head_scores(self, stats: dict) -> torch.Tensor:
         if self.kind == "entropy":
-            return -stats["entropy"]
+            return torch.exp(-stats["entropy"])
         sim = stats["similarity"]
         if self.kind == "similarity":
             off = sim - torch.diag(torch.full((sim.shape[0],), float("inf"), dtype=sim.dtype))
@@ -185,6 +244,8 @@ class HeadImportance(Criterion):
 
     def scores(self, model, params, *, batches=None, loss_fn=None):
         batches = batch_list(batches, self.name, self.max_batches, targets=False)
+        if not any(isinstance(m, nn.MultiheadAttention) for m in model.modules()):
+            return self._site_scores(model, params, batches)
         placed = {}
         for name in params:
             module_name, tensor = _attention_owner(model, name)
@@ -198,6 +259,13 @@ class HeadImportance(Criterion):
             values = self.head_scores(stats[module_name])
             out[name] = broadcast_heads(values, model.get_submodule(module_name), tensor, p.detach())
         return out
+
+    def _site_scores(self, model, params, batches):
+        """HuggingFace-style attention blocks (prunekit.criteria.attention_sites)."""
+        def head_scores(sites):
+            stats = capture_site_statistics(model, sites, batches)
+            return {name: self.head_scores(values) for name, values in stats.items()}
+        return per_head_scores(model, params, self.name, head_scores)
 
     def __repr__(self):
         return f"HeadImportance(kind={self.kind!r})"

@@ -23,6 +23,7 @@ from torch.func import functional_call, grad, vmap
 from .. import hessian as hess
 from ..errors import PrunekitError
 from ..masks import effective_weight
+from .attention_sites import eager_attention
 from .base import Criterion
 from .calibration import LossOfParams, batch_list, dense_values, pure, raw_names, require_loss
 
@@ -54,7 +55,8 @@ class OBD(Criterion):
                                 f"({total:,} selected, limit {self.max_elements:,}); use OBD('hutchinson') or "
                                 "OBD('fisher'), select fewer params, or raise max_elements.")
         generator = torch.Generator().manual_seed(self.seed)
-        with pure(model, self.mode):
+        # second derivatives: HF models switch from fused attention kernels (no double backward) to eager
+        with pure(model, self.mode), eager_attention(model):
             if self.hessian == "fisher":
                 return self._fisher(model, names, values, loss_fn, batches)
             acc = None
@@ -77,6 +79,9 @@ class OBD(Criterion):
         per_example = vmap(grad(one_loss), in_dims=(None, 0, 0))
         squares, count = [torch.zeros_like(v) for v in values], 0
         for x, y, *_ in batches:
+            if not isinstance(x, torch.Tensor):
+                raise PrunekitError("OBD('fisher') takes per-example gradients of one input tensor; with dict or "
+                                    "ExampleInputs batches use OBD('hutchinson') or OBD('exact').")
             for start in range(0, len(x), self.fisher_chunk):
                 gs = per_example(values, x[start:start + self.fisher_chunk], y[start:start + self.fisher_chunk])
                 for acc, g in zip(squares, gs):

@@ -9,6 +9,8 @@ Importing this package needs only torch; transformers is imported when a model i
 """
 
 from .base import LayerMethod, LayerPruning
+from .encoders import (calibration_sentences, distill, embedding_cosine, evaluation_sentences, load_sentence_encoder,
+                       sentence_batches, sentence_embeddings)
 from .engine import BlockRun, block_linears, decoder_layers, run_blockwise
 from .evaluate import LMEvaluation, evaluate_lm
 from .hf_config import sync_config
@@ -33,4 +35,5 @@ __all__ = ["LayerMethod", "LayerPruning", "BlockRun", "block_linears", "decoder_
            "get_method", "OneShotResult", "prune_oneshot", "OWL", "owl_sparsities", "recover", "SparseGPT",
            "sparsegpt_prune", "InputStatistics", "NM", "parse_nm", "calibration_tokens", "evaluation_tokens",
            "Wanda", "wanda_scores", "sync_config", "block_influence", "remove_layers", "StructuredResult",
-           "STRUCTURES", "prune_structure", "prune_units"]
+           "STRUCTURES", "prune_structure", "prune_units", "calibration_sentences", "distill", "embedding_cosine",
+           "evaluation_sentences", "load_sentence_encoder", "sentence_batches", "sentence_embeddings"]

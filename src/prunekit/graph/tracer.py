@@ -26,7 +26,7 @@ from torch.overrides import TorchFunctionMode
 from ..masks import WeightMask, canonical_name
 from ..modes import evaluation_mode, training_mode
 from ..nested import ExampleInputs, tensors_in
-from .atoms import AtomSet, compress, squeeze_broadcast, varies_along
+from .atoms import AtomSet, compress, squeeze_broadcast, varies_along, varying_dims
 from .derived import Derived, identity
 from .sizes import tag_sizes
 
@@ -293,7 +293,7 @@ class _Mode(TorchFunctionMode):
         if self.trace.is_source(args[0]):  # a parameter's shape: never channel labels, no atoms made
             return out
         labels = self.trace.labels(args[0])
-        channel_dims = {d for d in range(labels.dim()) if varies_along(labels, d)}
+        channel_dims = varying_dims(labels)
         dim = args[1] if len(args) > 1 else kwargs.get("dim")
         return tag_sizes(out, channel_dims, None if dim is None else dim % max(1, labels.dim()))
 

@@ -117,7 +117,11 @@ def module_attributes(model: nn.Module, record: CompactionRecord, handlers=None)
     """The constructor-level attributes each touched module has after slicing, from the layer
     handler of its type (built-in for torch.nn layers, or the user's)."""
     handlers = Handlers.of(handlers)
-    touched = {n[: -len(SIZE_SUFFIX)] if n.endswith(SIZE_SUFFIX) else n.rpartition(".")[0] for n in record.kept}
+    owners = {n[: -len(SIZE_SUFFIX)] if n.endswith(SIZE_SUFFIX) else n.rpartition(".")[0] for n in record.kept}
+    touched = set()  # every owner and its enclosing modules (whose counts may follow a child's tensors)
+    for owner in owners:
+        parts = owner.split(".") if owner else []
+        touched.update(".".join(parts[:i]) for i in range(len(parts) + 1))
     attrs = {}
     for mname in sorted(touched):
         try:

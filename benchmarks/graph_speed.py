@@ -13,12 +13,17 @@ prunekit: build_graph → prune_structured (L2, local) → compact (a copy, outp
 Torch-Pruning: MagnitudePruner construction (its graph) → step() (scores, removes in place).
 `--tools prunekit_inplace` compacts in place (`compact(..., inplace=True)`). Any torchvision
 model name works in --models (e.g. regnet_y_128gf, vit_h_14 for memory).
+`--src prunekit_base=/path/to/other/src` runs a tool (any name starting with "prunekit") from another
+checkout of the sources, so two versions are compared in the same interleaved run.
+Wall seconds are what a user waits; CPU seconds (this process only) are also recorded, and on a
+machine shared with other jobs they are the steadier measure of the work each tool does.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -71,36 +76,39 @@ def _first_tensor(out):
     return out if isinstance(out, torch.Tensor) else out[0]
 
 
+class Stopwatch:
+    """Wall and CPU seconds of each named stage."""
+
+    def __init__(self):
+        self.wall, self.cpu = {}, {}
+
+    def __call__(self, stage: str, work):
+        wall, cpu = time.perf_counter(), time.process_time()
+        result = work()
+        self.wall[stage], self.cpu[stage] = time.perf_counter() - wall, time.process_time() - cpu
+        return result
+
+
 def run_prunekit(model, example, ratio, ignored, inplace=False):
     from prunekit import build_graph, compact, prune_structured
 
-    times = {}
-    start = time.perf_counter()
-    graph = build_graph(model, example)
-    times["graph"] = time.perf_counter() - start
-    start = time.perf_counter()
-    prune_structured(model, ratio, example, scope="local", graph=graph)
-    times["prune"] = time.perf_counter() - start
-    start = time.perf_counter()
-    small, _ = compact(model, example, graph=graph, inplace=inplace)
-    times["compact"] = time.perf_counter() - start
-    return times, params(small)
+    watch = Stopwatch()
+    graph = watch("graph", lambda: build_graph(model, example))
+    watch("prune", lambda: prune_structured(model, ratio, example, scope="local", graph=graph))
+    small, _ = watch("compact", lambda: compact(model, example, graph=graph, inplace=inplace))
+    return watch, params(small)
 
 
 def run_torch_pruning(model, example, ratio, ignored):
     import torch_pruning as tp
 
-    times = {}
-    start = time.perf_counter()
-    pruner = tp.pruner.MagnitudePruner(model, example, importance=tp.importance.MagnitudeImportance(p=2),
-                                       pruning_ratio=ratio, ignored_layers=ignored,
-                                       output_transform=_first_tensor)
-    times["graph"] = time.perf_counter() - start
-    start = time.perf_counter()
-    pruner.step()  # scores, selects and removes channels in one call
-    times["prune"] = time.perf_counter() - start
-    times["compact"] = 0.0  # part of step()
-    return times, params(model)
+    watch = Stopwatch()
+    pruner = watch("graph", lambda: tp.pruner.MagnitudePruner(
+        model, example, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=ratio,
+        ignored_layers=ignored, output_transform=_first_tensor))
+    watch("prune", pruner.step)  # scores, selects and removes channels in one call
+    watch.wall["compact"] = watch.cpu["compact"] = 0.0  # part of step()
+    return watch, params(model)
 
 
 def worker(name: str, tool: str, ratio: float) -> None:
@@ -114,10 +122,14 @@ def worker(name: str, tool: str, ratio: float) -> None:
     try:
         with torch.no_grad() if tool.startswith("prunekit") else torch.enable_grad():
             if tool.startswith("prunekit"):
-                times, kept = run_prunekit(model, example, ratio, ignored, inplace=tool == "prunekit_inplace")
+                watch, kept = run_prunekit(model, example, ratio, ignored, inplace=tool.endswith("_inplace"))
             else:
-                times, kept = run_torch_pruning(model, example, ratio, ignored)
-        result.update(times=times, kept=kept / dense)
+                watch, kept = run_torch_pruning(model, example, ratio, ignored)
+        result.update(times=watch.wall, cpu=watch.cpu, kept=kept / dense)
+        if tool.startswith("prunekit"):
+            import prunekit
+
+            result["source"] = os.path.dirname(os.path.dirname(prunekit.__file__))
     except Exception as e:  # noqa: BLE001 - a tool failing on a model is a result, not a crash
         result["error"] = f"{type(e).__name__}: {str(e)[:120]}"
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -131,6 +143,9 @@ def main():
     parser.add_argument("--models", default=",".join(TORCHVISION + HF))
     parser.add_argument("--tools", default="prunekit,torch_pruning",
                         help="prunekit, prunekit_inplace (compact(inplace=True)), torch_pruning")
+    parser.add_argument("--src", action="append", default=[], metavar="TOOL=PATH",
+                        help="run TOOL (a name starting with prunekit) from the sources under PATH")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="which seconds the table shows")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=600, help="seconds one run may take")
     parser.add_argument("--log", help="append every run's result (one JSON line) to this file")
@@ -143,6 +158,7 @@ def main():
     from prunekit.table import format_table
 
     models, tools = args.models.split(","), args.tools.split(",")
+    sources = dict(item.split("=", 1) for item in args.src)
     results: dict[tuple[str, str], list[dict]] = {}
     if args.table_from:  # the table of runs logged earlier (a run cut short, or several sessions)
         with open(args.table_from) as f:
@@ -156,8 +172,11 @@ def main():
             for tool in (tools if r % 2 == 0 else tools[::-1]):
                 command = [sys.executable, __file__, "--worker", name, tool, "--ratio", str(args.ratio),
                            "--threads", str(args.threads)]
+                env = dict(os.environ)
+                if tool in sources:
+                    env["PYTHONPATH"] = os.pathsep.join([sources[tool]] + [p for p in [env.get("PYTHONPATH")] if p])
                 try:
-                    out = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
+                    out = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout, env=env)
                     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
                     result = json.loads(lines[-1]) if lines else {
                         "model": name, "tool": tool, "error": (out.stderr.strip().splitlines() or ["?"])[-1][:120]}
@@ -169,13 +188,14 @@ def main():
                         f.write(json.dumps(result) + "\n")
                 print(f"  {name:18s} {tool:14s} "
                       f"{result.get('error') or sum(result['times'].values()):.>10}", file=sys.stderr)
-    rows, ratios = [], []
+    key = "times" if args.clock == "wall" else "cpu"
+    rows, ratios, base_ratios = [], [], []
     for name in models:
         row = {"model": name}
         totals = {}
         for tool in tools:
             runs = [x for x in results.get((name, tool), []) if "times" in x]
-            short = {"prunekit": "pk", "prunekit_inplace": "pk in place"}.get(tool, "tp")
+            short = "tp" if tool == "torch_pruning" else tool.replace("prunekit", "pk").replace("_", " ")
             if not runs:
                 failed = results.get((name, tool), [{"error": "not run"}])[0].get("error", "?")
                 row[f"{short} total s"] = "failed: " + failed[:40]
@@ -184,8 +204,8 @@ def main():
             row["params M"] = f"{first['params'] / 1e6:.1f}"
             for stage in ("graph", "prune", "compact"):
                 if short != "tp" or stage != "compact":  # Torch-Pruning removes inside its prune step
-                    row[f"{short} {stage} s"] = f"{statistics.median(x['times'][stage] for x in runs):.2f}"
-            totals[tool] = statistics.median(sum(x["times"].values()) for x in runs)
+                    row[f"{short} {stage} s"] = f"{statistics.median(x[key][stage] for x in runs):.2f}"
+            totals[tool] = statistics.median(sum(x[key].values()) for x in runs)
             row[f"{short} total s"] = f"{totals[tool]:.2f}"
             row["model MB"] = f"{first['model_mb']:.0f}"
             extra = statistics.median(x["peak_rss_mb"] - x["rss_built_mb"] for x in runs)
@@ -195,13 +215,18 @@ def main():
             ratio = totals["prunekit"] / totals["torch_pruning"]
             ratios.append(ratio)
             row["pk/tp"] = f"{ratio:.2f}"
+        if "prunekit_base" in totals and "torch_pruning" in totals:
+            base_ratios.append(totals["prunekit_base"] / totals["torch_pruning"])
+            row["pk base/tp"] = f"{base_ratios[-1]:.2f}"
         rows.append(row)
-    print(f"\n### graph + prune + compact, {int(args.ratio * 100)} % of every group's channels, median of "
-          f"{args.repeats}, {args.threads} thread(s)\n")
+    print(f"\n### graph + prune + compact, {int(args.ratio * 100)} % of every group's channels, {args.clock} "
+          f"seconds, median of {args.repeats}, {args.threads} thread(s), load average {os.getloadavg()[0]:.1f}\n")
     print(format_table(rows))
     if ratios:
         print(f"\nmedian prunekit / Torch-Pruning total time over {len(ratios)} models both ran: "
               f"{statistics.median(ratios):.2f}")
+    if base_ratios:
+        print(f"median prunekit_base / Torch-Pruning: {statistics.median(base_ratios):.2f}")
     print("peak/model: (peak RSS − RSS once the model was built + the model's fp32 size) / the model's size, i.e.\n"
           "the memory the run needed, model and activations included, in units of the model.")
 

@@ -98,6 +98,52 @@ def test_fused_qkv_projection_gives_heads():
     assert rows.shape == (4, 12) and sorted(rows[1].tolist()) == [4, 5, 6, 7, 20, 21, 22, 23, 36, 37, 38, 39]
 
 
+class SplitBySize(nn.Module):
+    """GPT-2's attention layout: q, k, v cut from one projection by a size fixed at construction."""
+
+    def __init__(self, dim=16, heads=4):
+        super().__init__()
+        self.split_size, self.head_dim = dim, dim // heads
+        self.proj, self.qkv, self.out = nn.Linear(8, dim), nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.head = nn.Linear(dim, 3)
+
+    def forward(self, x):
+        h = self.proj(x)
+        q, k, v = self.qkv(h).split(self.split_size, dim=2)
+        q, k, v = (t.view(*t.shape[:-1], -1, self.head_dim).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(*h.shape[:-1], -1)
+        return self.head((h + self.out(y)).mean(1))
+
+
+class SplitSizeHandler(pk.LayerHandler):
+    counts = ("split_size",)
+
+    def attributes(self, module, size):
+        return {"split_size": size("qkv.weight", 0) // 3}
+
+
+def test_a_size_fixed_at_construction_blocks_unless_a_handler_updates_it():
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 8)
+    blocked = build_graph(SplitBySize(), x)
+    assert not any(g.kind == "head" for g in blocked.prunable())
+    assert any("cuts a channel axis at fixed positions" in g.reason for g in blocked.groups)
+
+    model = SplitBySize()
+    handlers = {SplitBySize: SplitSizeHandler()}
+    graph = build_graph(model, x, handlers=handlers)
+    assert model.split_size == 16 and type(model.split_size) is int  # restored after the trace
+    heads = [g for g in graph.prunable() if g.kind == "head"]
+    assert len(heads) == 1 and heads[0].size == 4
+    rows = slices_of(heads[0])[("qkv.weight", 0)]
+    assert sorted(rows[1].tolist()) == [4, 5, 6, 7, 20, 21, 22, 23, 36, 37, 38, 39]
+    prune_structured(model, {heads[0].name: 0.5}, x, graph=graph)
+    small, _ = compact(model, x, graph=graph)
+    assert small.split_size == 8 and small.qkv.weight.shape == (24, 16)
+    with torch.no_grad():
+        assert torch.allclose(small(x), model(x), atol=1e-6)
+
+
 def test_multihead_attention_module_heads():
     model, x = mha_model()
     graph = build_graph(model, x)

@@ -36,7 +36,7 @@ from .accounting import count_flops
 from .errors import GraphError, PrunekitError
 from .files import load_tensors, make_parent, write_atomically
 from .graph import SIZE_SUFFIX, DependencyGraph, Handlers, build_graph, graph_and_output
-from .masks import canonical_name, get_masks
+from .masks import WeightMask, canonical_name, get_masks
 from .modes import evaluation_mode
 from .nested import ExampleInputs, tensors_in
 from .structured import dead_units
@@ -84,10 +84,10 @@ class CompactionRecord:
 
 def removable_units(model: nn.Module, graph: DependencyGraph) -> dict[str, torch.Tensor]:
     """{group name: keep BoolTensor} from the masks installed on `model`."""
-    masks = get_masks(model)
+    masks, alive = get_masks(model), {}
     keep = {}
     for group in graph.prunable():
-        dead = dead_units(group, masks)
+        dead = dead_units(group, masks, alive)
         if bool(dead.all()):
             dead[0] = False  # keep one (zero) unit so every tensor keeps a valid shape
         if bool(dead.any()):
@@ -115,7 +115,11 @@ def module_attributes(model: nn.Module, record: CompactionRecord, handlers=None)
     """The constructor-level attributes each touched module has after slicing, from the layer
     handler of its type (built-in for torch.nn layers, or the user's)."""
     handlers = Handlers.of(handlers)
-    touched = {n[: -len(SIZE_SUFFIX)] if n.endswith(SIZE_SUFFIX) else n.rpartition(".")[0] for n in record.kept}
+    owners = {n[: -len(SIZE_SUFFIX)] if n.endswith(SIZE_SUFFIX) else n.rpartition(".")[0] for n in record.kept}
+    touched = set()  # every owner and its enclosing modules (whose counts may follow a child's tensors)
+    for owner in owners:
+        parts = owner.split(".") if owner else []
+        touched.update(".".join(parts[:i]) for i in range(len(parts) + 1))
     attrs = {}
     for mname in sorted(touched):
         try:
@@ -198,9 +202,9 @@ def materialise(target: nn.Module, source: nn.Module, record: CompactionRecord) 
     pairs = [(name, t, s) for (name, t), s in zip(target.named_modules(), source.modules())
              if ".parametrizations." not in f".{name}."]
 
-    def convert(value, key, canonical, is_param, requires_grad, fresh=False):
+    def convert(value, key, canonical, is_param, requires_grad, fresh=False, sliced=False):
         if key not in done:
-            kept = record.kept.get(canonical)
+            kept = None if sliced else record.kept.get(canonical)
             if inplace and not kept and not fresh:
                 done[key] = value  # unchanged: keep the object (an optimizer built on it still works)
             else:
@@ -221,10 +225,16 @@ def materialise(target: nn.Module, source: nn.Module, record: CompactionRecord) 
             original = getattr(chain, "original", None)
             requires_grad = original.requires_grad if original is not None else any(
                 p.requires_grad for p in chain.parameters())
+            masked_only = original is not None and len(chain) == 1 and isinstance(chain[0], WeightMask)
             with torch.no_grad():
-                value = getattr(s_mod, attr)  # w ⊙ m, or the parametrization's output, computed now
+                if masked_only:  # slice first, then mask: the full-size w ⊙ m is never built
+                    kept = record.kept.get(prefix + attr)
+                    value = torch.where(_sliced(chain[0].mask, kept), _sliced(original.detach(), kept),
+                                        original.new_zeros(()))
+                else:
+                    value = getattr(s_mod, attr)  # the parametrization's output, computed now
             baked[attr] = convert(value, id(original) if original is not None else id(chain), prefix + attr,
-                                  True, requires_grad, fresh=True)
+                                  True, requires_grad, fresh=True, sliced=masked_only)
         t_mod.__class__ = base  # the user's own class again
         del t_mod._modules["parametrizations"]
         t_mod._parameters.update(baked)

@@ -23,7 +23,7 @@ from torch import nn
 
 from .criteria import get_criterion
 from .errors import PrunekitError, did_you_mean
-from .granularity import AGGREGATIONS, aggregate
+from .granularity import AGGREGATIONS
 from .graph import DependencyGraph
 from .masks import MaskSet, get_masks, named_parameters, resolve_parameters
 
@@ -46,7 +46,7 @@ def group_scores(model: nn.Module, graph: DependencyGraph, element_scores: Mappi
     if how not in AGGREGATIONS:
         raise PrunekitError(f"Unknown aggregation '{how}'.{did_you_mean(how, AGGREGATIONS)} "
                             f"Known: {', '.join(AGGREGATIONS)}.")
-    masks = get_masks(model)
+    masks, alive = get_masks(model), {}
     out = {}
     for group in (groups if groups is not None else graph.prunable()):
         scored = [s for s in group.slices if s.kind == "param" and s.name in element_scores]
@@ -60,26 +60,61 @@ def group_scores(model: nn.Module, graph: DependencyGraph, element_scores: Mappi
             raise PrunekitError(f"No element scores for any tensor of group '{group.name}' "
                                 f"({[s.name for s in group.slices if s.kind == 'param']}).")
         # every entry each unit owns, across all its slices, aggregated as any granularity's units are
-        values = torch.cat([unit_values(element_scores[s.name].detach(), s.dim, s.index).cpu() for s in own], 1)
-        ids = torch.arange(group.size).repeat_interleave(values.shape[1])
-        score = aggregate(values.reshape(-1), ids, group.size, how, p).float()
-        dead = dead_units(group, masks)
+        score = _aggregate_slices(element_scores, own, group.size, how, p).float()
+        dead = dead_units(group, masks, alive)
         score[dead] = -math.inf
         out[group.name] = score
     return out
 
 
-def dead_units(group, masks) -> torch.Tensor:
-    """Bool per unit of `group`: True where every parameter slice is masked out (removable by compact)."""
+def _aggregate_slices(element_scores, slices, n_units: int, how: str, p: float) -> torch.Tensor:
+    """granularity.aggregate over every entry each unit owns in `slices`, computed without
+    gathering those entries: each slice is first reduced to one partial value per position
+    along its dim (Σ|e|^p, Σe, count or max over the other dims), then the positions of a
+    unit are combined — the same sums, grouped differently."""
+    power = {"l1": 1.0, "l2": 2.0, "lp": p}.get(how)
+    total = torch.full((n_units,), -math.inf if how == "max" else 0.0, dtype=torch.float64)
+    count = 0
+    for s in slices:
+        e = element_scores[s.name].detach()
+        others = [d for d in range(e.dim()) if d != s.dim]
+        n_each = math.prod(e.shape[d] for d in others)
+        if how == "max":
+            per_position = (e.amax(others) if others else e).double().cpu()
+            total = torch.maximum(total, per_position[s.index].amax(1))
+            continue
+        if power is None:
+            per_position = (e.sum(others) if others else e).double()
+        else:  # ‖·‖_p over the other dims (one fast float pass), raised back to Σ|e|^p
+            per_position = (torch.linalg.vector_norm(e, power, others) if others else e.abs()).double() ** power
+        total += per_position.cpu()[s.index].sum(1)
+        count += s.index.shape[1] * n_each
+    if how == "mean":
+        return total / max(count, 1)
+    return total ** (1.0 / power) if power is not None else total
+
+
+def dead_units(group, masks, alive: dict | None = None) -> torch.Tensor:
+    """Bool per unit of `group`: True where every parameter slice is masked out (removable by compact).
+    `alive`: a dict shared between calls over the same masks, {(tensor, dim): any kept entry per position}."""
+    alive = {} if alive is None else alive
     dead = torch.ones(group.size, dtype=torch.bool)
     params = [s for s in group.slices if s.kind == "param"]
     for s in params:
         if s.name not in masks:
             return torch.zeros(group.size, dtype=torch.bool)
-        mask = masks[s.name]
-        alive = mask.movedim(s.dim, 0).reshape(mask.shape[s.dim], -1).any(1).cpu()  # per position along dim
-        dead &= ~alive[s.index].any(1)
+        if (s.name, s.dim) not in alive:
+            alive[s.name, s.dim] = _any_along(masks[s.name], s.dim).cpu()
+        dead &= ~alive[s.name, s.dim][s.index].any(1)
     return dead if params else torch.zeros(group.size, dtype=torch.bool)
+
+
+def _any_along(mask: torch.Tensor, dim: int) -> torch.Tensor:
+    """Bool per position along `dim`: any entry kept there. Reduced as [before, n, after] with the
+    contiguous inner block first (a bool `any` over scattered dims is several times slower)."""
+    n = mask.shape[dim]
+    rows = mask.reshape(math.prod(mask.shape[:dim]), n, -1).view(torch.uint8)
+    return (rows.amax(2) if rows.shape[2] > 1 else rows[:, :, 0]).amax(0).bool()
 
 
 def group_masks(graph: DependencyGraph, keep: Mapping[str, torch.Tensor]) -> MaskSet:

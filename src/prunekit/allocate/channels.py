@@ -21,6 +21,7 @@ and the benchmarks report measured latency, not only predictions.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 
@@ -75,14 +76,19 @@ class ChannelProblem(MaskedModelProblem):
                 if s.kind == "param":
                     self._cuts.setdefault((s.name, s.dim), []).append((g.name, s.positions_per_unit))
         self._shapes = {n: tuple(p.shape) for n, p in named_parameters(model).items()}
-        flops = count_flops(model, example_input)
-        self._dense_flops = float(flops["dense_flops"])
-        self._macs = {m: v["dense_macs"] for m, v in flops["layers"].items()}
-        self._modules = {m: dict(model.named_modules())[m] for m in self._macs}
         self.latency_input = latency_input if latency_input is not None else example_input
         self.table = latency_table
         if metric == "latency" and self.table is None:
             self.table = LatencyTable(model, self.latency_input, grid=latency_grid)
+
+    @functools.cached_property
+    def _flops(self) -> tuple[float, dict[str, float], dict[str, nn.Module]]:
+        """(dense FLOPs, {layer: dense MACs}, {layer: module}): a counting forward pass, run only
+        when a cost needs it (the "units" and "params" metrics never do)."""
+        flops = count_flops(self.model, self.example_input)
+        macs = {m: v["dense_macs"] for m, v in flops["layers"].items()}
+        modules = dict(self.model.named_modules())
+        return float(flops["dense_flops"]), macs, {m: modules[m] for m in macs}
 
     def _select(self, names):
         """The groups to prune: all prunable ones, or the named ones (each must be prunable)."""
@@ -110,7 +116,7 @@ class ChannelProblem(MaskedModelProblem):
     def widths(self, counts: Mapping[str, int]) -> dict[str, tuple[int, int]]:
         """(input, output) channels of every Linear / Conv layer after pruning `counts`."""
         out = {}
-        for m, module in self._modules.items():
+        for m, module in self._flops[2].items():
             w = f"{m}.weight" if m else "weight"
             shape = self._shapes[w]
             kept_in = round(shape[1] * self._kept(w, 1, counts)) * (getattr(module, "groups", 1) or 1)
@@ -125,10 +131,10 @@ class ChannelProblem(MaskedModelProblem):
                              for n, shape in self._shapes.items()))
         if self.metric == "flops":
             saved = 0.0
-            for m, macs in self._macs.items():
+            for m, macs in self._flops[1].items():
                 w = f"{m}.weight" if m else "weight"
                 saved += 2 * macs * (1 - self._kept(w, 0, counts) * self._kept(w, 1, counts))
-            return self._dense_flops - round(saved)
+            return self._flops[0] - round(saved)
         return self.table.predict(self.widths(counts))
 
     # Models ----------------------------------------------------------------------------------
@@ -160,4 +166,4 @@ class ChannelProblem(MaskedModelProblem):
         shape += [1] * (4 - len(shape))
         module = producer.rpartition(".")[0] if producer else None
         return [float(shape[0]), float(shape[1]), float(math.prod(shape[2:])),
-                float(self._macs.get(module, 0)) * 2]
+                float(self._flops[1].get(module, 0)) * 2]

@@ -19,4 +19,4 @@ class Magnitude(Criterion):
 
     def scores(self, model, params, *, batches=None, loss_fn=None):
         with torch.no_grad():
-            return {n: effective_weight(model, n).detach().abs().clone() for n in params}
+            return {n: effective_weight(model, n).detach().abs() for n in params}

@@ -179,6 +179,14 @@ def varies_along(labels: torch.Tensor, dim: int) -> bool:
     return bool((labels != labels.narrow(dim, 0, 1)).any())
 
 
+def varying_dims(labels: torch.Tensor) -> set[int]:
+    """Every dim along which the labels are not constant (varies_along for all dims at once)."""
+    if labels.dim() == 0:
+        return set()
+    cut = squeeze_broadcast(labels)[0]  # a broadcast dim never varies: cut them all once
+    return {d for d in range(cut.dim()) if cut.shape[d] > 1 and bool((cut != cut.narrow(d, 0, 1)).any())}
+
+
 def squeeze_broadcast(*tensors: torch.Tensor, keep: int | None = None) -> list[torch.Tensor]:
     """Cut every dim along which all `tensors` (same shape) are broadcast (stride 0) to size 1.
 
@@ -200,7 +208,8 @@ def compress(labels: torch.Tensor, threshold: int = 4096, keep: int | None = Non
     do not vary along (but `keep`), so later operations cost O(channels) again."""
     if labels.numel() <= threshold or labels.dim() == 0:
         return labels
+    varying = varying_dims(labels)
     for d in range(labels.dim()):
-        if d != keep and labels.shape[d] > 1 and labels.stride(d) != 0 and not varies_along(labels, d):
+        if d != keep and labels.shape[d] > 1 and labels.stride(d) != 0 and d not in varying:
             labels = labels.narrow(d, 0, 1)
     return squeeze_broadcast(labels, keep=keep)[0]

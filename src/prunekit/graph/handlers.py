@@ -22,7 +22,7 @@ import torch
 
 from ..nested import tensors_in
 from . import derived, layers
-from .atoms import squeeze_broadcast, varies_along
+from .atoms import squeeze_broadcast, varying_dims
 from .movement import concat, indexing, movement, pad, pixel_shuffle, roll, sized_reshape, split
 from .tracer import Trace
 
@@ -221,8 +221,8 @@ def elementwise(trace, name, func, args, kwargs, out) -> None:
         return unknown(trace, name, func, args, kwargs, out)
     full_shape = out.shape
     labels = squeeze_broadcast(*labels) if labels else labels
-    varying = [{d for d in range(out.dim()) if varies_along(lab, d)} for lab in labels]
-    result = torch.zeros(labels[0].shape if labels else out.shape, dtype=torch.long)
+    varying = [varying_dims(lab) for lab in labels]
+    result = None  # the labels merged so far (the first operand's, at first: nothing to merge)
     for i, (t, lab) in enumerate(zip(operands, labels)):
         offset = out.dim() - t.dim()
         spread = {d for d in range(out.dim()) if full_shape[d] > 1 and (d < offset or t.shape[d - offset] == 1)}
@@ -232,9 +232,14 @@ def elementwise(trace, name, func, args, kwargs, out) -> None:
             # of them, and its own single position must never be removed.
             trace.block(lab, f"'{name}' in {trace.where()} broadcasts it across a channel axis")
             continue
+        if result is None:
+            result = lab
+            continue
         trace.atoms.union_pairs(result, lab)
         result = torch.where(result != 0, result, lab)
-    channel_dims = [d for d in range(out.dim()) if varies_along(result, d)]
+    if result is None:
+        result = torch.zeros(labels[0].shape if labels else out.shape, dtype=torch.long)
+    channel_dims = sorted(varying_dims(result))
     for t, lab in zip(operands, labels):
         # A fixed-size constant laid along a channel axis would no longer fit once channels go.
         fixed = not trace.is_source(t) and not bool((lab != 0).any()) and t.numel() > 1

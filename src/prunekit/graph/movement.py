@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .atoms import compress, squeeze_broadcast, varies_along
+from .atoms import compress, squeeze_broadcast, varies_along, varying_dims
 from .sizes import is_channel_count
 
 
@@ -127,7 +127,7 @@ def sized_reshape(trace, name, func, args, kwargs, out) -> None:
         return
     follows = {d for d, s in requested.items() if s == -1 or is_channel_count(s)}  # sizes that follow x
     written = [d for d, s in requested.items() if d not in follows and varies_along(labels, d)]
-    inferred = [d for d in range(labels.dim()) if varies_along(labels, d) and (d in follows or d not in requested)]
+    inferred = sorted(d for d in varying_dims(labels) if d in follows or d not in requested)
     if written and not inferred:
         sizes = tuple(out.shape[d] for d in written)
         trace.block(labels, f"'{name}' in {trace.where()} writes the channel count {sizes} into the code")

@@ -39,7 +39,13 @@ class LayerHandler:
       `size("<channels>", 0)` its input channel count.
     * macs(module, inputs, output) → (dense, sparse) multiply-accumulates of one call, sparse
       counting only non-zero weights; None leaves the layer to torch's FLOP counter.
+    * counts: names of int attributes that hold a channel count fixed at construction (GPT-2's
+      `split_size`, used as `qkv.split(self.split_size, dim=2)`). During the trace they act like a
+      size read from the tensor (prunekit.graph.sizes), so the code that uses them follows the
+      channels instead of blocking them; `attributes` must return their new values.
     """
+
+    counts: tuple[str, ...] = ()
 
     # A subclass that describes the layer as a whole defines the method
     # trace(trace, module, name, args, kwargs, output); None: the inner operations are traced.
@@ -127,6 +133,10 @@ class Handlers:
                     if klass in mapping:
                         return mapping[klass]
         return self._builtin(module)
+
+    def counts_of(self, module) -> tuple[str, ...]:
+        handler = self.lookup(module)
+        return tuple(handler.counts) if handler is not None else ()
 
     def tracer_for(self, module):
         """The whole-layer tracing function for `module`, or None (trace its operations)."""

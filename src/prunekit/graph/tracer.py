@@ -26,9 +26,9 @@ from torch.overrides import TorchFunctionMode
 from ..masks import WeightMask, canonical_name
 from ..modes import evaluation_mode, training_mode
 from ..nested import ExampleInputs, tensors_in
-from .atoms import AtomSet, compress, squeeze_broadcast, varies_along
+from .atoms import AtomSet, compress, squeeze_broadcast, varies_along, varying_dims
 from .derived import Derived, identity
-from .sizes import tag_sizes
+from .sizes import ChannelCount, tag_sizes
 
 SIZE_SUFFIX = ".<channels>"  # pseudo tensor: a module's channel count that no parameter dimension carries
 
@@ -293,7 +293,7 @@ class _Mode(TorchFunctionMode):
         if self.trace.is_source(args[0]):  # a parameter's shape: never channel labels, no atoms made
             return out
         labels = self.trace.labels(args[0])
-        channel_dims = {d for d in range(labels.dim()) if varies_along(labels, d)}
+        channel_dims = varying_dims(labels)
         dim = args[1] if len(args) > 1 else kwargs.get("dim")
         return tag_sizes(out, channel_dims, None if dim is None else dim % max(1, labels.dim()))
 
@@ -321,6 +321,11 @@ def _module_hooks(model: nn.Module, trace: Trace, handlers, stack: ExitStack) ->
 
         stack.callback(module.register_forward_pre_hook(pre, with_kwargs=True).remove)
         stack.callback(module.register_forward_hook(post, with_kwargs=True, always_call=True).remove)
+        for attr in handlers.counts_of(module):  # a count written at construction follows the channels
+            value = getattr(module, attr)
+            if isinstance(value, int) and not isinstance(value, bool):
+                setattr(module, attr, ChannelCount(value))
+                stack.callback(setattr, module, attr, value)
 
 
 def _one_pass(model, trace: Trace, example: ExampleInputs, dispatch, handlers, train: bool):

@@ -142,7 +142,8 @@ class CapabilityCut:
 
 
 def capability_cut(model: nn.Module, x: torch.Tensor, y: torch.Tensor, remove_class: int, *,
-                   coverage: float = 0.9, unit_cost: float = 1.0, price: float | None = None) -> CapabilityCut:
+                   coverage: float = 0.9, unit_cost: float = 1.0, price: float | None = None,
+                   last_layer: bool = False) -> CapabilityCut:
     """The minimum-cost set of hidden units whose removal disconnects class `remove_class`'s
     relevant paths from the inputs, measured on (x, y) (training data, all classes).
 
@@ -150,7 +151,12 @@ def capability_cut(model: nn.Module, x: torch.Tensor, y: torch.Tensor, remove_cl
     relevance, all of which must be cut off; a number β — every last hidden unit i with
     R_L[k, i] > 0 is a sink whose arc costs β · R_L[k, i] (the class evidence it would still
     deliver, in the same logit units as the keep costs), so the cut removes a unit only where
-    that is cheaper than the evidence it carries."""
+    that is cheaper than the evidence it carries.
+
+    last_layer: cut among the last hidden layer's units only (the layer nearest the output).
+    The graph is then that layer alone, every unit fed by the inputs, so the cut is exactly
+    its sinks: the units delivering `coverage` of the class's direct evidence (or, priced,
+    those whose evidence β · R_L[k, i] exceeds their cost)."""
     layers = hidden_layers(model)
     out_features = model.get_submodule(layers[-1].next_name).out_features
     if not 0 <= remove_class < out_features:
@@ -164,13 +170,18 @@ def capability_cut(model: nn.Module, x: torch.Tensor, y: torch.Tensor, remove_cl
     chosen = y == remove_class
     edge_relevance = class_relevance(model, x[chosen], remove_class)
     keep = keep_importance(model, x[~chosen], y[~chosen])
+    if last_layer:
+        layers = layers[-1:]
     capacity = {}
     for layer in layers:
         cost = keep[layer.name] + unit_cost * keep[layer.name].mean()
         capacity.update({(layer.name, i): float(c) for i, c in enumerate(cost)})
     first, last = layers[0], layers[-1]
-    sources = [(first.name, int(i)) for i in
-               torch.nonzero(covering(edge_relevance[first.name].sum(1), coverage)).flatten()]
+    if last_layer:  # the layer's units all carry the inputs' signal
+        sources = [(first.name, i) for i in range(first.size)]
+    else:
+        sources = [(first.name, int(i)) for i in
+                   torch.nonzero(covering(edge_relevance[first.name].sum(1), coverage)).flatten()]
     evidence = edge_relevance[last.next_name][remove_class]
     if price is None:
         sinks = [(last.name, int(i)) for i in torch.nonzero(covering(evidence, coverage)).flatten()]
@@ -181,5 +192,5 @@ def capability_cut(model: nn.Module, x: torch.Tensor, y: torch.Tensor, remove_cl
         kept = covering(edge_relevance[after.name], coverage)  # (units of `after`) × (units of `before`)
         edges += [((before.name, int(j)), (after.name, int(i))) for i, j in torch.nonzero(kept).tolist()]
     cut = min_unit_cut(capacity, edges, sources, sinks)
-    units = {layer.name: sorted(i for name, i in cut.units if name == layer.name) for layer in layers}
+    units = {layer.name: sorted(i for name, i in cut.units if name == layer.name) for layer in hidden_layers(model)}
     return CapabilityCut(remove_class, coverage, units, cut, unit_relevance(model, edge_relevance), keep, price)

@@ -94,7 +94,11 @@ def min_unit_cut(capacity: Mapping[Hashable, float], edges: Iterable[tuple], sou
             graph.add_edge(("out", unit), SINK, capacity=float(prices[unit]))
     value, (reachable, _) = nx.minimum_cut(graph, SOURCE, SINK)
     units = frozenset(u for u in capacity if ("in", u) in reachable and ("out", u) not in reachable)
-    paid = frozenset(u for u in (prices or {}) if ("out", u) in reachable)
+    paid = frozenset()
+    if prices is not None:  # the priced sinks the inputs still reach once the units are gone
+        graph.remove_edges_from((("in", u), ("out", u)) for u in units)
+        reached = nx.descendants(graph, SOURCE)
+        paid = frozenset(u for u in prices if ("out", u) in reached)
     return UnitCut(units, sum(float(capacity[u]) for u in units) + sum(float(prices[u]) for u in paid),
                    float(value), graph.number_of_nodes(), graph.number_of_edges(), paid)
 

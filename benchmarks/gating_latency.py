@@ -9,7 +9,7 @@ weights of one seed) and times Fashion-MNIST test inputs one at a time (batch 1,
   dense            every channel (gates off)
   gated, masked    the gated network's training-time forward: every channel computed, then × gates
   gated, skipping  skipping_forward: only the channels this input's gates open (sliced weights)
-  static           skipping_forward with the static masks (the compacted static network)
+  static, skipping skipping_forward with the static masks (sliced like the gated one)
 
 Variants are timed interleaved, input by input, in an order that rotates, so load on a shared
 machine hits them alike. Printed: median µs per input, the ratio to dense measured in the same
@@ -109,7 +109,7 @@ def main() -> None:
     x_test = data.test.tensors[0][:args.inputs]
     variants = {"dense": lambda x: nets["dense"](x), "gated, masked": lambda x: nets["gated"](x),
                 "gated, skipping": lambda x: skipping_forward(nets["gated"], x),
-                "static": lambda x: skipping_forward(nets["static"], x)}
+                "static, skipping": lambda x: skipping_forward(nets["static"], x)}
     with evaluation_mode(nets["dense"]), evaluation_mode(nets["gated"]), evaluation_mode(nets["static"]):
         times = interleaved_times(variants, x_test, args.warmup)
         for i in range(len(x_test)):  # the skipping forward computes what the masked one does
@@ -117,7 +117,7 @@ def main() -> None:
                                        nets["gated"](x_test[i:i + 1]), rtol=1e-4, atol=1e-4)
     flops = {"dense": 1.0, "gated, masked": 1.0}  # the masked forward computes every channel
     flops["gated, skipping"] = evaluate_gated(nets["gated"], data.test)["flops_fraction"]
-    flops["static"] = evaluate_gated(nets["static"], data.test)["flops_fraction"]
+    flops["static, skipping"] = evaluate_gated(nets["static"], data.test)["flops_fraction"]
     dense = statistics.median(times["dense"])
     rows = [{"network": name, "median µs / input": round(1e6 * statistics.median(t), 1),
              "× dense latency": round(statistics.median(t) / dense, 3), "FLOPs / dense": round(flops[name], 3)}

@@ -4,7 +4,8 @@ import torch.nn.functional as F
 
 import prunekit as pk
 from prunekit.accounting import count_flops
-from prunekit.applications import (GatedCNN, dense_flops, evaluate_gated, executed_flops, static_channel_masks,
+from prunekit.applications import (GatedCNN, annealed_target, dense_flops, evaluate_gated, executed_flops,
+                                   skipping_forward, static_channel_masks,
                                    static_masks_for_flops, train_gated)
 from prunekit.training import TrainConfig
 
@@ -93,3 +94,62 @@ def test_training_with_a_flops_target_closes_gates():
         results[target] = evaluate_gated(model, data.test)
     assert results[0.3]["flops_fraction"] < 0.6 * results[None]["flops_fraction"]
     assert results[0.3]["flops_min"] <= results[0.3]["flops"] <= results[0.3]["flops_max"]
+
+
+def _random_gates(model, generator):
+    """Input-dependent gates with some blocks fully closed for some inputs."""
+    with torch.no_grad():
+        for block in model.blocks:
+            block.gate.weight.normal_(generator=generator)
+            block.gate.bias.normal_(generator=generator)
+            block.bn.running_mean.normal_(generator=generator)
+            block.bn.running_var.uniform_(0.5, 2.0, generator=generator)
+            block.bn.bias.normal_(generator=generator)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_skipping_forward_equals_the_masked_forward(seed):
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = GatedCNN(widths=(3, 4, 5)).eval()
+    _random_gates(model, g)
+    counts = []
+    for _ in range(6):
+        x = torch.randn(1, 1, 12, 12, generator=g)
+        torch.testing.assert_close(skipping_forward(model, x), model(x), rtol=1e-5, atol=1e-5)
+        counts.append([int(b.last_gates.sum()) for b in model.blocks])
+    model.set_fixed([torch.tensor([True, False, True]), torch.zeros(4, dtype=torch.bool), None])
+    x = torch.randn(1, 1, 12, 12, generator=g)
+    torch.testing.assert_close(skipping_forward(model, x), model(x), rtol=1e-5, atol=1e-5)
+    model.set_fixed(None)
+    model.set_gating(False)
+    torch.testing.assert_close(skipping_forward(model, x), model(x), rtol=1e-5, atol=1e-5)
+    assert model.training is False
+
+
+def test_skipping_forward_covers_a_fully_closed_block():
+    torch.manual_seed(0)
+    model = GatedCNN(widths=(3, 4)).eval()
+    _set_gates(model.blocks[0], [])
+    x = torch.randn(1, 1, 8, 8)
+    torch.testing.assert_close(skipping_forward(model, x), model(x))
+    with pytest.raises(pk.PrunekitError, match="one input"):
+        skipping_forward(model, torch.randn(2, 1, 8, 8))
+
+
+def test_annealed_target_goes_linearly_from_one_to_the_target():
+    assert [annealed_target(s, 4, 0.2) for s in (0, 2, 4, 9)] == pytest.approx([1.0, 0.6, 0.2, 0.2])
+    assert annealed_target(1, 0, 0.3) == 0.3
+
+
+def test_frozen_gates_stay_put_and_become_trainable_again():
+    data = pk.data.load_dataset("digits")
+    torch.manual_seed(0)
+    model = GatedCNN(widths=(4, 4))
+    before = [b.gate.weight.clone() for b in model.blocks]
+    conv_before = model.blocks[0].conv.weight.clone()
+    train_gated(model, data.train, TrainConfig(optimizer="adam", lr=1e-2, steps=5, batch_size=32), target=0.5,
+                train_gates=False)
+    assert all(torch.equal(b.gate.weight, w) for b, w in zip(model.blocks, before))
+    assert not torch.equal(model.blocks[0].conv.weight, conv_before)
+    assert all(p.requires_grad for p in model.parameters())

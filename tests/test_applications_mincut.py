@@ -52,11 +52,48 @@ def test_min_cut_equals_brute_force_and_max_flow(seed):
     assert _separates(units, edges, sources, sinks, cut.units)
 
 
+def test_priced_sinks_on_a_diamond_whose_min_cut_is_known():
+    #   s → a → c → t (arc c → t priced p): leaving c in place costs p, cutting {a, b} 3, {c} 5.
+    edges = [("a", "c"), ("b", "c")]
+    capacity = {"a": 1.0, "b": 2.0, "c": 5.0}
+    cheap = min_unit_cut(capacity, edges, sources=["a", "b"], sinks={"c": 2.0})
+    assert cheap.units == frozenset() and cheap.paid == {"c"} and cheap.capacity == cheap.max_flow == 2.0
+    dear = min_unit_cut(capacity, edges, sources=["a", "b"], sinks={"c": 10.0})
+    assert dear.units == {"a", "b"} and dear.paid == frozenset() and dear.capacity == dear.max_flow == 3.0
+
+
+def _reached_sinks(units, edges, sources, removed):
+    graph = nx.DiGraph()
+    graph.add_nodes_from(units)
+    graph.add_edges_from(edges)
+    graph.add_edges_from(("s", u) for u in sources)
+    graph.remove_nodes_from(removed)
+    return set(nx.descendants(graph, "s"))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_priced_min_cut_equals_brute_force_and_max_flow(seed):
+    g = torch.Generator().manual_seed(100 + seed)
+    layers = [[(l, i) for i in range(3)] for l in range(3)]
+    units = [u for layer in layers for u in layer]
+    capacity = {u: float(torch.randint(1, 10, (1,), generator=g)) for u in units}
+    edges = [(u, v) for a, b in zip(layers, layers[1:]) for u in a for v in b if torch.rand(1, generator=g) < 0.5]
+    prices = {u: float(torch.randint(0, 12, (1,), generator=g)) for u in layers[-1]}
+    cut = min_unit_cut(capacity, edges, layers[0], prices)
+    best = min(sum(capacity[u] for u in subset) + sum(p for u, p in prices.items()
+                                                      if u in _reached_sinks(units, edges, layers[0], subset))
+               for r in range(len(units) + 1) for subset in itertools.combinations(units, r))
+    assert cut.capacity == pytest.approx(best) and cut.max_flow == pytest.approx(best)
+    assert cut.paid == _reached_sinks(units, edges, layers[0], cut.units) & set(prices)
+
+
 def test_min_cut_rejects_bad_costs_and_unknown_units():
     with pytest.raises(pk.PrunekitError, match="finite and ≥ 0"):
         min_unit_cut({"a": -1.0}, [], ["a"], ["a"])
     with pytest.raises(pk.PrunekitError, match="no capacity"):
         min_unit_cut({"a": 1.0}, [("a", "b")], ["a"], ["a"])
+    with pytest.raises(pk.PrunekitError, match="Sink prices"):
+        min_unit_cut({"a": 1.0}, [], ["a"], {"a": float("inf")})
 
 
 def test_covering_takes_the_largest_positive_entries_up_to_the_coverage():
@@ -194,3 +231,16 @@ def test_cut_removes_the_class_on_a_trained_mlp(digits_mlp):
     units, attr = smallest_attribution(model, best.relevance, x, y, 3, target=0.15)
     assert attr["removed"] <= 0.15
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items()) and not get_masks(model)
+
+
+def test_last_layer_cut_is_the_covering_set_of_the_class_evidence():
+    model, k = _tiny_mlp(2), 1
+    x, y = torch.randn(30, 4), torch.arange(30) % 3
+    cut = capability_cut(model, x, y, k, coverage=0.7, last_layer=True)
+    evidence = class_relevance(model, x[y == k], k)["5"][k]
+    assert cut.units["1"] == [] and cut.units["3"] == torch.nonzero(covering(evidence, 0.7)).flatten().tolist()
+    priced = capability_cut(model, x, y, k, price=3.0, last_layer=True)
+    cost = keep_importance(model, x[y != k], y[y != k])["3"]
+    cost = cost + cost.mean()
+    expected = [i for i in range(5) if evidence[i] > 0 and 3.0 * evidence[i] > cost[i]]
+    assert priced.units["3"] == expected

@@ -2,10 +2,13 @@
 
 Each test runs (or resumes) the experiment in a temporary folder and checks the finding the
 tables report, never a number copied from a previous run. They take from minutes (f) to
-hours (h, i) on two CPU cores.
+hours (h, i) on two CPU cores. PRUNEKIT_SLOW_OUT=<folder> keeps the runs there instead, so a
+second run resumes from them.
 """
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +17,11 @@ from prunekit.experiments import run_experiment
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 SEEDS = (0, 1, 2)
+
+
+@pytest.fixture
+def out(tmp_path):
+    return Path(os.environ.get("PRUNEKIT_SLOW_OUT", tmp_path))
 
 
 def _rows(folder):
@@ -25,9 +33,9 @@ def _split(cell):
     return float(mean), float(std)
 
 
-def test_min_cut_removes_the_class_and_spares_the_others(tmp_path):
-    run_experiment("mincut", tmp_path, seeds=SEEDS, log=lambda s: None)
-    rows = {r["method"]: r for r in _rows(tmp_path / "f_mincut")}
+def test_min_cut_removes_the_class_and_spares_the_others(out):
+    run_experiment("mincut", out, seeds=SEEDS, log=print)
+    rows = {r["method"]: r for r in _rows(out / "f_mincut")}
     cut, random, same = rows["min-cut"], rows["random, same units"], rows["attribution, same units"]
     # the class goes: far below what removing as many random units leaves
     assert _split(cut["removed-class acc"])[0] + 2 * _split(cut["removed-class acc"])[1] \
@@ -37,9 +45,9 @@ def test_min_cut_removes_the_class_and_spares_the_others(tmp_path):
 
 
 @pytest.mark.skipif(not fashion_mnist_available(), reason="needs dataset-fashion-mnist")
-def test_gating_executes_fewer_flops_than_dense_and_matches_static_pruning(tmp_path):
-    run_experiment("gating", tmp_path, seeds=SEEDS, log=lambda s: None)
-    rows = {r["network"]: r for r in _rows(tmp_path / "g_gating")}
+def test_gating_executes_fewer_flops_than_dense_and_matches_static_pruning(out):
+    run_experiment("gating", out, seeds=SEEDS, log=print)
+    rows = {r["network"]: r for r in _rows(out / "g_gating")}
     gated, static = rows["gated"], rows["static"]
     assert _split(gated["FLOPs / dense (mean)"])[0] < 1
     assert _split(static["FLOPs / dense (mean)"])[0] <= _split(gated["FLOPs / dense (mean)"])[0] + 1e-9
@@ -48,17 +56,17 @@ def test_gating_executes_fewer_flops_than_dense_and_matches_static_pruning(tmp_p
     assert mean >= static_mean - 2 * max(std, static_std)  # input-dependent gates are no worse at equal FLOPs
 
 
-def test_notebook_ticket_beats_random_mask_at_91_percent(tmp_path):
-    run_experiment("notebook", tmp_path, seeds=SEEDS, log=lambda s: None)
-    rows = {r["sparsity %"]: r for r in _rows(tmp_path / "h_mnist1d_notebook")}
+def test_notebook_ticket_beats_random_mask_at_91_percent(out):
+    run_experiment("notebook", out, seeds=SEEDS, log=print)
+    rows = {r["sparsity %"]: r for r in _rows(out / "h_mnist1d_notebook")}
     gap, gap_std = _split(rows[90.9]["ticket − random (final)"])
     assert gap > 2 * gap_std and gap > 0
 
 
-def test_lenet_ticket_stays_near_dense_at_97_percent_with_the_paper_rates(tmp_path):
-    text = run_experiment("lenet-paper", tmp_path, seeds=SEEDS, log=lambda s: None)
+def test_lenet_ticket_stays_near_dense_at_97_percent_with_the_paper_rates(out):
+    text = run_experiment("lenet-paper", out, seeds=SEEDS, log=print)
     assert "mnist5k" in text
-    rows = _rows(tmp_path / "i_lenet_paper" / "mnist5k")
+    rows = _rows(out / "i_lenet_paper" / "mnist5k")
     closest = min(rows[1:], key=lambda r: abs(r["weights left %"] - 3.0))
     gap, gap_std = _split(closest["ticket − dense"])
     dense_std = _split(rows[0]["ticket"])[1]

@@ -8,13 +8,13 @@
 """
 
 from .activation_sparsity import activation_sparsity
-from .gating import (GatedBlock, GatedCNN, dense_flops, evaluate_gated, executed_flops, static_channel_masks,
-                     static_masks_for_flops, train_gated)
+from .gating import (GatedBlock, GatedCNN, annealed_target, dense_flops, evaluate_gated, executed_flops,
+                     skipping_forward, static_channel_masks, static_masks_for_flops, train_gated)
 from .class_removal import COVERAGES, removal_accuracy, search_cut, smallest_attribution
 from .mincut import CapabilityCut, UnitCut, capability_cut, covering, min_unit_cut
 from .removal import attribution_units, class_accuracy, random_units, remove_units, unit_masks
 
 __all__ = ["COVERAGES", "GatedBlock", "GatedCNN", "activation_sparsity", "dense_flops", "evaluate_gated",
-           "executed_flops", "static_channel_masks", "static_masks_for_flops", "train_gated", "CapabilityCut", "UnitCut", "attribution_units", "capability_cut", "class_accuracy",
+           "executed_flops", "skipping_forward", "annealed_target", "static_channel_masks", "static_masks_for_flops", "train_gated", "CapabilityCut", "UnitCut", "attribution_units", "capability_cut", "class_accuracy",
            "covering", "min_unit_cut", "random_units", "removal_accuracy", "remove_units", "search_cut",
            "smallest_attribution", "unit_masks"]

@@ -31,14 +31,15 @@ def removal_accuracy(model: nn.Module, units: dict, data: TensorDataset, k: int)
 
 
 def search_cut(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k: int, *, target: float = 0.15,
-               coverages=COVERAGES, unit_cost: float = 1.0) -> tuple[CapabilityCut, dict]:
-    """(cut, its accuracies on (x, y)) for the best coverage, as described above."""
+               coverages=COVERAGES, unit_cost: float = 1.0, last_layer: bool = False) -> tuple[CapabilityCut, dict]:
+    """(cut, its accuracies on (x, y)) for the best coverage, as described above;
+    `last_layer`: cut among the last hidden layer's units only (see capability_cut)."""
     if not coverages:
         raise PrunekitError("Give at least one coverage to try.")
     data = TensorDataset(x, y)
     best = None
     for coverage in sorted(coverages):
-        cut = capability_cut(model, x, y, k, coverage=coverage, unit_cost=unit_cost)
+        cut = capability_cut(model, x, y, k, coverage=coverage, unit_cost=unit_cost, last_layer=last_layer)
         acc = removal_accuracy(model, cut.units, data, k)
         reached = acc["removed"] <= target
         key = (reached, acc["kept"] if reached else coverage)

@@ -129,35 +129,52 @@ def dense_flops(model: GatedCNN, example: torch.Tensor) -> float:
             block.gating, block.fixed = gating, fixed
 
 
+def annealed_target(step: int, steps: int, target: float) -> float:
+    """The FLOPs budget at `step` (1-based): 1 → target linearly over `steps`, then target."""
+    return 1.0 - (1.0 - target) * min(1.0, step / steps) if steps > 0 else target
+
+
 def train_gated(model: GatedCNN, dataset, config: TrainConfig, *, target: float | None = None,
-                weight: float = 1.0, gate_lr: float | None = None) -> dict:
+                weight: float = 1.0, gate_lr: float | None = None, anneal_steps: int = 0,
+                train_gates: bool = True) -> dict:
     """Train for config.steps batches; with `target` (a fraction of the dense FLOPs) the loss
-    adds weight · max(0, mean executed FLOPs / dense − target). `gate_lr`: the gates' own
-    learning rate (they must travel further than fine-tuned weights). Returns the last step's
-    numbers."""
+    adds weight · max(0, mean executed FLOPs / dense − budget), the budget annealed from 1
+    to `target` over the first `anneal_steps` steps (gates close gradually while the weights
+    adapt, instead of all at once). `gate_lr`: the gates' own learning rate (they must travel
+    further than fine-tuned weights). `train_gates=False` holds the gates fixed and tunes
+    the weights to the hard gating they decide (the last phase of the recipe). Returns the
+    last step's numbers."""
     if target is not None and not 0 < target <= 1:
         raise PrunekitError(f"target must be a fraction of the dense FLOPs in (0, 1], not {target!r}.")
     dense = dense_flops(model, dataset.tensors[0])
-    optimizer = make_optimizer(model, config)
-    if gate_lr is not None:  # move the gate parameters into a group of their own
-        gate_params = [p for block in model.blocks for p in block.gate.parameters()]
-        gate_ids = {id(p) for p in gate_params}
-        optimizer.param_groups[0]["params"] = [p for p in optimizer.param_groups[0]["params"] if id(p) not in gate_ids]
-        optimizer.add_param_group({"params": gate_params, "lr": gate_lr})
-    stream = batches(dataset, config.batch_size, torch.Generator().manual_seed(config.seed))
+    gate_params = [p for block in model.blocks for p in block.gate.parameters()]
+    gate_ids = {id(p) for p in gate_params}
+    frozen = [] if train_gates else [p for p in gate_params if p.requires_grad]
     out = {}
-    with training_mode(model):
-        for step in range(1, config.steps + 1):
-            x, y = next(stream)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            fraction = executed_flops(model).mean() / dense
-            if target is not None:
-                loss = loss + weight * F.relu(fraction - target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            out = {"loss": loss.item(), "flops_fraction": fraction.item()}
+    try:
+        for p in frozen:
+            p.requires_grad_(False)
+        optimizer = make_optimizer(model, config)
+        if gate_lr is not None and train_gates:  # move the gate parameters into a group of their own
+            optimizer.param_groups[0]["params"] = [p for p in optimizer.param_groups[0]["params"]
+                                                   if id(p) not in gate_ids]
+            optimizer.add_param_group({"params": gate_params, "lr": gate_lr})
+        stream = batches(dataset, config.batch_size, torch.Generator().manual_seed(config.seed))
+        with training_mode(model):
+            for step in range(1, config.steps + 1):
+                x, y = next(stream)
+                logits = model(x)
+                loss = F.cross_entropy(logits, y)
+                fraction = executed_flops(model).mean() / dense
+                if target is not None:
+                    loss = loss + weight * F.relu(fraction - annealed_target(step, anneal_steps, target))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                out = {"loss": loss.item(), "flops_fraction": fraction.item()}
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
     return out
 
 
@@ -215,3 +232,40 @@ def _fixed_flops(model: GatedCNN, masks, example) -> float:
     finally:
         for block, fixed in zip(model.blocks, before):
             block.fixed = fixed
+
+
+
+def skipping_forward(model: GatedCNN, x: torch.Tensor) -> torch.Tensor:
+    """Logits of one input (batch of 1) computing only what its gates open: each block's conv
+    runs with the open output channels and the previous block's open channels as inputs
+    (sliced weights), so a closed channel costs nothing. Equal to model(x) in eval mode; this
+    is what makes gating pay in latency (the masked forward computes every channel)."""
+    if x.dim() != 4 or len(x) != 1:
+        raise PrunekitError(f"skipping_forward takes one input of shape (1, C, H, W), not {tuple(x.shape)}; "
+                            "gates differ per input, so run the inputs one at a time.")
+    active = torch.arange(x.shape[1])  # the channels x holds: the previous block's open ones
+    with evaluation_mode(model), torch.no_grad():
+        for block in model.blocks:
+            open_ = _open_channels(block, x, active)
+            if len(active) and len(open_):
+                y = F.conv2d(x, block.conv.weight[open_][:, active], padding=block.conv.padding)
+            else:  # nothing reaches this block (its conv output is zero) or nothing leaves it
+                y = x.new_zeros(1, len(open_), *x.shape[2:])
+            bn = block.bn
+            scale = bn.weight[open_] / torch.sqrt(bn.running_var[open_] + bn.eps)
+            y = F.relu(y * scale[:, None, None] + (bn.bias[open_] - bn.running_mean[open_] * scale)[:, None, None])
+            # pooling a 0-channel tensor is refused: pool one zero channel for the shape instead
+            x = block.pool(y) if len(open_) else block.pool(y.new_zeros(1, 1, *y.shape[2:]))[:, :0]
+            active = open_
+        return F.linear(x.mean((2, 3)), model.fc.weight[:, active], model.fc.bias)
+
+
+def _open_channels(block: GatedBlock, x: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+    """Indices of the channels `block` computes for x (which holds only the `active` inputs:
+    the others are zero, so the gate reads just their columns)."""
+    if block.fixed is not None:
+        return torch.nonzero(block.fixed).flatten()
+    if not block.gating:
+        return torch.arange(block.conv.out_channels)
+    logits = F.linear(x.mean((2, 3)), block.gate.weight[:, active], block.gate.bias)
+    return torch.nonzero(logits[0] > 0).flatten()

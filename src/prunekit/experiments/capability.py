@@ -25,7 +25,8 @@ from ..training import TrainConfig, train
 from .common import mean_std, pm, write_outputs
 from .progress import WorkProgress
 
-METHODS = ("dense", "min-cut", "attribution, same units", "random, same units", "attribution, fewest reaching target")
+METHODS = ("dense", "min-cut", "attribution, same units", "random, same units", "attribution, fewest reaching target",
+           "min-cut, last hidden layer")
 
 
 def _settings(scale: str):
@@ -47,8 +48,9 @@ def _one_seed(seed: int, scale: str, log) -> dict:
     results = {method: [] for method in METHODS}
     for k in settings["classes"]:
         cut, _ = search_cut(model, x, y, k, target=target)
+        near_output, _ = search_cut(model, x, y, k, target=target, last_layer=True)
         fewest, _ = smallest_attribution(model, cut.relevance, x, y, k, target=target)
-        choices = {"min-cut": cut.units,
+        choices = {"min-cut": cut.units, "min-cut, last hidden layer": near_output.units,
                    "attribution, same units": attribution_units(cut.relevance, cut.count),
                    "random, same units": random_units(sizes, cut.count, torch.Generator().manual_seed(seed * 100 + k)),
                    "attribution, fewest reaching target": fewest}
@@ -58,7 +60,8 @@ def _one_seed(seed: int, scale: str, log) -> dict:
                                     **removal_accuracy(model, units, data.test, k)})
         log(f"[mincut] seed {seed} class {k}: cut {cut.count} units (coverage {cut.coverage:.2f}) → removed "
             f"{results['min-cut'][-1]['removed']:.3f}, kept {results['min-cut'][-1]['kept']:.3f}; attribution needs "
-            f"{results['attribution, fewest reaching target'][-1]['units']}")
+            f"{results['attribution, fewest reaching target'][-1]['units']}; the last-layer cut "
+            f"{near_output.count}")
     return results
 
 

@@ -141,6 +141,11 @@ def notebook_lottery(data, config: NotebookConfig, *, report_at=None, log=print)
         for variant in ("ticket", "random"):
             scores = ({n: w.abs() for n, w in last[variant].items()} if variant == "ticket"
                       else {n: torch.rand(w.shape, generator=generator) for n, w in w0.items()})
+            if variant == "random" and (i not in report_at or sparsity == 0):
+                # a random mask depends on no earlier round: train it only where it is reported
+                # (at sparsity 0 it is the ticket's run: same weights, no mask)
+                row["random final"], row["random max"] = row["ticket final"], row["ticket max"]
+                continue
             masks = layer_masks(scores, groups, sparsity)
             model = ResidualMLP(data.input_shape[0], config.hidden, data.num_classes)
             model.load_state_dict(w0)

@@ -121,6 +121,14 @@ def experiment_i(out: Path, seeds, scale: str, log, progress: WorkProgress) -> s
             table.append({"round": r, "weights left %": round(100 * density, 2), "ticket": pm(acc["ticket"][r]),
                           **{CONTROL_COLUMNS[c]: pm(acc[c][r]) for c in controls},
                           "ticket − dense": pm([t - d for t, d in zip(acc["ticket"][r], dense)])})
+        rounds = sorted(acc["ticket"])
+        xs = [table_row["weights left %"] for table_row in table[1:]]
+        series, errors = {"dense": (xs, [mean_std(dense)[0]] * len(xs))}, {}
+        for variant in ("ticket", *controls):
+            stats = [mean_std(acc[variant][r]) for r in rounds]
+            series[variant], errors[variant] = (xs, [m for m, _ in stats]), [sd for _, sd in stats]
+        line_plot(folder / f"plot_{dataset}.png", "weights left (%)", "test accuracy", series, errors=errors,
+                  x_log=True, title=f"LeNet-300-100 on {dataset}, paper's schedule ({len(seeds)} seeds)")
         texts.append(write_outputs(folder / dataset, table, list(table[0]),
                                    title=f"i. LeNet-300-100 on {dataset}, Frankle & Carbin's schedule (20 %/round, "
                                          f"output layer 10 %/round): test accuracy, mean ± std over {len(seeds)} seeds",

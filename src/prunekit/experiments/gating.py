@@ -32,7 +32,7 @@ def _settings(scale: str) -> dict:
     if scale == "quick":
         return dict(dataset="digits", widths=(4, 8), dense_steps=100, finetune_steps=100, hard_steps=50,
                     batch_size=64, target=0.45)
-    return dict(dataset="fashion_mnist", widths=(8, 16, 32), dense_steps=1500, finetune_steps=600, hard_steps=300,
+    return dict(dataset="fashion_mnist", widths=(8, 16, 32), dense_steps=1500, finetune_steps=1200, hard_steps=600,
                 batch_size=128, target=0.48)
 
 

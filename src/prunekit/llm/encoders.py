@@ -28,7 +28,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-import sys
 from pathlib import Path
 
 import torch
@@ -38,6 +37,7 @@ from ..errors import PrunekitError
 from ..modes import evaluation_mode
 from ..nested import ExampleInputs
 from .loading import require_transformers
+from .recover import optimise
 from .text import CALIBRATION_FILES, EVALUATION_FILES, LICENCE_DIR, read_licences
 
 MINILM = "minilm"
@@ -137,8 +137,6 @@ def distill(model, batches: list[dict], dense: list[torch.Tensor] | torch.Tensor
             lr: float = 5e-5, seed: int = 0, progress: bool | None = None) -> list[float]:
     """Recovery: minimise 1 − cos to the dense embeddings (one tensor per batch, or all stacked) on
     randomly drawn calibration batches for `steps` steps; returns the losses."""
-    from tqdm.auto import tqdm
-
     if steps < 1 or not lr > 0:
         raise PrunekitError(f"Distillation needs steps ≥ 1 and lr > 0, got {steps} and {lr}.")
     if isinstance(dense, torch.Tensor):
@@ -148,26 +146,11 @@ def distill(model, batches: list[dict], dense: list[torch.Tensor] | torch.Tensor
     # the word embeddings stay frozen: a few hundred sentences touch a small part of the vocabulary
     words = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     frozen = {id(p) for p in words.parameters()} if words is not None else set()
-    flags = {p: p.requires_grad for p in model.parameters()}
-    trainable = [p for p in model.parameters() if id(p) not in frozen]
-    generator = torch.Generator().manual_seed(seed)
-    losses = []
-    try:
-        for p in model.parameters():
-            p.requires_grad_(id(p) not in frozen)
-        optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
-        show = sys.stderr.isatty() if progress is None else progress
-        with evaluation_mode(model):  # dropout off: a short run on few sentences
-            for _ in tqdm(range(steps), desc="distill", disable=not show, leave=False):
-                i = int(torch.randint(0, len(batches), (1,), generator=generator))
-                cos = torch.nn.functional.cosine_similarity(embed(model, batches[i]), dense[i], dim=-1)
-                loss = (1 - cos).mean()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                losses.append(loss.item())
-    finally:
-        for p, flag in flags.items():
-            p.requires_grad_(flag)
-            p.grad = None
-    return losses
+
+    def loss(generator: torch.Generator) -> torch.Tensor:
+        i = int(torch.randint(0, len(batches), (1,), generator=generator))
+        return (1 - torch.nn.functional.cosine_similarity(embed(model, batches[i]), dense[i], dim=-1)).mean()
+
+    # evaluation mode: dropout off for a short run on few sentences
+    return optimise(model, [p for p in model.parameters() if id(p) not in frozen], loss, steps=steps, lr=lr,
+                    seed=seed, mode=evaluation_mode, description="distill", progress=progress)

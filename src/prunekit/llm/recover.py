@@ -9,6 +9,7 @@ gradient and the forward pass sees exact zeros throughout, so the sparsity holds
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 import torch
 
@@ -21,8 +22,6 @@ from .engine import check_calibration
 def recover(model, tokens: torch.Tensor, *, steps: int = 100, lr: float = 1e-4, batch_size: int = 4, seed: int = 0,
             progress: bool | None = None) -> list[float]:
     """Fine-tune the masked weights for `steps` steps; returns the training losses."""
-    from tqdm.auto import tqdm
-
     tokens = check_calibration(tokens)
     if tokens.shape[1] < 2:
         raise PrunekitError("Recovery needs sequences of at least 2 tokens to predict a next token.")
@@ -32,25 +31,39 @@ def recover(model, tokens: torch.Tensor, *, steps: int = 100, lr: float = 1e-4, 
     if not masked:
         raise PrunekitError("The model carries no prunekit masks; prune it first (prune_oneshot).")
     params = named_parameters(model)
-    trainable = [params[name] for name in masked]
+
+    def loss(generator: torch.Generator) -> torch.Tensor:
+        batch = tokens[torch.randint(0, tokens.shape[0], (batch_size,), generator=generator)]
+        return model(input_ids=batch, labels=batch, use_cache=False).loss
+
+    return optimise(model, [params[name] for name in masked], loss, steps=steps, lr=lr, seed=seed,
+                    mode=training_mode, description="recovery", progress=progress)
+
+
+def optimise(model, trainable: list[torch.nn.Parameter], loss: Callable[[torch.Generator], torch.Tensor], *,
+             steps: int, lr: float, seed: int, mode, description: str, progress: bool | None) -> list[float]:
+    """`steps` AdamW updates of `trainable` only (every other parameter frozen for the duration)
+    on `loss(generator)`, which draws its batch from a generator seeded with `seed`, inside
+    `mode(model)` (training_mode / evaluation_mode). The parameters' requires_grad flags are
+    restored and their gradients dropped afterwards. Returns the losses."""
+    from tqdm.auto import tqdm
+
+    chosen = {id(p) for p in trainable}
     flags = {p: p.requires_grad for p in model.parameters()}
     generator = torch.Generator().manual_seed(seed)
     losses = []
     try:
         for p in model.parameters():
-            p.requires_grad_(False)
-        for p in trainable:
-            p.requires_grad_(True)
+            p.requires_grad_(id(p) in chosen)
         optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
         show = sys.stderr.isatty() if progress is None else progress
-        with training_mode(model):
-            for _ in tqdm(range(steps), desc="recovery", disable=not show, leave=False):
-                batch = tokens[torch.randint(0, tokens.shape[0], (batch_size,), generator=generator)]
-                loss = model(input_ids=batch, labels=batch, use_cache=False).loss
+        with mode(model):
+            for _ in tqdm(range(steps), desc=description, disable=not show, leave=False):
+                value = loss(generator)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                value.backward()
                 optimizer.step()
-                losses.append(loss.item())
+                losses.append(value.item())
     finally:
         for p, flag in flags.items():
             p.requires_grad_(flag)

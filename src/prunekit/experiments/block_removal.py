@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
 import random
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from ..masks import apply_masks
 from ..plots import line_plot
 from ..prune import prune_blocks
 from ..training import TrainConfig, evaluate, train
-from .common import mean_std, pm, write_outputs
+from .common import cached, mean_std, pm, write_outputs
 from .nets import StackNet
 from .progress import WorkProgress
 
@@ -114,10 +113,7 @@ def experiment_k(out: Path, seeds, scale: str, log, progress: WorkProgress) -> s
     runs = []
     progress.expect(len(seeds))
     for seed in seeds:
-        cache = folder / f"seed{seed}_{scale}.json"
-        if not cache.is_file():
-            cache.write_text(json.dumps(_one_seed(seed, settings, log)))
-        runs.append(json.loads(cache.read_text()))
+        runs.append(cached(folder / f"seed{seed}_{scale}.json", lambda: _one_seed(seed, settings, log)))
         progress.advance(f"seed {seed}")
     table, series, errors = [], {}, {}
     ks = sorted(runs[0]["k"], key=int)

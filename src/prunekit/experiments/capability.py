@@ -10,7 +10,6 @@ units removed, accuracy on the removed class and on the others.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -22,7 +21,7 @@ from ..data import load_dataset
 from ..models import build_model
 from ..plots import grouped_bars
 from ..training import TrainConfig, train
-from .common import mean_std, pm, write_outputs
+from .common import cached, mean_std, pm, write_outputs
 from .progress import WorkProgress
 
 METHODS = ("dense", "min-cut", "attribution, same units", "random, same units", "attribution, fewest reaching target",
@@ -71,10 +70,7 @@ def experiment_f(out: Path, seeds, scale: str, log, progress: WorkProgress) -> s
     per_seed = []
     progress.expect(len(seeds))
     for seed in seeds:
-        cache = folder / f"seed{seed}_{scale}.json"
-        if not cache.is_file():  # a rerun finds the finished seeds
-            cache.write_text(json.dumps(_one_seed(seed, scale, log)))
-        per_seed.append(json.loads(cache.read_text()))
+        per_seed.append(cached(folder / f"seed{seed}_{scale}.json", lambda: _one_seed(seed, scale, log)))
         progress.advance(f"seed {seed}")
 
     def averaged(method, key):  # one value per seed: the mean over classes

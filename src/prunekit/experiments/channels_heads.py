@@ -18,7 +18,6 @@ mean ± std over seeds.
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 import torch
@@ -32,7 +31,7 @@ from ..errors import PrunekitError
 from ..plots import line_plot
 from ..pruner import Pruner
 from ..training import TrainConfig, evaluate, train
-from .common import mean_std, pm, write_outputs
+from .common import cached, mean_std, pm, write_outputs
 from .nets import SmallCNN, TinyViT
 from .progress import WorkProgress
 
@@ -102,10 +101,8 @@ def experiment_j(out: Path, seeds, scale: str, log, progress: WorkProgress) -> s
     progress.expect(len(ARMS) * len(seeds))
     for seed in seeds:
         for arch in ARMS:
-            cache = folder / f"{arch}_seed{seed}_{scale}.json"
-            if not cache.is_file():
-                cache.write_text(json.dumps(_one(arch, seed, settings, log)))
-            per_arch[arch].append(json.loads(cache.read_text()))
+            per_arch[arch].append(cached(folder / f"{arch}_seed{seed}_{scale}.json",
+                                         lambda: _one(arch, seed, settings, log)))
             progress.advance(f"{arch} seed {seed}")
     table, series, errors = [], {}, {}
     for arch, runs in per_arch.items():

@@ -12,6 +12,7 @@ import json
 import math
 from pathlib import Path
 
+from ..files import replacing
 from ..lottery import LotteryConfig
 from ..table import format_table
 from ..training import TrainConfig
@@ -82,3 +83,12 @@ def write_outputs(folder: Path, rows: list[dict], columns: list[str], *, title: 
         writer.writeheader()
         writer.writerows(rows)
     return text
+
+
+def cached(path: Path, compute):
+    """The JSON value at `path`; when it is not there yet, `compute()` first and write it (atomically,
+    so a killed run never leaves half a file): a rerun finds the finished seeds."""
+    if not path.is_file():
+        with replacing(path) as tmp:
+            tmp.write_text(json.dumps(compute()))
+    return json.loads(path.read_text())

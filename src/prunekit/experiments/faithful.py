@@ -12,7 +12,6 @@ i. Frankle & Carbin's LeNet-300-100: per-layer pruning at 20 % per round with th
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..data import fashion_mnist_available, load_dataset
@@ -20,7 +19,7 @@ from ..lottery import LotteryConfig
 from ..lottery.notebook import NotebookConfig, notebook_lottery
 from ..plots import line_plot
 from ..training import TrainConfig
-from .common import by_round, mean_std, pm, write_outputs
+from .common import by_round, cached, mean_std, pm, write_outputs
 from .progress import WorkProgress
 from .tickets import lottery_rows
 
@@ -51,10 +50,8 @@ def experiment_h(out: Path, seeds, scale: str, log, progress: WorkProgress) -> s
     per_seed = []
     progress.expect(len(seeds))
     for seed in seeds:
-        cache = folder / f"seed{seed}_{scale}.json"
-        if not cache.is_file():
-            cache.write_text(json.dumps(notebook_lottery(data, _notebook_config(scale, seed), log=log)))
-        per_seed.append(json.loads(cache.read_text()))
+        per_seed.append(cached(folder / f"seed{seed}_{scale}.json",
+                               lambda: notebook_lottery(data, _notebook_config(scale, seed), log=log)))
         progress.advance(f"seed {seed}")
     table = []
     for index, row in enumerate(per_seed[0]):

@@ -14,7 +14,6 @@ of the dense network, mean ± std over seeds.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -24,7 +23,7 @@ from ..data import fashion_mnist_available, load_dataset
 from ..errors import PrunekitError
 from ..plots import grouped_bars
 from ..training import TrainConfig
-from .common import mean_std, pm, write_outputs
+from .common import cached, mean_std, pm, write_outputs
 from .progress import WorkProgress
 
 
@@ -82,10 +81,8 @@ def experiment_g(out: Path, seeds, scale: str, log, progress: WorkProgress) -> s
     per_seed = []
     progress.expect(len(seeds))
     for seed in seeds:
-        cache = folder / f"seed{seed}_{scale}.json"
-        if not cache.is_file():
-            cache.write_text(json.dumps(_one_seed(seed, settings, log, folder)))
-        per_seed.append(json.loads(cache.read_text()))
+        per_seed.append(cached(folder / f"seed{seed}_{scale}.json",
+                               lambda: _one_seed(seed, settings, log, folder)))
         progress.advance(f"seed {seed}")
     arms = list(per_seed[0])
     dense_acc = [r["dense"]["accuracy"] for r in per_seed]

@@ -84,9 +84,9 @@ def test_attention_heads_are_units(builder):
     assert torch.equal(found[("blocks.0.attn.q.weight", 0)], torch.arange(16).reshape(4, 4))
     assert torch.equal(found[("blocks.0.attn.out.weight", 1)], torch.arange(16).reshape(4, 4))
     assert {("blocks.0.attn.k.bias", 0), ("blocks.0.attn.v.weight", 0)} <= set(found)
-    stream = graph["embed:out"]  # embedding → residual stream → LayerNorm: blocked, and said why
-    assert not stream.prunable and "layer_norm" in stream.reason
-    assert ("pos", 2) in slices_of(stream)  # the learned position table follows the embedding dim
+    stream = graph["embed:out"]  # embedding → residual stream → every LayerNorm: one prunable width
+    assert stream.prunable
+    assert {("pos", 2), ("norm.weight", 0), ("blocks.1.norm2.bias", 0), ("head.weight", 1)} <= set(slices_of(stream))
 
 
 def test_fused_qkv_projection_gives_heads():

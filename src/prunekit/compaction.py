@@ -36,7 +36,7 @@ from .accounting import count_flops
 from .errors import GraphError, PrunekitError
 from .files import load_tensors, make_parent, write_atomically
 from .graph import SIZE_SUFFIX, DependencyGraph, Handlers, build_graph, graph_and_output
-from .masks import WeightMask, canonical_name, get_masks
+from .masks import WeightMask, canonical_name, get_masks, refuse_dense_norms
 from .modes import evaluation_mode
 from .nested import ExampleInputs, tensors_in
 from .structured import dead_units
@@ -277,7 +277,8 @@ def plain_copy(model: nn.Module) -> nn.Module:
     """A copy with every mask (and other parametrization) baked in and no parametrization left,
     streamed tensor by tensor. remove_masks() is not used on a deep copy: parametrized modules
     of a copy share their injected class with the original, and removing the parametrization
-    edits that class."""
+    edits that class. Refused for a model whose norms have features removed (compact it)."""
+    refuse_dense_norms(model, "A plain (uncompacted) copy")
     return materialise(skeleton_copy(model), model, CompactionRecord())
 
 

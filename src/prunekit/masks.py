@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .errors import MaskError, did_you_mean
+from .feature_norms import normalise_over_kept, removed_somewhere
 from .files import load_tensors, make_parent, write_atomically
 
 _PARAMETRIZED = ".parametrizations."
@@ -305,6 +306,8 @@ def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> MaskSet:
             _own_class(module)
             parametrize.register_parametrization(module, tensor, WeightMask(mask), unsafe=True)
             _own_class(module)
+            if tensor == "weight":
+                normalise_over_kept(module)  # a LayerNorm / RMSNorm: statistics over the kept features
         with torch.no_grad():
             dense.masked_fill_(~mask, 0.0)
     return masks
@@ -323,11 +326,24 @@ def get_masks(model: nn.Module) -> MaskSet:
     return MaskSet(found)
 
 
+def refuse_dense_norms(model: nn.Module, what: str) -> None:
+    """Raise when `model` has norms whose masks remove features (see feature_norms)."""
+    norms = removed_somewhere(model)
+    if norms:
+        raise MaskError(f"{what} cannot keep this model's outputs: the masks remove features of "
+                        f"{', '.join(norms[:3])}{' …' if len(norms) > 3 else ''}, which normalise over the kept features "
+                        "only; a dense copy would count the removed ones again. Use prunekit.compact(model, x), "
+                        "which deletes those features.")
+
+
 def remove_masks(model: nn.Module) -> nn.Module:
     """Bake every mask into its parameter (w ← w ⊙ m) and drop the parametrizations, in place.
 
     The Parameter objects keep their identity, so an optimizer built earlier still works.
+    Refused (nothing changed) when a mask removes features of a LayerNorm / RMSNorm: a dense
+    norm would count them again, so only `prunekit.compact` keeps such a model's outputs.
     """
+    refuse_dense_norms(model, "remove_masks")
     for name in list(get_masks(model)):
         module, tensor = _owner(model, name)
         _own_class(module)

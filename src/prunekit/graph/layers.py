@@ -364,6 +364,19 @@ def layer_norm(trace, name, func, args, kwargs, out):
     trace.set_labels(out, labels)
 
 
+def feature_norm(trace, module, name, axis, args, kwargs, output):
+    """A LayerNorm / RMSNorm module over one feature axis, described whole: its scale and shift
+    follow the features, which stay prunable (a masked norm normalises over the kept ones only,
+    prunekit.feature_norms)."""
+    x = args[0] if args else next(iter(kwargs.values()))
+    labels = trace.labels(x)
+    atoms = trace.axis_atoms(labels, axis, name)
+    for t in (module.weight, getattr(module, "bias", None)):
+        if isinstance(t, torch.Tensor) and trace.is_source(t):
+            couple_source(trace, t, 0, atoms, name)
+    trace.set_labels(output, labels)
+
+
 def embedding(trace, name, func, args, kwargs, out):
     w = _arg(args, kwargs, 1, "weight")
     if not trace.is_source(w):

@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import is_transposed_linear, transposed_linear
+from ..feature_norms import norm_kind
+from .layers import feature_norm, is_transposed_linear, transposed_linear
 from .registry import LayerHandler
 
 
@@ -58,10 +59,20 @@ class GroupNormHandler(LayerHandler):
 
 
 class FeatureNormHandler(LayerHandler):
-    """LayerNorm / RMSNorm: the normalised shape follows the scale's shape."""
+    """LayerNorm / RMSNorm: the normalised shape follows the scale's shape.
+
+    A norm over one feature axis with a scale (feature_norms.norm_kind) is traced whole: its
+    features are channels like any others, because a masked norm normalises over the kept
+    features only. Any other form is traced op by op (F.layer_norm then blocks its features)."""
+
+    def traces_whole(self, module) -> bool:
+        return norm_kind(module) is not None
+
+    def trace(self, trace, module, name, args, kwargs, output):
+        feature_norm(trace, module, name, norm_kind(module)[1], args, kwargs, output)
 
     def attributes(self, m, size):
-        if getattr(m, "weight", None) is None:
+        if not isinstance(getattr(m, "normalized_shape", None), tuple) or getattr(m, "weight", None) is None:
             return {}
         return {"normalized_shape": tuple(size("weight", d) for d in range(m.weight.dim()))}
 
@@ -96,25 +107,28 @@ class TransposedLinearHandler(LayerHandler):
         return _weighted_macs(m.weight, output.numel() // m.weight.shape[1])
 
 
+_FEATURE_NORM = FeatureNormHandler()
 BUILTIN: dict[type, LayerHandler] = {
     nn.modules.conv._ConvNd: ConvHandler(),
     nn.Linear: LinearHandler(),
     nn.modules.batchnorm._BatchNorm: ChannelNormHandler(),
     nn.modules.instancenorm._InstanceNorm: ChannelNormHandler(),
     nn.GroupNorm: GroupNormHandler(),
-    nn.LayerNorm: FeatureNormHandler(),
+    nn.LayerNorm: _FEATURE_NORM,
     nn.Embedding: EmbeddingHandler(),
     nn.PReLU: PReLUHandler(),
     nn.MultiheadAttention: MultiheadAttentionHandler(),
 }
 if hasattr(nn, "RMSNorm"):
-    BUILTIN[nn.RMSNorm] = FeatureNormHandler()
+    BUILTIN[nn.RMSNorm] = _FEATURE_NORM
 _CONV1D = TransposedLinearHandler()
 
 
 def builtin_handler(module) -> LayerHandler | None:
     if is_transposed_linear(module):
         return _CONV1D
+    if not isinstance(module, nn.LayerNorm) and norm_kind(module) is not None:
+        return _FEATURE_NORM  # an RMSNorm class of another library (transformers' LlamaRMSNorm …)
     for klass in type(module).__mro__:
         if klass in BUILTIN:
             return BUILTIN[klass]

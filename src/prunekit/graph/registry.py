@@ -51,8 +51,8 @@ class LayerHandler:
     # trace(trace, module, name, args, kwargs, output); None: the inner operations are traced.
     trace = None
 
-    @property
-    def traces_whole(self) -> bool:
+    def traces_whole(self, module) -> bool:
+        """Whether this module is described whole by `trace` (else its operations are traced)."""
         return self.trace is not None
 
     def attributes(self, module, size) -> dict:
@@ -141,4 +141,4 @@ class Handlers:
     def tracer_for(self, module):
         """The whole-layer tracing function for `module`, or None (trace its operations)."""
         handler = self.lookup(module)
-        return handler.trace if handler is not None and handler.traces_whole else None
+        return handler.trace if handler is not None and handler.traces_whole(module) else None

@@ -332,6 +332,29 @@ def test_sizes_read_from_the_tensor_follow_it():
     assert small.conv.out_channels == 4
 
 
+def test_a_count_read_from_other_channels_blocks_both_groups():
+    class WidthSizedAttention(nn.Module):
+        """torchvision's MaxViT: the attention's inner size reshaped back to the width read from its input."""
+
+        def __init__(self):
+            super().__init__()
+            self.embed, self.norm = nn.Linear(3, 8), nn.LayerNorm(8)
+            self.qkv, self.merge, self.head = nn.Linear(8, 24), nn.Linear(8, 8), nn.Linear(8, 2)
+
+        def forward(self, x):
+            x = self.norm(self.embed(x))
+            b, n, d = x.shape
+            q, k, v = self.qkv(x).chunk(3, dim=-1)
+            out = torch.softmax(q @ k.transpose(1, 2), -1) @ v
+            return self.head(x + self.merge(out.reshape(b, n, d)))
+
+    torch.manual_seed(0)
+    model, x = WidthSizedAttention(), torch.randn(2, 5, 3)
+    graph = build_graph(model, x)
+    for name in ("embed:out", "qkv:out"):
+        assert not graph[name].prunable and "sizes a tensor of other channels" in graph[name].reason
+
+
 def test_normalising_over_channels_blocks_them():
     class Norm(nn.Module):
         def __init__(self):

@@ -52,7 +52,7 @@ def state(model):
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])
-@pytest.mark.parametrize("structure,remove", [("heads", 0.5), ("ffn", 0.25), ("layers", 1 / 3)])
+@pytest.mark.parametrize("structure,remove", [("heads", 0.5), ("ffn", 0.25), ("width", 0.25), ("layers", 1 / 3)])
 def test_pruned_model_saves_and_reloads_with_the_same_outputs(kind, structure, remove, tmp_path):
     model, x = tiny(kind), ids(2, 10, seed=5)
     before = pk.parameter_counts(model)["total"]
@@ -63,6 +63,9 @@ def test_pruned_model_saves_and_reloads_with_the_same_outputs(kind, structure, r
         assert (config.num_attention_heads, config.num_key_value_heads, config.head_dim) == (2, 1, 8)
     elif structure == "ffn":
         assert config.intermediate_size == 36 and all(b.mlp.intermediate_size == 36 for b in model.model.layers)
+    elif structure == "width":  # 8 of 32 channels, the kept 24 a multiple of the 4 heads
+        assert config.hidden_size == 24 == model.model.norm.weight.numel() == model.lm_head.in_features
+        assert config.head_dim == 8 and model.model.embed_tokens.embedding_dim == 24
     else:
         assert config.num_hidden_layers == len(model.model.layers) == 2
         assert [b.self_attn.layer_idx for b in model.model.layers] == [0, 1]
@@ -116,7 +119,16 @@ def direct_scores(model, tokens, structure, output_only=False):
             if rows is not None:  # an input-side slice
                 return torch.zeros((), dtype=torch.float64) if output_only else w[rows].sum()
             return w[:, cols].sum()
-        if structure == "ffn":
+        if structure == "width":  # every block's reading columns and writing rows of each residual channel
+            a, mlp = block.self_attn, block.mlp
+            path = {a.q_proj: "self_attn.q_proj", a.k_proj: "self_attn.k_proj", a.v_proj: "self_attn.v_proj",
+                    a.o_proj: "self_attn.o_proj", mlp.gate_proj: "mlp.gate_proj", mlp.up_proj: "mlp.up_proj",
+                    mlp.down_proj: "mlp.down_proj"}
+            scores.append(torch.stack([sum(term(layer, cols=j) for layer in (a.q_proj, a.k_proj, a.v_proj,
+                                                                              mlp.gate_proj, mlp.up_proj))
+                                       + term(a.o_proj, rows=j) + term(mlp.down_proj, rows=j)
+                                       for j in range(a.q_proj.in_features)]))
+        elif structure == "ffn":
             mlp = block.mlp
             path = {mlp.gate_proj: "mlp.gate_proj", mlp.up_proj: "mlp.up_proj", mlp.down_proj: "mlp.down_proj"}
             scores.append(torch.stack([term(mlp.gate_proj, rows=c) + term(mlp.up_proj, rows=c)
@@ -137,12 +149,15 @@ def direct_scores(model, tokens, structure, output_only=False):
 
 
 @pytest.mark.parametrize("criterion", ["wanda", "wanda-out"])
-@pytest.mark.parametrize("structure,remove,heads", [("ffn", 0.25, 4), ("heads", 0.5, 8)])
+@pytest.mark.parametrize("structure,remove,heads", [("ffn", 0.25, 4), ("heads", 0.5, 8), ("width", 0.25, 4)])
 def test_wanda_unit_scores_match_a_direct_computation(structure, remove, heads, criterion):
     # 8 query / 4 KV heads for the head case, so the lowest of four units is a real choice
     model, tokens = tiny(heads=heads, kv_heads=heads // 2), ids()
     expected = direct_scores(model, tokens, structure, output_only=criterion == "wanda-out")
     result = prune_structure(model, tokens, structure, remove, criterion=criterion)
+    if structure == "width":  # one group for the whole model: the blocks' scores summed
+        expected = [sum(expected)]
+    assert len(result.removed) == len(expected)
     for block_scores, removed in zip(expected, result.removed):
         lowest = sorted(torch.argsort(block_scores, stable=True)[:result.removed_per_block].tolist())
         assert removed == lowest
@@ -191,7 +206,7 @@ def test_bad_amounts_leave_the_model_untouched(structure, bad):
     assert model.config.num_hidden_layers == 3 and not pk.get_masks(model)
 
 
-@pytest.mark.parametrize("structure", ["heads", "ffn"])
+@pytest.mark.parametrize("structure", ["heads", "ffn", "width"])
 def test_a_failed_compaction_check_leaves_the_model_untouched(structure, monkeypatch):
     import prunekit.llm.structured as structured
 
@@ -202,13 +217,14 @@ def test_a_failed_compaction_check_leaves_the_model_untouched(structure, monkeyp
         prune_structure(model, ids(), structure, 0.5)
     after = state(model)
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
-    assert not pk.get_masks(model) and model.config.intermediate_size == 48
+    assert not pk.get_masks(model) and model.config.intermediate_size == 48 and model.config.hidden_size == 32
+    assert type(model.model.norm).__name__ == "LlamaRMSNorm"  # the plain class again
 
 
 def test_bad_structure_criterion_and_tokens_are_refused():
     model = tiny()
     with pytest.raises(PrunekitError, match="structure"):
-        prune_structure(model, ids(), "width", 0.5)
+        prune_structure(model, ids(), "depth", 0.5)
     with pytest.raises(PrunekitError, match="criterion"):
         prune_structure(model, ids(), "ffn", 0.5, criterion="taylor")
     with pytest.raises(PrunekitError, match="token"):

@@ -351,6 +351,16 @@ def remove_masks(model: nn.Module) -> nn.Module:
     return model
 
 
+def discard_masks(model: nn.Module) -> nn.Module:
+    """Drop every mask and keep the dense tensors as they are, in place — for undoing a pruning
+    step whose dense values are restored separately (no check: a dense norm may then differ)."""
+    for name in list(get_masks(model)):
+        module, tensor = _owner(model, name)
+        _own_class(module)
+        parametrize.remove_parametrizations(module, tensor, leave_parametrized=False)
+    return model
+
+
 def load_masked_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], strict: bool = True):
     """Load a state_dict saved from a masked model into a fresh (unmasked) instance.
 

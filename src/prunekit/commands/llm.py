@@ -12,9 +12,9 @@ dense model on held-out text) and, if asked, fine-tunes briefly with the masks h
 run folder runs/llm-<method>-<hash>/ with settings.json, metrics.json/.csv, blocks.json (the
 sparsity of every block and layer) and report.md. Needs the [llm] extra (`make llm`).
 
-With --structure heads|ffn|layers the model is pruned structurally instead: --remove of the
-GQA head groups / FFN channels of every block (scored by Σ|W|·‖X‖ on the calibration tokens),
-or of the decoder blocks (lowest block influence), removed physically; the run folder gets
+With --structure heads|ffn|width|layers the model is pruned structurally instead: --remove of
+the GQA head groups / FFN channels of every block or of the residual width (scored by Σ|W|·‖X‖
+on the calibration tokens), or of the decoder blocks (lowest block influence), removed physically; the run folder gets
 dense and pruned rows with parameter counts, and --out DIR a save_pretrained folder (model +
 tokenizer) that AutoModelForCausalLM.from_pretrained reloads.
 """
@@ -34,11 +34,12 @@ def register(sub) -> None:
     target = p.add_mutually_exclusive_group()
     target.add_argument("--sparsity", type=float, help="fraction of each layer's weights pruned (default 0.5)")
     target.add_argument("--nm", help="N:M pattern instead, e.g. 2:4 or 4:8")
-    p.add_argument("--structure", choices=("heads", "ffn", "layers"),
-                   help="structured pruning instead: GQA head groups, FFN channels or whole decoder blocks")
+    p.add_argument("--structure", choices=("heads", "ffn", "width", "layers"),
+                   help="structured pruning instead: GQA head groups, FFN channels, the residual width "
+                        "(hidden_size, through every RMSNorm) or whole decoder blocks")
     p.add_argument("--remove", type=float, help="with --structure: fraction of the units (per block) or blocks removed")
     p.add_argument("--criterion", default="wanda", choices=("wanda", "wanda-out", "magnitude"),
-                   help="with --structure heads/ffn: unit score Σ|W|·‖X‖ over all its weights (wanda, default), "
+                   help="with --structure heads/ffn/width: unit score Σ|W|·‖X‖ over all its weights (wanda, default), "
                         "over its output-projection columns only (wanda-out), or Σ|W| (magnitude)")
     p.add_argument("--out", help="with --structure: write the pruned model (save_pretrained) to this new folder")
     p.add_argument("--owl", action="store_true", help="outlier-weighted block sparsities (OWL) around --sparsity")
@@ -71,7 +72,7 @@ def _check_structured(args) -> None:
     if args.structure is None:
         used = [flag for flag, value in (("--remove", args.remove), ("--out", args.out)) if value is not None]
         if used:
-            raise PrunekitError(f"{' and '.join(used)} go with --structure heads|ffn|layers.")
+            raise PrunekitError(f"{' and '.join(used)} go with --structure heads|ffn|width|layers.")
         return
     unstructured = [flag for flag, value in (("--sparsity", args.sparsity), ("--nm", args.nm), ("--owl", args.owl),
                                              ("--recover-steps", args.recover_steps),
@@ -172,7 +173,8 @@ def _structured(args) -> int:
                                       "units_per_block": result.units_per_block, "removed": result.removed,
                                       "config_changes": result.config_changes})
     columns = ["stage", "perplexity", "agreement", "params", "params_removed", "eval_tokens"]
-    unit = "blocks" if args.structure == "layers" else f"{args.structure} units per block"
+    unit = {"layers": "blocks", "width": "channels of the residual width"}.get(args.structure,
+                                                                             f"{args.structure} units per block")
     (run.path / "report.md").write_text("\n".join([
         f"# {args.structure} pruning on {settings['model']}", "",
         f"{result.removed_per_block} of {result.units_per_block} {unit} removed ({settings['criterion']}), "

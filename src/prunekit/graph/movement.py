@@ -99,6 +99,15 @@ def _requested_sizes(name, x, args, kwargs):
     return {i: s for i, s in enumerate(sizes)}
 
 
+def _note_counts(trace, name, x, requested) -> None:
+    """Counts read from other tensors: checked once the pass is over (Trace.check_counts), when
+    every coupling is known — a count from an axis whose channels `x` never joins ties two groups."""
+    for s in requested.values():
+        if is_channel_count(s) and getattr(s, "atoms", None) is not None:
+            trace.sized_by.append((s.atoms, trace.labels(x), f"'{name}' in {trace.where()} sizes a tensor of "
+                                                              "other channels by a count read from these"))
+
+
 def sized_reshape(trace, name, func, args, kwargs, out) -> None:
     """view / reshape / unflatten / expand with sizes written in the code.
 
@@ -125,6 +134,7 @@ def sized_reshape(trace, name, func, args, kwargs, out) -> None:
                 trace.block(labels, f"'expand' in {trace.where()} writes a channel count")
         trace.set_labels(out, labels)
         return
+    _note_counts(trace, name, x, requested)
     follows = {d for d, s in requested.items() if s == -1 or is_channel_count(s)}  # sizes that follow x
     written = [d for d, s in requested.items() if d not in follows and varies_along(labels, d)]
     inferred = sorted(d for d in varying_dims(labels) if d in follows or d not in requested)

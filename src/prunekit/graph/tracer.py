@@ -60,6 +60,7 @@ class Trace:
         self.output = None               # the model's eval-mode output on the example
         self.train_pass_error = ""       # why the train-mode pass could not run, if it could not
         self.heads: list[tuple[torch.Tensor, torch.Tensor]] = []  # (poison atom, head atoms)
+        self.sized_by: list[tuple[torch.Tensor, torch.Tensor, str]] = []  # (count's atoms, sized labels, why)
         for name, p in model.named_parameters():
             self._register(p, canonical_name(name), "param")
         for name, b in model.named_buffers():
@@ -259,6 +260,15 @@ class Trace:
         unknown(self, op_name(func), func, args, kwargs, out,
                 why=f"could not be followed by prunekit ({type(error).__name__}: {error}); please report it")
 
+    def check_counts(self) -> None:
+        """A size read from one axis that shapes a tensor whose channels never joined that axis's
+        (sizes.py): the two counts cannot stay equal once either is pruned, so both are blocked."""
+        for atoms, labels, reason in self.sized_by:
+            atoms, sized = atoms[atoms != 0], self.atoms.roots(torch.unique(labels))
+            if not bool(torch.isin(self.atoms.roots(atoms), sized).all()):
+                self.block(atoms, reason)
+                self.block(labels, reason)
+
     def opaque(self, reason: str) -> torch.Tensor:
         """A fresh blocked atom: the label of an output prunekit cannot see through."""
         atom = self.new(1)
@@ -295,7 +305,9 @@ class _Mode(TorchFunctionMode):
         labels = self.trace.labels(args[0])
         channel_dims = varying_dims(labels)
         dim = args[1] if len(args) > 1 else kwargs.get("dim")
-        return tag_sizes(out, channel_dims, None if dim is None else dim % max(1, labels.dim()))
+        def atoms_of(d):
+            return torch.unique(squeeze_broadcast(labels, keep=d)[0])
+        return tag_sizes(out, channel_dims, atoms_of, None if dim is None else dim % max(1, labels.dim()))
 
 
 def _module_hooks(model: nn.Module, trace: Trace, handlers, stack: ExitStack) -> None:
@@ -403,6 +415,7 @@ def run_trace(model: nn.Module, example_inputs, dispatch, handlers) -> Trace:
     trace.unused = sorted(params - trace.seen)
     used = {trace.atoms.find(int(a)) for atoms in trace.coupled.values()
             for a in torch.unique(atoms).tolist()} if trace.heads else set()
+    trace.check_counts()
     for poison, heads in trace.heads:
         p = int(poison)
         if trace.atoms.component_size(p) > 1 or trace.atoms.reasons(p) or trace.atoms.find(p) in used:

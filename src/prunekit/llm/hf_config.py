@@ -6,6 +6,7 @@ The sizes are read back from the weights of every decoder block:
     num_key_value_heads  = k_proj.out_features / head_dim
     num_attention_heads  = q_proj.out_features / head_dim     (head_dim itself never changes)
     intermediate_size    = gate_proj.out_features              (= up_proj.out / down_proj.in)
+    hidden_size          = q_proj.in_features                  (the residual width)
     num_hidden_layers    = len(model.model.layers)
 
 Llama and Qwen2 configs hold ONE head count and ONE intermediate size for all blocks, and
@@ -44,12 +45,14 @@ def _mlp(block: nn.Module) -> nn.Module:
 
 
 def block_sizes(block: nn.Module) -> dict[str, int]:
-    """{num_attention_heads, num_key_value_heads, head_dim, intermediate_size} of one decoder block's weights."""
+    """{num_attention_heads, num_key_value_heads, head_dim, intermediate_size, hidden_size} of one decoder
+    block's weights."""
     attention, mlp = _attention(block), _mlp(block)
     head_dim = attention.head_dim
     return {"num_attention_heads": attention.q_proj.out_features // head_dim,
             "num_key_value_heads": attention.k_proj.out_features // head_dim,
-            "head_dim": head_dim, "intermediate_size": mlp.gate_proj.out_features}
+            "head_dim": head_dim, "intermediate_size": mlp.gate_proj.out_features,
+            "hidden_size": attention.q_proj.in_features}
 
 
 def uniform_sizes(per_block: list[Mapping[str, int]]) -> dict[str, int]:
@@ -109,8 +112,9 @@ def sync_config(model: nn.Module) -> dict[str, object]:
         for attr, key in (("num_heads", "num_attention_heads"), ("num_key_value_heads", "num_key_value_heads")):
             if hasattr(attention, attr):  # older transformers keep these per module
                 setattr(attention, attr, sizes[key])
-        if hasattr(mlp, "intermediate_size"):
-            mlp.intermediate_size = sizes["intermediate_size"]
+        for attr in ("intermediate_size", "hidden_size"):
+            if hasattr(mlp, attr):
+                setattr(mlp, attr, sizes[attr])
         attention.layer_idx = index
         if hasattr(block, "layer_idx"):
             block.layer_idx = index

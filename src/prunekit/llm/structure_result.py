@@ -32,14 +32,17 @@ def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def units_to_remove(remove: float, units: int, what: str) -> int:
-    """round(remove · units), refused when it is 0 or all of them."""
+def units_to_remove(remove: float, units: int, what: str, multiple: int = 1) -> int:
+    """round(remove · units), rounded so that the units kept are a multiple of `multiple`;
+    refused when it is 0 or all of them."""
     if isinstance(remove, bool) or not isinstance(remove, (int, float)) or not 0 < remove < 1:
         raise PrunekitError(f"remove must be a fraction in (0, 1) of the {what}, got {remove!r}.")
-    count = round(remove * units)
+    count = units - round((units - round(remove * units)) / multiple) * multiple
     if count == 0:
+        step = f"{multiple} of {units}: the kept number must be a multiple of {multiple}" if multiple > 1 \
+            else f"one of {units}"
         raise PrunekitError(f"remove={remove:g} of {units} {what} rounds to none; ask for at least "
-                            f"{0.5 / units:.3g} (one of {units}).")
+                            f"{0.5 * multiple / units:.3g} ({step}).")
     if count >= units:
         raise PrunekitError(f"remove={remove:g} of {units} {what} would remove all of them; keep at least one "
                             f"(remove ≤ {(units - 1) / units:.3g}).")

@@ -1,18 +1,22 @@
-"""Structured pruning of a transformers decoder LM: GQA head groups or FFN channels, removed
-physically, with a config that `save_pretrained` / `from_pretrained` round-trips.
+"""Structured pruning of a transformers decoder LM: GQA head groups, FFN channels or the residual
+width, removed physically, with a config that `save_pretrained` / `from_pretrained` round-trips.
 
-    result = prune_structure(model, tokens, "heads", remove=1/3)    # or "ffn", or "layers"
+    result = prune_structure(model, tokens, "heads", remove=1/3)    # or "ffn", "width", "layers"
     model.save_pretrained(folder)                                   # AutoModelForCausalLM reloads it
 
 Pipeline (each stage is prunekit's own):
 1. the dependency graph (prunekit.graph) finds every block's unit group — a KV head with the
-   query heads that share it ("head" group: its q/k/v rows and o_proj columns), or an FFN
-   channel ("channel" group of mlp: its gate/up rows and down_proj column);
+   query heads that share it ("head" group: its q/k/v rows and o_proj columns), an FFN
+   channel ("channel" group of mlp: its gate/up rows and down_proj column), or one channel of
+   the residual width — one group for the whole model: its embedding column, every norm's
+   scale, every block's q/k/v/gate/up input column and o_proj/down_proj row, the LM head's
+   column (the masked RMSNorms normalise over the kept width only, prunekit.feature_norms);
 2. every unit is scored on calibration tokens (prunekit.llm.unit_scores: Wanda-style
    Σ |W|·‖X‖ over the unit's weights, or magnitude);
 3. allocation is uniform: the same number of units, the lowest-scoring ones, goes in every
    block — the only allocation a Llama/Qwen2 config (one head count, one intermediate size for
-   all blocks) can describe;
+   all blocks) can describe; the width's score sums every block's, and the kept width stays a
+   multiple of the head count (the config class requires it);
 4. masks on every coupled slice (prunekit.structured.group_masks), then prunekit.compact
    removes them in place — it checks that the compacted model computes what the masked one did;
 5. the config and the modules' size attributes follow the weights (prunekit.llm.hf_config).
@@ -31,7 +35,7 @@ from torch import nn
 from ..compaction import compact
 from ..errors import PrunekitError
 from ..graph import build_graph
-from ..masks import apply_masks, get_masks, named_parameters, remove_masks
+from ..masks import apply_masks, discard_masks, get_masks, named_parameters
 from ..structured import group_masks
 from .engine import check_calibration, decoder_layers
 from .hf_config import block_sizes, proposed_config, sync_config, uniform_sizes
@@ -40,7 +44,7 @@ from .structure_result import StructuredResult, parameter_count, units_to_remove
 from .undo import DiskUndo
 from .unit_scores import CRITERIA, unit_scores
 
-UNIT_STRUCTURES = ("heads", "ffn")
+UNIT_STRUCTURES = ("heads", "ffn", "width")
 STRUCTURES = UNIT_STRUCTURES + ("layers",)
 # The compacted o_proj / down_proj sum fewer terms than the masked ones (the zeros are gone), so
 # float32 rounding differs; through SmolLM2's 30 residual blocks the logits then differ by
@@ -49,8 +53,17 @@ STRUCTURES = UNIT_STRUCTURES + ("layers",)
 COMPACTION_RTOL = 1e-4
 
 
-def _block_groups(graph, layers_path: str, blocks: int, structure: str) -> list[str]:
-    """The graph group of `structure` in every decoder block, in block order."""
+def _block_groups(graph, model, layers_path: str, blocks: int, structure: str) -> list[str]:
+    """The graph group of `structure` in every decoder block, in block order (the width: the one
+    group of the embedding's columns, shared by every block)."""
+    if structure == "width":
+        embedding = next(name for name, m in model.named_modules() if m is model.get_input_embeddings())
+        found = [g.name for g in graph.prunable() if any(s.name == f"{embedding}.weight" and s.dim == 1
+                                                         for s in g.slices)]
+        if len(found) != 1:
+            raise PrunekitError(f"The dependency graph found no prunable residual width (the columns of "
+                                f"'{embedding}.weight'); see print(prunekit.build_graph(model, x)).")
+        return found * blocks
     names = []
     for index in range(blocks):
         prefix = f"{layers_path}.{index}." + ("self_attn." if structure == "heads" else "mlp.")
@@ -64,6 +77,8 @@ def _block_groups(graph, layers_path: str, blocks: int, structure: str) -> list[
 
 
 def _new_sizes(sizes: dict, structure: str, kept_units: int) -> dict:
+    if structure == "width":
+        return {"hidden_size": kept_units}
     if structure == "ffn":
         return {"intermediate_size": kept_units}
     queries_per_kv = sizes["num_attention_heads"] // sizes["num_key_value_heads"]
@@ -86,19 +101,20 @@ def prune_units(model: nn.Module, tokens: torch.Tensor, structure: str, remove: 
     start = time.perf_counter()
     layers_path, layers = decoder_layers(model)
     sizes = uniform_sizes([block_sizes(block) for block in layers])
-    units = sizes["num_key_value_heads"] if structure == "heads" else sizes["intermediate_size"]
-    what = "KV head groups per block" if structure == "heads" else "FFN channels per block"
-    count = units_to_remove(remove, units, what)
+    units, what = {"heads": (sizes["num_key_value_heads"], "KV head groups per block"),
+                   "ffn": (sizes["intermediate_size"], "FFN channels per block"),
+                   "width": (sizes["hidden_size"], "channels of the residual width")}[structure]
+    count = units_to_remove(remove, units, what, multiple=sizes["num_attention_heads"] if structure == "width" else 1)
     changes = _new_sizes(sizes, structure, units - count)
     proposed_config(model.config, changes)  # refuses sizes the config class would not reload
 
     example = {"input_ids": tokens[:1, :16], "use_cache": False}
     graph = build_graph(model, example)
-    groups = _block_groups(graph, layers_path, len(layers), structure)
+    groups = _block_groups(graph, model, layers_path, len(layers), structure)
     scores = unit_scores(model, graph, groups, tokens, criterion=criterion, layers_path=layers_path,
                          batch_size=batch_size, device=device, progress=progress)
     keep, removed = {}, []
-    for name in groups:
+    for name in dict.fromkeys(groups):  # the width: one group for all blocks
         if scores[name].numel() != units:
             raise PrunekitError(f"Group '{name}' has {scores[name].numel()} units, the config {units}.")
         lowest = torch.argsort(scores[name], stable=True)[:count]
@@ -116,7 +132,7 @@ def prune_units(model: nn.Module, tokens: torch.Tensor, structure: str, remove: 
         try:  # checked on a streamed copy first (memory: the model + its smaller copy)
             compact(model, example, graph=graph, rtol=COMPACTION_RTOL)
         except Exception:
-            remove_masks(model)
+            discard_masks(model)  # the undo puts the zeroed weights back
             raise
     compact(model, example, graph=graph, inplace=True, check=False)
     config_changes = sync_config(model)
@@ -127,7 +143,7 @@ def prune_units(model: nn.Module, tokens: torch.Tensor, structure: str, remove: 
 def prune_structure(model: nn.Module, tokens: torch.Tensor, structure: str, remove: float, *,
                     criterion: str = "wanda", batch_size: int = 8, device="cpu",
                     progress: bool | None = None) -> StructuredResult:
-    """'heads' / 'ffn': prune_units; 'layers': remove_layers (block influence; `criterion` unused)."""
+    """'heads' / 'ffn' / 'width': prune_units; 'layers': remove_layers (block influence; `criterion` unused)."""
     if structure == "layers":
         return remove_layers(model, tokens, remove, batch_size=batch_size, device=device, progress=progress)
     if structure not in STRUCTURES:

@@ -2,7 +2,8 @@
 
 A unit u owns slices of several Linear weights — a head group: its rows of q_proj, k_proj,
 v_proj and its columns of o_proj; an FFN channel: its rows of gate_proj and up_proj and its
-column of down_proj (the dependency graph lists them). With X the calibration inputs of the
+column of down_proj; a channel of the residual width: its q/k/v/gate/up columns and o_proj /
+down_proj rows in every block, summed over the blocks (the dependency graph lists them). With X the calibration inputs of the
 Linear layer that holds W (tokens × in_features):
 
     wanda:      s_u = Σ_{W_ij ∈ u} |W_ij| · ‖X_j‖₂     (Wanda's element score, summed over the unit)
@@ -34,7 +35,8 @@ CRITERIA = ("wanda", "wanda-out", "magnitude")
 def unit_scores(model: nn.Module, graph: DependencyGraph, block_groups: list[str], tokens: torch.Tensor, *,
                 criterion: str = "wanda", layers_path: str, batch_size: int = 8, device="cpu",
                 progress: bool | None = None) -> dict[str, torch.Tensor]:
-    """{group name: Tensor[units]} for the group of each decoder block (block_groups[i] lies in block i)."""
+    """{group name: Tensor[units]} for the group of each decoder block (block_groups[i] lies in block i;
+    a group listed for several blocks — the residual width — gets the sum of its blocks' scores)."""
     if criterion not in CRITERIA:
         raise PrunekitError(f"Unknown structured criterion {criterion!r}; choose one of {', '.join(CRITERIA)}.")
     scores: dict[str, torch.Tensor] = {}
@@ -47,11 +49,15 @@ def unit_scores(model: nn.Module, graph: DependencyGraph, block_groups: list[str
             if s.kind != "param" or not s.name.startswith(prefix) or (criterion == "wanda-out" and s.dim != 1):
                 continue
             layer_name, _, tensor = s.name[len(prefix):].rpartition(".")
-            weight = block.get_submodule(layer_name).get_parameter(tensor).detach().abs().float()
+            layer = block.get_submodule(layer_name)
+            if not isinstance(layer, nn.Linear):
+                continue  # the width's norm scales: a unit's Linear weights score it
+            weight = layer.get_parameter(tensor).detach().abs().float()
             if stats is not None and tensor == "weight":
                 weight = weight * stats[layer_name].norms.to(weight.device)
             element[s.name] = weight
-        scores.update(group_scores(model, graph, element, how="l1", groups=[group]))
+        for name, score in group_scores(model, graph, element, how="l1", groups=[group]).items():
+            scores[name] = scores[name] + score if name in scores else score  # the width: summed over blocks
 
     if criterion == "magnitude":  # no activations needed
         for index, block in enumerate(model.get_submodule(layers_path)):

@@ -8,6 +8,9 @@ a Llama config can describe):
             per block, so 1 or 2 of 3 (6.6 % / 13.2 % of the parameters) are the only steps
     ffn     SwiGLU channels scored by Σ|W|·‖X‖ (rows ending ":magnitude" or ":wanda-out": by those
             criteria of prunekit.llm.unit_scores, for comparison)
+    width   channels of the residual stream (hidden_size: every embedding column, norm scale,
+            q/k/v/gate/up column and o/down row), scored by Σ|W|·‖X‖ summed over the blocks; the
+            kept width is a multiple of the 9 query heads
     layers  whole decoder blocks by block influence (ShortGPT)
     mix     half of the parameter target by whole blocks, the rest by FFN channels
 
@@ -41,7 +44,8 @@ from prunekit.table import format_table
 
 SEQ = 128
 ROWS = (["heads:1/3", "heads:1/3:magnitude", "heads:2/3"]
-        + [f"{s}:{t}" for t in ("0.1", "0.2", "0.3") for s in ("ffn", "layers", "mix")] + ["ffn:0.2:magnitude"])
+        + [f"{s}:{t}" for t in ("0.1", "0.2", "0.3") for s in ("ffn", "width", "layers", "mix")]
+        + ["ffn:0.2:magnitude"])
 
 
 def flops(model) -> int:
@@ -81,6 +85,12 @@ def fraction_for(model, structure: str, params: float) -> float:
     block = layers[0]
     if structure == "layers":
         per_unit, units = sum(p.numel() for p in block.parameters()), len(layers)
+    elif structure == "width":  # one residual channel: every weight slice along the hidden axis
+        attention, mlp = block.self_attn, block.mlp
+        per_block = (2 * attention.q_proj.out_features + attention.k_proj.out_features
+                     + attention.v_proj.out_features + 3 * mlp.gate_proj.out_features + 2)
+        per_unit = model.get_input_embeddings().num_embeddings + len(layers) * per_block + 1
+        units = attention.q_proj.in_features
     else:  # one FFN channel in every block: its gate and up rows and its down column
         per_unit, units = len(layers) * 3 * block.mlp.gate_proj.in_features, block.mlp.gate_proj.out_features
     count = max(1, round(params / per_unit))
@@ -95,7 +105,7 @@ def prune_row(model, tokens, row: str):
         return [prune_structure(model, tokens, "heads", int(numerator) / int(denominator), **options)]
     total = sum(p.numel() for p in model.parameters())
     target = float(amount) * total
-    if structure in ("ffn", "layers"):
+    if structure in ("ffn", "width", "layers"):
         return [prune_structure(model, tokens, structure, fraction_for(model, structure, target), **options)]
     first = prune_structure(model, tokens, "layers", fraction_for(model, "layers", target / 2), progress=False)
     rest = target - (first.params_before - first.params_after)

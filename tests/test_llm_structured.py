@@ -97,8 +97,8 @@ def test_units_equal_the_masked_model_and_only_the_chosen_units_go():
     assert all(len(r) == 12 for r in result.removed)
 
 
-def direct_scores(model, tokens, structure, output_only=False):
-    """Σ|W|·‖X‖ per unit from inputs recorded in one ordinary forward pass (no engine)."""
+def recorded_norms(model, tokens):
+    """‖X_j‖² of every Linear layer's input, recorded in one ordinary forward pass (no engine)."""
     norms, handles = {}, []
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Linear):
@@ -111,6 +111,12 @@ def direct_scores(model, tokens, structure, output_only=False):
     finally:
         for handle in handles:
             handle.remove()
+    return norms
+
+
+def direct_scores(model, tokens, structure, output_only=False):
+    """Σ|W|·‖X‖ per unit from inputs recorded in one ordinary forward pass (no engine)."""
+    norms = recorded_norms(model, tokens)
     scores = []
     for i, block in enumerate(model.model.layers):
         prefix = f"model.layers.{i}."
@@ -161,6 +167,27 @@ def test_wanda_unit_scores_match_a_direct_computation(structure, remove, heads, 
     for block_scores, removed in zip(expected, result.removed):
         lowest = sorted(torch.argsort(block_scores, stable=True)[:result.removed_per_block].tolist())
         assert removed == lowest
+
+
+@pytest.mark.parametrize("structure,remove,heads", [("ffn", 0.25, 4), ("heads", 0.5, 8), ("width", 0.25, 4)])
+def test_activation_scores_are_the_units_own_input_norms(structure, remove, heads):
+    model, tokens = tiny(heads=heads, kv_heads=heads // 2), ids()
+    norms = {name: value.sqrt() for name, value in recorded_norms(model, tokens).items()}
+    blocks = []
+    for i, block in enumerate(model.model.layers):
+        at = f"model.layers.{i}."
+        if structure == "ffn":  # channel c's own activation, read by down_proj
+            blocks.append(norms[at + "mlp.down_proj"])
+        elif structure == "heads":  # the o_proj columns of the KV group's query heads
+            width = block.self_attn.num_key_value_groups * block.self_attn.head_dim
+            blocks.append(norms[at + "self_attn.o_proj"].reshape(-1, width).sum(1))
+        else:  # the normalised hidden state, once for q/k/v and once for gate/up
+            blocks.append(norms[at + "self_attn.q_proj"] + norms[at + "mlp.gate_proj"])
+    expected = [sum(blocks)] if structure == "width" else blocks
+    result = prune_structure(model, tokens, structure, remove, criterion="activation")
+    assert len(result.removed) == len(expected)
+    for block_scores, removed in zip(expected, result.removed):
+        assert removed == sorted(torch.argsort(block_scores, stable=True)[:result.removed_per_block].tolist())
 
 
 def test_magnitude_criterion_ignores_the_calibration_activations():

@@ -38,9 +38,10 @@ def register(sub) -> None:
                    help="structured pruning instead: GQA head groups, FFN channels, the residual width "
                         "(hidden_size, through every RMSNorm) or whole decoder blocks")
     p.add_argument("--remove", type=float, help="with --structure: fraction of the units (per block) or blocks removed")
-    p.add_argument("--criterion", default="wanda", choices=("wanda", "wanda-out", "magnitude"),
-                   help="with --structure heads/ffn/width: unit score Σ|W|·‖X‖ over all its weights (wanda, default), "
-                        "over its output-projection columns only (wanda-out), or Σ|W| (magnitude)")
+    p.add_argument("--criterion", choices=("wanda", "wanda-out", "magnitude", "activation"),
+                   help="with --structure heads/ffn/width: unit score Σ|W|·‖X‖ over all its weights (wanda, the "
+                        "default for heads and ffn), over its output-projection columns only (wanda-out), Σ|W| "
+                        "(magnitude), or the norms of its own activations (activation, the default for width)")
     p.add_argument("--out", help="with --structure: write the pruned model (save_pretrained) to this new folder")
     p.add_argument("--owl", action="store_true", help="outlier-weighted block sparsities (OWL) around --sparsity")
     p.add_argument("--calibration-samples", type=int, default=32, help="calibration windows (default 32)")
@@ -70,7 +71,8 @@ def _settings(args) -> dict:
 def _check_structured(args) -> None:
     """Structured and unstructured options do not mix; bad values fail before anything is loaded."""
     if args.structure is None:
-        used = [flag for flag, value in (("--remove", args.remove), ("--out", args.out)) if value is not None]
+        used = [flag for flag, value in (("--remove", args.remove), ("--out", args.out), ("--criterion", args.criterion))
+                if value is not None]
         if used:
             raise PrunekitError(f"{' and '.join(used)} go with --structure heads|ffn|width|layers.")
         return
@@ -144,6 +146,7 @@ def _main(args) -> int:
 
 def _structured(args) -> int:
     from ..llm import calibration_tokens, evaluate_lm, evaluation_tokens, load_causal_lm, prune_structure
+    from ..llm.structured import DEFAULT_CRITERION
     from ..runs import RunDir
 
     if args.model != "smollm2" and not Path(args.model).is_dir():
@@ -151,7 +154,8 @@ def _structured(args) -> int:
     settings = {**{k: v for k, v in _settings(args).items() if k not in ("method", "sparsity", "nm", "owl",
                                                                          "recover_steps", "recover_lr")},
                 "structure": args.structure, "remove": args.remove,
-                "criterion": args.criterion if args.structure != "layers" else "block influence"}
+                "criterion": "block influence" if args.structure == "layers" else (
+                    args.criterion or DEFAULT_CRITERION.get(args.structure, "wanda"))}
     run = RunDir.open(args.output_dir, f"llm-{args.structure}", settings)
     if run.is_done("llm") and args.out is None:
         print(format_table(run.rows()))
@@ -161,7 +165,7 @@ def _structured(args) -> int:
     tokens = calibration_tokens(tokenizer, args.calibration_samples, args.seq_len, seed=args.seed)
     stream = evaluation_tokens(tokenizer, args.eval)
     dense = evaluate_lm(model, stream, window=args.window)
-    result = prune_structure(model, tokens, args.structure, args.remove, criterion=args.criterion,
+    result = prune_structure(model, tokens, args.structure, args.remove, criterion=settings["criterion"],
                              batch_size=args.batch_size, device=args.device,
                              progress=False if args.no_progress else None)
     pruned = evaluate_lm(model, stream, window=args.window, reference=dense)

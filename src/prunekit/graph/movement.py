@@ -103,8 +103,8 @@ def _note_counts(trace, name, x, requested) -> None:
     """Counts read from other tensors: checked once the pass is over (Trace.check_counts), when
     every coupling is known — a count from an axis whose channels `x` never joins ties two groups."""
     for s in requested.values():
-        if is_channel_count(s) and getattr(s, "atoms", None) is not None:
-            trace.sized_by.append((s.atoms, trace.labels(x), f"'{name}' in {trace.where()} sizes a tensor of "
+        if is_channel_count(s) and getattr(s, "source", None) is not None:
+            trace.sized_by.append((s.source, trace.labels(x), f"'{name}' in {trace.where()} sizes a tensor of "
                                                               "other channels by a count read from these"))
 
 
@@ -140,7 +140,8 @@ def sized_reshape(trace, name, func, args, kwargs, out) -> None:
     inferred = sorted(d for d in varying_dims(labels) if d in follows or d not in requested)
     if written and not inferred:
         sizes = tuple(out.shape[d] for d in written)
-        trace.block(labels, f"'{name}' in {trace.where()} writes the channel count {sizes} into the code")
+        trace.block(labels, f"'{name}' in {trace.where()} writes the channel count {sizes} into the code "
+                            "(held by a module attribute? name it in a LayerHandler's `counts`)")
     elif written:
         for d in written:  # merge along the written axis: whole slices only
             moved = compress(labels, 0, keep=d).movedim(d, -1).reshape(-1, labels.shape[d])

@@ -5,7 +5,7 @@
 expand / split whose size is a ChannelCount follows the tensor after pruning (torchvision's
 channel_shuffle, `x.view(b, c)` in squeeze-excitation), so it is treated like an inferred
 size (-1) instead of a number written into the code. A count read from a tensor remembers the
-atoms of its axis: used to size an axis that carries *other* channels (torchvision's MaxViT
+labels and axis it was read from: used to size an axis that carries *other* channels (torchvision's MaxViT
 reshapes the attention output to the width of its input), it ties two groups' counts, which
 pruning cannot keep equal, so both are blocked (movement.sized_reshape).
 """
@@ -16,16 +16,16 @@ import torch
 
 
 class ChannelCount(int):
-    """An int computed from the size of an axis that carries channels (`atoms`: that axis's atoms,
-    None for a count a handler declared)."""
+    """An int computed from the size of an axis that carries channels (`source`: (labels, axis) it
+    was read from; None for a count a handler declared)."""
 
-    def __new__(cls, value, atoms: torch.Tensor | None = None):
+    def __new__(cls, value, source: tuple[torch.Tensor, int] | None = None):
         count = super().__new__(cls, value)
-        count.atoms = atoms
+        count.source = source
         return count
 
     def _wrap(self, value):
-        return ChannelCount(value, self.atoms) if isinstance(value, int) and not isinstance(value, bool) else value
+        return ChannelCount(value, self.source) if isinstance(value, int) and not isinstance(value, bool) else value
 
     def __add__(self, other):
         return self._wrap(int.__add__(self, other))
@@ -59,11 +59,11 @@ def is_channel_count(value) -> bool:
     return isinstance(value, ChannelCount)
 
 
-def tag_sizes(value, channel_dims: set[int], atoms_of, dim=None):
-    """Wrap the result of `size()` / `.shape`: entries of channel axes become ChannelCount;
-    `atoms_of(d)` gives the atoms along axis d."""
+def tag_sizes(value, channel_dims: set[int], labels: torch.Tensor, dim=None):
+    """Wrap the result of `size()` / `.shape` of a tensor with these `labels`: entries of channel
+    axes become ChannelCount."""
     if isinstance(value, torch.Size):
-        return torch.Size([ChannelCount(v, atoms_of(d)) if d in channel_dims else v for d, v in enumerate(value)])
+        return torch.Size([ChannelCount(v, (labels, d)) if d in channel_dims else v for d, v in enumerate(value)])
     if isinstance(value, int) and dim is not None and dim in channel_dims:
-        return ChannelCount(value, atoms_of(dim))
+        return ChannelCount(value, (labels, dim))
     return value

@@ -60,7 +60,7 @@ class Trace:
         self.output = None               # the model's eval-mode output on the example
         self.train_pass_error = ""       # why the train-mode pass could not run, if it could not
         self.heads: list[tuple[torch.Tensor, torch.Tensor]] = []  # (poison atom, head atoms)
-        self.sized_by: list[tuple[torch.Tensor, torch.Tensor, str]] = []  # (count's atoms, sized labels, why)
+        self.sized_by: list[tuple[tuple, torch.Tensor, str]] = []  # ((count's labels, axis), sized labels, why)
         for name, p in model.named_parameters():
             self._register(p, canonical_name(name), "param")
         for name, b in model.named_buffers():
@@ -162,7 +162,8 @@ class Trace:
             (name, align), = derived.align.items()
             shape = self.shapes[name]
             order = [a for axes in align for a in axes]
-            if sorted(order) == sorted(a for a in range(len(shape)) if shape[a] > 1):
+            wide = sorted(a for a in range(len(shape)) if shape[a] > 1)  # size-1 axes may go anywhere
+            if sorted(a for a in order if shape[a] > 1) == wide and len(set(order)) == len(order):
                 rest = [a for a in range(len(shape)) if a not in order]
                 atoms = self._element_atoms(name, torch.empty(shape, device="meta"))
                 sizes = [max(1, torch.Size([shape[a] for a in axes]).numel()) for axes in align]
@@ -263,9 +264,12 @@ class Trace:
     def check_counts(self) -> None:
         """A size read from one axis that shapes a tensor whose channels never joined that axis's
         (sizes.py): the two counts cannot stay equal once either is pruned, so both are blocked."""
-        for atoms, labels, reason in self.sized_by:
-            atoms, sized = atoms[atoms != 0], self.atoms.roots(torch.unique(labels))
-            if not bool(torch.isin(self.atoms.roots(atoms), sized).all()):
+        for (source, axis), labels, reason in self.sized_by:
+            if not self.units_vary(source, axis):
+                continue  # the axis it was read from holds one set of units throughout (a token axis)
+            atoms = torch.unique(source)
+            atoms = atoms[atoms != 0]
+            if not bool(torch.isin(self.atoms.roots(atoms), self.atoms.roots(torch.unique(labels))).all()):
                 self.block(atoms, reason)
                 self.block(labels, reason)
 
@@ -305,9 +309,7 @@ class _Mode(TorchFunctionMode):
         labels = self.trace.labels(args[0])
         channel_dims = varying_dims(labels)
         dim = args[1] if len(args) > 1 else kwargs.get("dim")
-        def atoms_of(d):
-            return torch.unique(squeeze_broadcast(labels, keep=d)[0])
-        return tag_sizes(out, channel_dims, atoms_of, None if dim is None else dim % max(1, labels.dim()))
+        return tag_sizes(out, channel_dims, labels, None if dim is None else dim % max(1, labels.dim()))
 
 
 def _module_hooks(model: nn.Module, trace: Trace, handlers, stack: ExitStack) -> None:

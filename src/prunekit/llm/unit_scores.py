@@ -9,6 +9,10 @@ Linear layer that holds W (tokens × in_features):
     wanda:      s_u = Σ_{W_ij ∈ u} |W_ij| · ‖X_j‖₂     (Wanda's element score, summed over the unit)
     wanda-out:  the same sum over the unit's output-side columns only (o_proj / down_proj)
     magnitude:  s_u = Σ_{W_ij ∈ u} |W_ij|
+    activation: s_u = Σ ‖X_j‖₂ over the inputs that carry the unit, each distinct input once
+                (a head's or FFN channel's own activation at o_proj / down_proj; for a channel of
+                the residual width, the normalised hidden state read by q/k/v and by gate/up in
+                every block — Minitron's activation importance, no weights)
 
 For the output-side slice (o_proj / down_proj columns) ‖X_j‖ is the norm of the unit's own
 activation, so a head or channel that is rarely active scores low even with large weights;
@@ -29,7 +33,7 @@ from ..graph import DependencyGraph
 from ..structured import group_scores
 from .engine import run_blockwise
 
-CRITERIA = ("wanda", "wanda-out", "magnitude")
+CRITERIA = ("wanda", "wanda-out", "magnitude", "activation")
 
 
 def unit_scores(model: nn.Module, graph: DependencyGraph, block_groups: list[str], tokens: torch.Tensor, *,
@@ -44,16 +48,23 @@ def unit_scores(model: nn.Module, graph: DependencyGraph, block_groups: list[str
     def score_block(index: int, block: nn.Module, stats) -> None:
         group = graph[block_groups[index]]
         prefix = f"{layers_path}.{index}."
-        element = {}
+        element, inputs_seen = {}, set()
         for s in group.slices:
-            if s.kind != "param" or not s.name.startswith(prefix) or (criterion == "wanda-out" and s.dim != 1):
+            if s.kind != "param" or not s.name.startswith(prefix) or (criterion in ("wanda-out", "activation")
+                                                                     and s.dim != 1):
                 continue
             layer_name, _, tensor = s.name[len(prefix):].rpartition(".")
             layer = block.get_submodule(layer_name)
             if not isinstance(layer, nn.Linear):
                 continue  # the width's norm scales: a unit's Linear weights score it
             weight = layer.get_parameter(tensor).detach().abs().float()
-            if stats is not None and tensor == "weight":
+            if criterion == "activation":
+                if tensor != "weight" or id(stats[layer_name]) in inputs_seen:
+                    continue  # q/k/v (gate/up) read one input: counted once
+                inputs_seen.add(id(stats[layer_name]))
+                weight = torch.zeros_like(weight)
+                weight[0] = stats[layer_name].norms.to(weight.device)  # one ‖X_j‖ per column: summed as is
+            elif stats is not None and tensor == "weight":
                 weight = weight * stats[layer_name].norms.to(weight.device)
             element[s.name] = weight
         for name, score in group_scores(model, graph, element, how="l1", groups=[group]).items():

@@ -6,11 +6,12 @@ a Llama config can describe):
 
     heads   GQA head groups (1 KV head + its 3 query heads) scored by Σ|W|·‖X‖ — SmolLM2 has 3
             per block, so 1 or 2 of 3 (6.6 % / 13.2 % of the parameters) are the only steps
-    ffn     SwiGLU channels scored by Σ|W|·‖X‖ (rows ending ":magnitude" or ":wanda-out": by those
+    ffn     SwiGLU channels scored by Σ|W|·‖X‖ (rows ending ":magnitude", ":wanda-out", ":activation": by those
             criteria of prunekit.llm.unit_scores, for comparison)
     width   channels of the residual stream (hidden_size: every embedding column, norm scale,
-            q/k/v/gate/up column and o/down row), scored by Σ|W|·‖X‖ summed over the blocks; the
-            kept width is a multiple of the 9 query heads
+            q/k/v/gate/up column and o/down row), scored by the norms of the normalised hidden
+            state summed over the blocks ("activation"; ":wanda" for Σ|W|·‖X‖); the kept width
+            is a multiple of the 9 query heads
     layers  whole decoder blocks by block influence (ShortGPT)
     mix     half of the parameter target by whole blocks, the rest by FFN channels
 
@@ -99,7 +100,7 @@ def fraction_for(model, structure: str, params: float) -> float:
 
 def prune_row(model, tokens, row: str):
     structure, amount, *criterion = row.split(":")
-    options = dict(progress=False, criterion=criterion[0] if criterion else "wanda")
+    options = dict(progress=False, criterion=criterion[0] if criterion else None)  # None: the structure's default
     if structure == "heads":
         numerator, denominator = amount.split("/")
         return [prune_structure(model, tokens, "heads", int(numerator) / int(denominator), **options)]

@@ -268,6 +268,19 @@ def test_recovery_keeps_the_masks_and_lowers_the_calibration_loss():
     assert get_masks(model) == masks
 
 
+def test_recovery_of_a_structurally_pruned_model_trains_its_decoder_linears_only():
+    from prunekit.llm import prune_structure
+
+    model, ids = tiny("llama"), tokens(8, 24)
+    prune_structure(model, ids, "ffn", 0.5, progress=False)
+    frozen = {name: p.detach().clone() for name, p in model.named_parameters()
+              if not (".layers." in name and name.endswith("proj.weight"))}
+    losses = recover(model, ids, steps=30, lr=3e-3, batch_size=4)
+    assert sum(losses[-5:]) < sum(losses[:5])
+    assert all(torch.equal(p, frozen[name]) for name, p in model.named_parameters() if name in frozen)
+    assert not get_masks(model)
+
+
 def test_input_statistics_add_up_over_batches():
     x = torch.randn(50, 8)
     whole, parts = InputStatistics(8, gram=True), InputStatistics(8, gram=True)

@@ -306,7 +306,24 @@ def test_cli_writes_a_run_folder_and_a_model_that_reloads(model_dir, tmp_path, c
 
 
 @needs_licences
+def test_cli_width_with_recovery_writes_three_rows_and_a_narrower_model(model_dir, tmp_path):
+    out = tmp_path / "narrow"
+    assert main(["llm", "--model", str(model_dir), "--calibration-samples", "4", "--seq-len", "32", "--window", "256",
+                 "--output-dir", str(tmp_path / "runs"), "--no-progress", "--structure", "width", "--remove", "0.25",
+                 "--recover-steps", "2", "--out", str(out)]) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    rows = json.loads((run / "metrics.json").read_text())
+    assert [r["stage"] for r in rows] == ["dense", "pruned", "recovered"] and rows[2]["params"] == rows[1]["params"]
+    assert json.loads((run / "settings.json").read_text())["criterion"] == "activation"
+    again = transformers.AutoModelForCausalLM.from_pretrained(out)
+    width = again.config.hidden_size
+    assert width < transformers.AutoConfig.from_pretrained(model_dir).hidden_size
+    assert width % again.config.num_attention_heads == 0 and again.model.norm.weight.numel() == width
+
+
+@needs_licences
 @pytest.mark.parametrize("extra,message", [(["--structure", "ffn"], "--remove"),
+                                           (["--criterion", "activation"], "--structure"),
                                            (["--structure", "ffn", "--remove", "1.2"], "--remove"),
                                            (["--remove", "0.5"], "--structure"),
                                            (["--structure", "heads", "--remove", "0.5", "--sparsity", "0.5"],

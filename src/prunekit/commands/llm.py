@@ -50,7 +50,9 @@ def register(sub) -> None:
     p.add_argument("--eval", default="reference", choices=("reference", "long"),
                    help="held-out text: first 2,048 tokens of GPL-3, or GPL-3 + MPL-2.0 (~11k tokens)")
     p.add_argument("--window", type=int, default=512, help="evaluation window in tokens (default 512)")
-    p.add_argument("--recover-steps", type=int, default=0, help="recovery fine-tuning steps, masks held")
+    p.add_argument("--recover-steps", type=int, default=0,
+                   help="recovery fine-tuning steps on the calibration text (masks held; with --structure, the "
+                        "compacted decoder's Linear layers)")
     p.add_argument("--recover-lr", type=float, default=1e-4)
     p.add_argument("--batch-size", type=int, default=8, help="calibration sequences per forward pass")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (a GPU when present)")
@@ -77,7 +79,6 @@ def _check_structured(args) -> None:
             raise PrunekitError(f"{' and '.join(used)} go with --structure heads|ffn|width|layers.")
         return
     unstructured = [flag for flag, value in (("--sparsity", args.sparsity), ("--nm", args.nm), ("--owl", args.owl),
-                                             ("--recover-steps", args.recover_steps),
                                              ("--save-model (use --out)", args.save_model)) if value]
     if unstructured or args.method != "wanda":
         raise PrunekitError(f"--structure removes whole units; leave out {', '.join(unstructured or ['--method'])} "
@@ -145,14 +146,13 @@ def _main(args) -> int:
 
 
 def _structured(args) -> int:
-    from ..llm import calibration_tokens, evaluate_lm, evaluation_tokens, load_causal_lm, prune_structure
+    from ..llm import calibration_tokens, evaluate_lm, evaluation_tokens, load_causal_lm, prune_structure, recover
     from ..llm.structured import DEFAULT_CRITERION
     from ..runs import RunDir
 
     if args.model != "smollm2" and not Path(args.model).is_dir():
         raise PrunekitError(f"--model {args.model!r} is neither 'smollm2' nor a directory.")
-    settings = {**{k: v for k, v in _settings(args).items() if k not in ("method", "sparsity", "nm", "owl",
-                                                                         "recover_steps", "recover_lr")},
+    settings = {**{k: v for k, v in _settings(args).items() if k not in ("method", "sparsity", "nm", "owl")},
                 "structure": args.structure, "remove": args.remove,
                 "criterion": "block influence" if args.structure == "layers" else (
                     args.criterion or DEFAULT_CRITERION.get(args.structure, "wanda"))}
@@ -172,6 +172,13 @@ def _structured(args) -> int:
     rows = [{"stage": "dense", **dense.row(), "agreement": 1.0, "params": result.params_before},
             {"stage": "pruned", **pruned.row(), "params": result.params_after,
              "params_removed": result.params_removed, "seconds": result.seconds}]
+    if args.recover_steps:  # the compacted model's decoder Linear layers, on the calibration text
+        losses = recover(model, tokens, steps=args.recover_steps, lr=args.recover_lr,
+                         progress=False if args.no_progress else None)
+        recovered = evaluate_lm(model, stream, window=args.window, reference=dense)
+        rows.append({"stage": "recovered", **recovered.row(), "params": result.params_after,
+                     "params_removed": result.params_removed, "train_loss_first": losses[0],
+                     "train_loss_last": losses[-1]})
     run.replace_rows(rows)
     run.write_json("structure.json", {"removed_per_block": result.removed_per_block,
                                       "units_per_block": result.units_per_block, "removed": result.removed,

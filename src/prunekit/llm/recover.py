@@ -1,9 +1,11 @@
-"""Brief recovery fine-tuning of a masked language model on its calibration text.
+"""Brief recovery fine-tuning of a pruned language model on its calibration text.
 
 Next-token cross-entropy on the calibration sequences, AdamW on the masked Linear weights
 only (embeddings, norms and the output head stay frozen, so a few hundred sequences cannot
 overfit the vocabulary). The masks are parametrizations: pruned weights receive zero
 gradient and the forward pass sees exact zeros throughout, so the sparsity holds.
+A model without masks — structurally pruned, its units already removed — trains the weights
+of every Linear layer of its decoder blocks instead (the same layers, nothing to hold).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch
 from ..errors import PrunekitError
 from ..masks import get_masks, named_parameters
 from ..modes import training_mode
-from .engine import check_calibration
+from .engine import check_calibration, decoder_layers
 
 
 def recover(model, tokens: torch.Tensor, *, steps: int = 100, lr: float = 1e-4, batch_size: int = 4, seed: int = 0,
@@ -27,10 +29,8 @@ def recover(model, tokens: torch.Tensor, *, steps: int = 100, lr: float = 1e-4, 
         raise PrunekitError("Recovery needs sequences of at least 2 tokens to predict a next token.")
     if steps < 1 or batch_size < 1 or not lr > 0:
         raise PrunekitError(f"Recovery needs steps ≥ 1, batch_size ≥ 1 and lr > 0, got {steps}, {batch_size}, {lr}.")
-    masked = list(get_masks(model))
-    if not masked:
-        raise PrunekitError("The model carries no prunekit masks; prune it first (prune_oneshot).")
     params = named_parameters(model)
+    masked = list(get_masks(model)) or _decoder_linear_weights(model)
 
     def loss(generator: torch.Generator) -> torch.Tensor:
         batch = tokens[torch.randint(0, tokens.shape[0], (batch_size,), generator=generator)]
@@ -38,6 +38,13 @@ def recover(model, tokens: torch.Tensor, *, steps: int = 100, lr: float = 1e-4, 
 
     return optimise(model, [params[name] for name in masked], loss, steps=steps, lr=lr, seed=seed,
                     mode=training_mode, description="recovery", progress=progress)
+
+
+def _decoder_linear_weights(model) -> list[str]:
+    """The weights of every Linear layer inside the decoder blocks (a structurally pruned model)."""
+    path, layers = decoder_layers(model)
+    return [f"{path}.{index}.{name}.weight" for index, block in enumerate(layers)
+            for name, layer in block.named_modules() if isinstance(layer, torch.nn.Linear)]
 
 
 def optimise(model, trainable: list[torch.nn.Parameter], loss: Callable[[torch.Generator], torch.Tensor], *,

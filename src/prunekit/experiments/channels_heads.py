@@ -10,7 +10,9 @@ Pruned units:
   * CNN              granularity "channel": conv channels with their BN and consumer slices;
   * ViT, heads       granularity "head": whole heads (rows of q, k, v, columns of out). The
                      patch embedding and MLPs stay, so budgets below their share are unreachable;
-  * ViT, heads + MLP granularity "group": heads and MLP hidden units together.
+  * ViT, heads + MLP granularity "group": heads and MLP hidden units together (the residual
+                     width, prunable through the LayerNorms, is held out: this arm compares
+                     heads and MLP units, as the CNN arm compares channels).
 Reported on the test set: accuracy before and after fine-tuning, the FLOPs fraction reached,
 mean ± std over seeds.
 """
@@ -28,6 +30,7 @@ from ..compaction import compact
 from ..criteria import Random, Taylor
 from ..data import load_dataset
 from ..errors import PrunekitError
+from ..graph import build_graph
 from ..plots import line_plot
 from ..pruner import Pruner
 from ..training import TrainConfig, evaluate, train
@@ -54,6 +57,16 @@ def _network(arch: str, settings: dict, data):
     return TinyViT(data.num_classes, channels, image=image, patch=settings["patch"], **settings["vit"])
 
 
+def _without_width(model, x):
+    """The dependency graph with every group that owns a LayerNorm scale (the residual width) held out."""
+    graph = build_graph(model, x)
+    norms = {f"{name}.weight" for name, m in model.named_modules() if isinstance(m, torch.nn.LayerNorm)}
+    for group in graph.groups:
+        if norms & set(group.params):
+            group.prunable, group.reason = False, "the residual width is held out of this experiment"
+    return graph
+
+
 def _one(arch: str, seed: int, settings: dict, log) -> dict:
     """Dense training, then every (granularity, budget, criterion) prune + fine-tune of one network."""
     data = load_dataset(settings["dataset"])
@@ -77,7 +90,7 @@ def _one(arch: str, seed: int, settings: dict, log) -> dict:
                 pruned = copy.deepcopy(model)
                 try:
                     Pruner(pruned, x, granularity=granularity, criterion=criterion, budget={"flops": budget},
-                           batches=calibration, loss_fn=F.cross_entropy).step()
+                           batches=calibration, loss_fn=F.cross_entropy, graph=_without_width(pruned, x)).step()
                 except PrunekitError as e:  # below what these units can reach (heads only: the MLPs stay)
                     result["arms"].append({**row, "unreachable": str(e)})
                     continue

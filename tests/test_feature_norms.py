@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import prunekit as pk
-from prunekit.compaction import relative_error
+from prunekit.compaction import plain_copy, relative_error
 from prunekit.errors import MaskError
 from prunekit.structured import group_masks
 from models_zoo import transformer
@@ -99,6 +99,8 @@ def test_transformer_width_masked_equals_compacted_and_dense_copies_are_refused(
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(MaskError, match="compact"):
         pk.remove_masks(model)
+    with pytest.raises(MaskError, match="norm"):
+        plain_copy(model)  # what surgery (to_sparse, low_rank …) starts from
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # nothing changed
 
 

@@ -13,8 +13,8 @@ run folder runs/llm-<method>-<hash>/ with settings.json, metrics.json/.csv, bloc
 sparsity of every block and layer) and report.md. Needs the [llm] extra (`make llm`).
 
 With --structure heads|ffn|width|layers the model is pruned structurally instead: --remove of
-the GQA head groups / FFN channels of every block or of the residual width (scored by Σ|W|·‖X‖
-on the calibration tokens), or of the decoder blocks (lowest block influence), removed physically; the run folder gets
+the GQA head groups / FFN channels of every block or of the residual width (scored by the norms
+of their activations on the calibration tokens), or of the decoder blocks (lowest block influence), removed physically; the run folder gets
 dense and pruned rows with parameter counts, and --out DIR a save_pretrained folder (model +
 tokenizer) that AutoModelForCausalLM.from_pretrained reloads.
 """
@@ -39,9 +39,9 @@ def register(sub) -> None:
                         "(hidden_size, through every RMSNorm) or whole decoder blocks")
     p.add_argument("--remove", type=float, help="with --structure: fraction of the units (per block) or blocks removed")
     p.add_argument("--criterion", choices=("wanda", "wanda-out", "magnitude", "activation"),
-                   help="with --structure heads/ffn/width: unit score Σ|W|·‖X‖ over all its weights (wanda, the "
-                        "default for heads and ffn), over its output-projection columns only (wanda-out), Σ|W| "
-                        "(magnitude), or the norms of its own activations (activation, the default for width)")
+                   help="with --structure heads/ffn/width: unit score from the norms of its own activations "
+                        "(activation, default), Σ|W|·‖X‖ over all its weights (wanda), over its output-projection "
+                        "columns only (wanda-out), or Σ|W| (magnitude)")
     p.add_argument("--out", help="with --structure: write the pruned model (save_pretrained) to this new folder")
     p.add_argument("--owl", action="store_true", help="outlier-weighted block sparsities (OWL) around --sparsity")
     p.add_argument("--calibration-samples", type=int, default=32, help="calibration windows (default 32)")
@@ -155,7 +155,7 @@ def _structured(args) -> int:
     settings = {**{k: v for k, v in _settings(args).items() if k not in ("method", "sparsity", "nm", "owl")},
                 "structure": args.structure, "remove": args.remove,
                 "criterion": "block influence" if args.structure == "layers" else (
-                    args.criterion or DEFAULT_CRITERION.get(args.structure, "wanda"))}
+                    args.criterion or DEFAULT_CRITERION)}
     run = RunDir.open(args.output_dir, f"llm-{args.structure}", settings)
     if run.is_done("llm") and args.out is None:
         print(format_table(run.rows()))

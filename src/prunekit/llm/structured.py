@@ -11,8 +11,8 @@ Pipeline (each stage is prunekit's own):
    the residual width — one group for the whole model: its embedding column, every norm's
    scale, every block's q/k/v/gate/up input column and o_proj/down_proj row, the LM head's
    column (the masked RMSNorms normalise over the kept width only, prunekit.feature_norms);
-2. every unit is scored on calibration tokens (prunekit.llm.unit_scores: Wanda-style
-   Σ |W|·‖X‖ over the unit's weights, or magnitude);
+2. every unit is scored on calibration tokens (prunekit.llm.unit_scores: by default the norms of
+   the unit's own activations; Wanda-style Σ |W|·‖X‖ over its weights, or magnitude);
 3. allocation is uniform: the same number of units, the lowest-scoring ones, goes in every
    block — the only allocation a Llama/Qwen2 config (one head count, one intermediate size for
    all blocks) can describe; the width's score sums every block's, and the kept width stays a
@@ -45,11 +45,11 @@ from .undo import DiskUndo
 from .unit_scores import CRITERIA, unit_scores
 
 UNIT_STRUCTURES = ("heads", "ffn", "width")
-# Units scored by their activations alone where that measured better on SmolLM2-135M
-# (benchmarks/llm_structured.py, perplexity; dense 24.2): the residual width at 10 % of the
-# parameters 46.5 by "activation" against 119.5 by "wanda"; FFN channels at 10 / 20 % 28.9 / 43.2
-# against 31.2 / 51.4. Heads keep Wanda's score.
-DEFAULT_CRITERION = {"width": "activation", "ffn": "activation"}
+# Units are scored by their activations alone by default: on SmolLM2-135M (benchmarks/
+# llm_structured.py, perplexity, dense 24.2) "activation" against "wanda" gave one KV group of
+# three 39.4 against 612; the residual width at 10 % of the parameters 46.5 against 119.5; FFN
+# channels at 10 / 20 / 30 % 28.9 / 43.2 / 134 against 31.2 / 51.4 / 123.
+DEFAULT_CRITERION = "activation"
 STRUCTURES = UNIT_STRUCTURES + ("layers",)
 # The compacted o_proj / down_proj sum fewer terms than the masked ones (the zeros are gone), so
 # float32 rounding differs; through SmolLM2's 30 residual blocks the logits then differ by
@@ -92,14 +92,13 @@ def _new_sizes(sizes: dict, structure: str, kept_units: int) -> dict:
 
 
 def prune_units(model: nn.Module, tokens: torch.Tensor, structure: str, remove: float, *,
-                criterion: str | None = None, batch_size: int = 8, device="cpu",
+                criterion: str = DEFAULT_CRITERION, batch_size: int = 8, device="cpu",
                 progress: bool | None = None) -> StructuredResult:
     """Remove round(remove · units) head groups or FFN channels from every block, or channels of
-    the residual width (module docstring). `criterion` None: DEFAULT_CRITERION of the structure."""
+    the residual width (module docstring)."""
     if structure not in UNIT_STRUCTURES:
         raise PrunekitError(f"Unknown unit structure {structure!r}; choose one of {', '.join(UNIT_STRUCTURES)} "
                             "(whole blocks: prunekit.llm.remove_layers).")
-    criterion = DEFAULT_CRITERION.get(structure, "wanda") if criterion is None else criterion
     if criterion not in CRITERIA:
         raise PrunekitError(f"Unknown structured criterion {criterion!r}; choose one of {', '.join(CRITERIA)}.")
     tokens = check_calibration(tokens)
@@ -149,7 +148,7 @@ def prune_units(model: nn.Module, tokens: torch.Tensor, structure: str, remove: 
 
 
 def prune_structure(model: nn.Module, tokens: torch.Tensor, structure: str, remove: float, *,
-                    criterion: str | None = None, batch_size: int = 8, device="cpu",
+                    criterion: str = DEFAULT_CRITERION, batch_size: int = 8, device="cpu",
                     progress: bool | None = None) -> StructuredResult:
     """'heads' / 'ffn' / 'width': prune_units; 'layers': remove_layers (block influence; `criterion` unused)."""
     if structure == "layers":

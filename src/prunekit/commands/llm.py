@@ -14,9 +14,10 @@ sparsity of every block and layer) and report.md. Needs the [llm] extra (`make l
 
 With --structure heads|ffn|width|layers the model is pruned structurally instead: --remove of
 the GQA head groups / FFN channels of every block or of the residual width (scored by the norms
-of their activations on the calibration tokens), or of the decoder blocks (lowest block influence), removed physically; the run folder gets
-dense and pruned rows with parameter counts, and --out DIR a save_pretrained folder (model +
-tokenizer) that AutoModelForCausalLM.from_pretrained reloads.
+of their activations on the calibration tokens), or of the decoder blocks (lowest block
+influence), removed physically; the run folder gets dense and pruned rows with parameter counts,
+and --out DIR a save_pretrained folder (model + tokenizer) that
+AutoModelForCausalLM.from_pretrained reloads.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ def register(sub) -> None:
     p.add_argument("--remove", type=float, help="with --structure: fraction of the units (per block) or blocks removed")
     p.add_argument("--criterion", choices=("wanda", "wanda-out", "magnitude", "activation"),
                    help="with --structure heads/ffn/width: unit score from the norms of its own activations "
-                        "(activation, default), Σ|W|·‖X‖ over all its weights (wanda), over its output-projection "
-                        "columns only (wanda-out), or Σ|W| (magnitude)")
+                        "(activation, default), Σ|W|·‖X‖ over all its weights (wanda), over its output-"
+                        "projection columns only (wanda-out), or Σ|W| (magnitude)")
     p.add_argument("--out", help="with --structure: write the pruned model (save_pretrained) to this new folder")
     p.add_argument("--owl", action="store_true", help="outlier-weighted block sparsities (OWL) around --sparsity")
     p.add_argument("--calibration-samples", type=int, default=32, help="calibration windows (default 32)")
@@ -74,8 +75,8 @@ def _settings(args) -> dict:
 def _check_structured(args) -> None:
     """Structured and unstructured options do not mix; bad values fail before anything is loaded."""
     if args.structure is None:
-        used = [flag for flag, value in (("--remove", args.remove), ("--out", args.out), ("--criterion", args.criterion))
-                if value is not None]
+        given = (("--remove", args.remove), ("--out", args.out), ("--criterion", args.criterion))
+        used = [flag for flag, value in given if value is not None]
         if used:
             raise PrunekitError(f"{' and '.join(used)} go with --structure heads|ffn|width|layers.")
         return

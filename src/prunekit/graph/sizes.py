@@ -5,9 +5,9 @@
 expand / split whose size is a ChannelCount follows the tensor after pruning (torchvision's
 channel_shuffle, `x.view(b, c)` in squeeze-excitation), so it is treated like an inferred
 size (-1) instead of a number written into the code. A count read from a tensor remembers the
-labels and axis it was read from: used to size an axis that carries *other* channels (torchvision's MaxViT
-reshapes the attention output to the width of its input), it ties two groups' counts, which
-pruning cannot keep equal, so both are blocked (movement.sized_reshape).
+labels and axis it was read from: used to size an axis that carries *other* channels
+(torchvision's MaxViT reshapes the attention output to the width of its input), it ties two
+groups' counts, which pruning cannot keep equal, so both are blocked (Trace.check_counts).
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 A unit u owns slices of several Linear weights — a head group: its rows of q_proj, k_proj,
 v_proj and its columns of o_proj; an FFN channel: its rows of gate_proj and up_proj and its
 column of down_proj; a channel of the residual width: its q/k/v/gate/up columns and o_proj /
-down_proj rows in every block, summed over the blocks (the dependency graph lists them). With X the calibration inputs of the
-Linear layer that holds W (tokens × in_features):
+down_proj rows in every block, summed over the blocks (the dependency graph lists them). With X
+the calibration inputs of the Linear layer that holds W (tokens × in_features):
 
     wanda:      s_u = Σ_{W_ij ∈ u} |W_ij| · ‖X_j‖₂     (Wanda's element score, summed over the unit)
     wanda-out:  the same sum over the unit's output-side columns only (o_proj / down_proj)

@@ -10,7 +10,8 @@ from prunekit.allocate import (GlobalThresholdAllocator, GreedyAllocator, Knapsa
                                SensitivityAllocator, UniformAllocator)
 from prunekit.allocate.channels import ChannelProblem
 from prunekit.compaction import predicted_counts
-from prunekit.errors import PrunekitError
+import prunekit as pk
+from prunekit.errors import GraphError, PrunekitError
 from prunekit.models import MNIST1DCNN, lenet5
 
 
@@ -77,3 +78,19 @@ def test_latency_prediction_vs_measured_and_netadapt_front():
     front = result.details["front"]
     assert all("latency_s" in row for row in front)
     assert all(b["cost"] < a["cost"] for a, b in zip(front, front[1:]))
+
+
+def test_a_model_without_prunable_groups_gets_a_short_reason():
+    class NormedLinear(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 4)
+
+        def forward(self, x):  # a functional norm over the features: this width is blocked, naming the module
+            return torch.nn.functional.layer_norm(self.fc(x), (4,))
+
+    model = torch.nn.Sequential(*(NormedLinear() for _ in range(6)))
+    with pytest.raises(GraphError, match="No prunable group") as error:
+        pk.Pruner(model, torch.randn(2, 4), granularity="group", sparsity=0.5).step()
+    message = str(error.value)
+    assert "and 4 more" in message and message.count("layer_norm") == 3  # three of seven reasons, then a count

@@ -95,8 +95,9 @@ class ChannelProblem(MaskedModelProblem):
         if names is None:
             groups = self.graph.prunable()
             if not groups:
-                why = "; ".join(self.graph.unsupported[:3]) or "; ".join(
-                    sorted({g.reason for g in self.graph.groups if g.reason})) or "no channel-coupled layers found"
+                reasons = sorted({g.reason.split("; ")[0] for g in self.graph.groups if g.reason})
+                why = "; ".join(self.graph.unsupported[:3]) or "; ".join(reasons[:3]) + (
+                    f"; and {len(reasons) - 3} more" if len(reasons) > 3 else "") or "no channel-coupled layers found"
                 raise GraphError(f"No prunable group in this model ({why}); see prunekit.build_graph(model, x).")
             return groups
         groups = []

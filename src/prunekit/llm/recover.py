@@ -11,6 +11,7 @@ of every Linear layer of its decoder blocks instead (the same layers, nothing to
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -21,6 +22,9 @@ from ..modes import training_mode
 from .engine import check_calibration, decoder_layers
 
 
+MEMORISING_PASSES = 4  # more passes over the calibration sequences than this: warn
+
+
 def recover(model, tokens: torch.Tensor, *, steps: int = 100, lr: float = 1e-4, batch_size: int = 4, seed: int = 0,
             progress: bool | None = None) -> list[float]:
     """Fine-tune the masked weights for `steps` steps; returns the training losses."""
@@ -29,6 +33,11 @@ def recover(model, tokens: torch.Tensor, *, steps: int = 100, lr: float = 1e-4, 
         raise PrunekitError("Recovery needs sequences of at least 2 tokens to predict a next token.")
     if steps < 1 or batch_size < 1 or not lr > 0:
         raise PrunekitError(f"Recovery needs steps ≥ 1, batch_size ≥ 1 and lr > 0, got {steps}, {batch_size}, {lr}.")
+    passes = steps * batch_size / tokens.shape[0]
+    if passes > MEMORISING_PASSES:
+        warnings.warn(f"Recovery would show each of the {tokens.shape[0]} calibration sequences about {passes:.0f} "
+                      "times and can memorise them (SmolLM2-135M, 32 sequences, 100 steps: training loss 3.7 → 0.09, "
+                      "held-out perplexity 46 → 77). Give more sequences or fewer steps.", stacklevel=2)
     params = named_parameters(model)
     masked = list(get_masks(model)) or _decoder_linear_weights(model)
 

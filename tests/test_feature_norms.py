@@ -11,6 +11,7 @@ from torch import nn
 import prunekit as pk
 from prunekit.compaction import plain_copy, relative_error
 from prunekit.errors import MaskError
+from prunekit.masks import load_masked_state_dict
 from prunekit.structured import group_masks
 from models_zoo import transformer
 
@@ -175,3 +176,15 @@ def test_channels_first_layer_norm_width_is_exact():
     with torch.no_grad():
         assert relative_error(model(x), small(x)) <= 1e-6
     assert small.stem.out_channels == small.stem_norm.normalized_shape[0] < 8
+
+
+def test_a_masked_checkpoint_brings_the_exact_norms_back():
+    # the transformer's position table `pos` is a parameter of the root module: its mask key has no module prefix
+    torch.manual_seed(5)
+    model, x = transformer()
+    _prune_width(_randomised(model), x)
+    fresh, _ = transformer()
+    load_masked_state_dict(fresh, model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(fresh.eval()(x), model(x))
+    assert pk.get_masks(fresh) == pk.get_masks(model)

@@ -132,10 +132,9 @@ class MaskSet(Mapping):
         """Masks stored in the state_dict of a masked model (keys '<module>.parametrizations.<t>.0.mask')."""
         masks = {}
         for key, value in state_dict.items():
-            if _PARAMETRIZED in key and key.endswith(".0.mask"):
-                module, rest = key.split(_PARAMETRIZED, 1)
-                tensor = rest[: -len(".0.mask")]
-                masks[f"{module}.{tensor}" if module else tensor] = value
+            name = _parametrized_tensor(key, ".0.mask")
+            if name is not None:
+                masks[name] = value
         return cls(masks)
 
 
@@ -155,15 +154,21 @@ def _as_bool_mask(name, mask) -> torch.Tensor:
 # Canonical parameter names on a (possibly already masked) model
 # ----------------------------------------------------------------------------------------
 
+def _parametrized_tensor(key: str, suffix: str) -> str | None:
+    """'a.parametrizations.weight<suffix>' → 'a.weight' (the root module's own: 'parametrizations.pos…'
+    → 'pos'); None for any other key."""
+    if key.startswith(_PARAMETRIZED[1:]):
+        key = "." + key
+    if _PARAMETRIZED not in key or not key.endswith(suffix):
+        return None
+    module, rest = key.split(_PARAMETRIZED, 1)
+    tensor = rest[: -len(suffix)]
+    return f"{module}.{tensor}" if module else tensor
+
+
 def canonical_name(name: str) -> str:
     """'a.parametrizations.weight.original' → 'a.weight'; other names unchanged."""
-    if name.startswith(_PARAMETRIZED[1:]):  # a masked parameter of the root module itself
-        name = "." + name
-    if _PARAMETRIZED in name and name.endswith(".original"):
-        module, rest = name.split(_PARAMETRIZED, 1)
-        tensor = rest[: -len(".original")]
-        return f"{module}.{tensor}" if module else tensor
-    return name
+    return _parametrized_tensor(name, ".original") or name
 
 
 def named_parameters(model: nn.Module) -> dict[str, nn.Parameter]:

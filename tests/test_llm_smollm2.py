@@ -30,3 +30,22 @@ def test_smollm2_pruned_one_shot_keeps_most_of_its_perplexity():
     assert results["wanda"].perplexity < results["magnitude"].perplexity / 2
     assert results["sparsegpt"].perplexity < 3 * dense.perplexity
     assert results["sparsegpt"].agreement > results["magnitude"].agreement
+
+
+def test_smollm2_narrower_residual_width_reloads_with_the_same_logits(tmp_path):
+    import transformers
+
+    from prunekit.llm import calibration_tokens, evaluate_lm, evaluation_tokens, load_causal_lm, prune_structure
+
+    torch.set_num_threads(2)
+    model, tokenizer = load_causal_lm("smollm2")
+    stream = evaluation_tokens(tokenizer, "reference")
+    dense = evaluate_lm(model, stream)
+    result = prune_structure(model, calibration_tokens(tokenizer, 16, 128), "width", 0.1)
+    assert model.config.hidden_size == 576 - result.removed_per_block and model.config.hidden_size % 9 == 0
+    assert evaluate_lm(model, stream, reference=dense).perplexity < 3 * dense.perplexity  # measured: 46.5 of 24.2
+    model.save_pretrained(tmp_path)
+    again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    ids = stream[:64].unsqueeze(0)
+    with torch.no_grad():
+        assert torch.equal(again(input_ids=ids).logits, model(input_ids=ids).logits)

@@ -73,7 +73,10 @@ def test_latency_prediction_vs_measured_and_netadapt_front():
         if max(errors) < 1.0:
             break
     assert max(errors) < 1.0  # loose on purpose; the errors are printed
-    result = NetAdapt(0.8, delta=0.1, finetune_steps=0).allocate(problem)
+    for _ in range(3):  # its stopping test measures latency too: a load burst can end one search short
+        result = NetAdapt(0.8, delta=0.1, finetune_steps=0).allocate(problem)
+        if result.met:
+            break
     assert result.met
     front = result.details["front"]
     assert all("latency_s" in row for row in front)

@@ -26,6 +26,9 @@ class Criterion(ABC):
     # each parameter (0: output channels / rows, 1: input channels / columns); None when
     # scores vary element by element. Aggregators can use it to read a unit's own slice only.
     unit_dim: int | None = None
+    # True: a tensor's scores depend on that tensor alone, so they can be computed one tensor at
+    # a time (structured scoring then never holds a full-size score copy of every weight at once).
+    local = False
 
     @abstractmethod
     def scores(self, model: nn.Module, params: Mapping[str, nn.Parameter], *,

@@ -16,6 +16,7 @@ from .base import Criterion
 
 class Magnitude(Criterion):
     name = "magnitude"
+    local = True
 
     def scores(self, model, params, *, batches=None, loss_fn=None):
         with torch.no_grad():

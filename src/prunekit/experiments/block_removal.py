@@ -32,7 +32,7 @@ from ..masks import apply_masks
 from ..plots import line_plot
 from ..prune import prune_blocks
 from ..training import TrainConfig, evaluate, train
-from .common import cached, mean_std, pm, write_outputs
+from .common import mean_std, pm, run_seeds, write_outputs
 from .nets import StackNet
 from .progress import WorkProgress
 
@@ -109,12 +109,7 @@ def _one_seed(seed: int, settings: dict, log) -> dict:
 def experiment_k(out: Path, seeds, scale: str, log, progress: WorkProgress) -> str:
     settings = _settings(scale)
     folder = out / "k_block_removal"
-    folder.mkdir(parents=True, exist_ok=True)
-    runs = []
-    progress.expect(len(seeds))
-    for seed in seeds:
-        runs.append(cached(folder / f"seed{seed}_{scale}.json", lambda: _one_seed(seed, settings, log)))
-        progress.advance(f"seed {seed}")
+    runs = run_seeds(folder, seeds, scale, progress, lambda seed: _one_seed(seed, settings, log))
     table, series, errors = [], {}, {}
     ks = sorted(runs[0]["k"], key=int)
     for name, label in (("resnet", "ResNet (residual)"), ("plain", "plain CNN")):

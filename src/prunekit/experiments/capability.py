@@ -21,7 +21,7 @@ from ..data import load_dataset
 from ..models import build_model
 from ..plots import grouped_bars
 from ..training import TrainConfig, train
-from .common import cached, mean_std, pm, write_outputs
+from .common import mean_std, pm, run_seeds, write_outputs
 from .progress import WorkProgress
 
 METHODS = ("dense", "min-cut", "attribution, same units", "random, same units", "attribution, fewest reaching target",
@@ -66,12 +66,7 @@ def _one_seed(seed: int, scale: str, log) -> dict:
 
 def experiment_f(out: Path, seeds, scale: str, log, progress: WorkProgress) -> str:
     folder = out / "f_mincut"
-    folder.mkdir(parents=True, exist_ok=True)
-    per_seed = []
-    progress.expect(len(seeds))
-    for seed in seeds:
-        per_seed.append(cached(folder / f"seed{seed}_{scale}.json", lambda: _one_seed(seed, scale, log)))
-        progress.advance(f"seed {seed}")
+    per_seed = run_seeds(folder, seeds, scale, progress, lambda seed: _one_seed(seed, scale, log))
 
     def averaged(method, key):  # one value per seed: the mean over classes
         return [sum(r[key] for r in res[method]) / len(res[method]) for res in per_seed]

@@ -85,6 +85,18 @@ def write_outputs(folder: Path, rows: list[dict], columns: list[str], *, title: 
     return text
 
 
+def run_seeds(folder: Path, seeds, scale: str, progress, compute) -> list:
+    """[compute(seed) for each seed], each cached in folder/seed<seed>_<scale>.json (a rerun finds
+    the finished seeds) and reported to `progress` as one unit of work."""
+    folder.mkdir(parents=True, exist_ok=True)
+    results = []
+    progress.expect(len(seeds))
+    for seed in seeds:
+        results.append(cached(folder / f"seed{seed}_{scale}.json", lambda: compute(seed)))
+        progress.advance(f"seed {seed}")
+    return results
+
+
 def cached(path: Path, compute):
     """The JSON value at `path`; when it is not there yet, `compute()` first and write it (atomically,
     so a killed run never leaves half a file): a rerun finds the finished seeds."""

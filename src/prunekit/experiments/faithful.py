@@ -19,7 +19,7 @@ from ..lottery import LotteryConfig
 from ..lottery.notebook import NotebookConfig, notebook_lottery
 from ..plots import line_plot
 from ..training import TrainConfig
-from .common import by_round, cached, mean_std, pm, write_outputs
+from .common import by_round, mean_std, pm, run_seeds, write_outputs
 from .progress import WorkProgress
 from .tickets import lottery_rows
 
@@ -45,14 +45,9 @@ def _notebook_config(scale: str, seed: int) -> NotebookConfig:
 
 def experiment_h(out: Path, seeds, scale: str, log, progress: WorkProgress) -> str:
     folder = out / "h_mnist1d_notebook"
-    folder.mkdir(parents=True, exist_ok=True)
     data = load_dataset("mnist1d")
-    per_seed = []
-    progress.expect(len(seeds))
-    for seed in seeds:
-        per_seed.append(cached(folder / f"seed{seed}_{scale}.json",
-                               lambda: notebook_lottery(data, _notebook_config(scale, seed), log=log)))
-        progress.advance(f"seed {seed}")
+    per_seed = run_seeds(folder, seeds, scale, progress,
+                         lambda seed: notebook_lottery(data, _notebook_config(scale, seed), log=log))
     table = []
     for index, row in enumerate(per_seed[0]):
         rows = [rows_[index] for rows_ in per_seed]

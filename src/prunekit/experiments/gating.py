@@ -23,7 +23,7 @@ from ..data import fashion_mnist_available, load_dataset
 from ..errors import PrunekitError
 from ..plots import grouped_bars
 from ..training import TrainConfig
-from .common import cached, mean_std, pm, write_outputs
+from .common import mean_std, pm, run_seeds, write_outputs
 from .progress import WorkProgress
 
 
@@ -77,13 +77,7 @@ def experiment_g(out: Path, seeds, scale: str, log, progress: WorkProgress) -> s
         raise PrunekitError("Experiment g needs Fashion-MNIST: sudo apt-get install dataset-fashion-mnist "
                             "(or run it with scale='quick').")
     folder = out / "g_gating"
-    folder.mkdir(parents=True, exist_ok=True)
-    per_seed = []
-    progress.expect(len(seeds))
-    for seed in seeds:
-        per_seed.append(cached(folder / f"seed{seed}_{scale}.json",
-                               lambda: _one_seed(seed, settings, log, folder)))
-        progress.advance(f"seed {seed}")
+    per_seed = run_seeds(folder, seeds, scale, progress, lambda seed: _one_seed(seed, settings, log, folder))
     arms = list(per_seed[0])
     dense_acc = [r["dense"]["accuracy"] for r in per_seed]
     table = []

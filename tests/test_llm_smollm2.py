@@ -37,7 +37,6 @@ def test_smollm2_narrower_residual_width_reloads_with_the_same_logits(tmp_path):
 
     from prunekit.llm import calibration_tokens, evaluate_lm, evaluation_tokens, load_causal_lm, prune_structure
 
-    torch.set_num_threads(2)
     model, tokenizer = load_causal_lm("smollm2")
     stream = evaluation_tokens(tokenizer, "reference")
     dense = evaluate_lm(model, stream)

@@ -11,8 +11,8 @@ When a prunekit mask sits on the weight of such a norm, the masked model compute
 that (and 0 for the removed features), so masked == compacted holds for a residual width that
 passes through norms. The mask on the weight *is* the set of features the norm has.
 
-How: `apply_masks` calls `normalise_over_kept(module)`, which sets `forward` on the class that
-torch.nn.utils.parametrize generated for this one module. Nothing else is touched: a deep copy
+How: `apply_masks` calls `normalise_over_kept(module)`, which sets `forward` (and the norm's kind
+and axis, decided once) on the class that torch.nn.utils.parametrize generated for this one module. Nothing else is touched: a deep copy
 carries it, and removing the module's last mask restores the user's own class (and forward).
 
 RMS-type norms (any `*RMSNorm`, HF's `T5LayerNorm`) are computed by the module's own forward
@@ -98,7 +98,7 @@ def _exact_forward(self, *args, **kwargs):
     if keep is None or not _partial(keep):
         out = plain(self, *args, **kwargs)
         return out if keep is None or bool(keep.any()) else torch.zeros_like(out)
-    kind, axis = norm_kind(self)
+    kind, axis = type(self)._prunekit_feature_norm  # decided once, when the mask was installed
     if args:
         x, rest, extra = args[0], args[1:], kwargs
     else:  # the input passed by keyword (hidden_states=…)
@@ -128,7 +128,9 @@ def _layer_norm_over_kept(x, keep, axis, weight, bias, eps):
 def normalise_over_kept(module: nn.Module) -> None:
     """Make a masked norm compute its statistic over the features its weight mask keeps.
     Called on a module whose weight carries a prunekit mask (its class is parametrize's own)."""
-    if norm_kind(module) is not None and kept_features(module) is not None:
+    kind = norm_kind(module)
+    if kind is not None and kept_features(module) is not None:
+        type(module)._prunekit_feature_norm = kind
         type(module).forward = _exact_forward
 
 

@@ -149,7 +149,7 @@ def _main(args) -> int:
 
 def _structured(args) -> int:
     from ..llm import calibration_tokens, evaluate_lm, evaluation_tokens, load_causal_lm, prune_structure, recover
-    from ..llm.structured import DEFAULT_CRITERION
+    from ..llm.unit_scores import DEFAULT_CRITERION
     from ..runs import RunDir
 
     if args.model != "smollm2" and not Path(args.model).is_dir():

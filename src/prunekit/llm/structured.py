@@ -42,14 +42,9 @@ from .hf_config import block_sizes, proposed_config, sync_config, uniform_sizes
 from .layers import remove_layers
 from .structure_result import StructuredResult, parameter_count, units_to_remove
 from .undo import DiskUndo
-from .unit_scores import CRITERIA, unit_scores
+from .unit_scores import CRITERIA, DEFAULT_CRITERION, unit_scores
 
 UNIT_STRUCTURES = ("heads", "ffn", "width")
-# Units are scored by their activations alone by default: on SmolLM2-135M (benchmarks/
-# llm_structured.py, perplexity, dense 24.2) "activation" against "wanda" gave one KV group of
-# three 39.4 against 612; the residual width at 10 % of the parameters 46.5 against 119.5; FFN
-# channels at 10 / 20 / 30 % 28.9 / 43.2 / 134 against 31.2 / 51.4 / 123.
-DEFAULT_CRITERION = "activation"
 STRUCTURES = UNIT_STRUCTURES + ("layers",)
 # The compacted o_proj / down_proj sum fewer terms than the masked ones (the zeros are gone), so
 # float32 rounding differs; through SmolLM2's 30 residual blocks the logits then differ by

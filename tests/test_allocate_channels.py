@@ -59,7 +59,9 @@ def test_latency_prediction_vs_measured_and_netadapt_front():
     torch.manual_seed(0)
     model = lenet5()
     timing = torch.randn(128, 1, 28, 28)
-    for _ in range(3):  # a load burst on the shared CPUs can skew the table or a measurement: three tries
+    # The table is measured on this shared machine: a load burst can skew it or a measurement, and NetAdapt's
+    # search on a skewed table (deterministic given the table) can overshoot its budget. Three fresh tables.
+    for _ in range(3):
         problem = ChannelProblem(model, _val((1, 28, 28)), torch.randn(1, 1, 28, 28), metric="latency",
                                  latency_input=timing)
         errors = []
@@ -70,13 +72,10 @@ def test_latency_prediction_vs_measured_and_netadapt_front():
             errors.append(abs(predicted - measured) / measured)
             print(f"ratio {ratio}: predicted {predicted * 1e3:.2f} ms, measured {measured * 1e3:.2f} ms, "
                   f"error {errors[-1]:.1%}")
-        if max(errors) < 1.0:
+        result = NetAdapt(0.8, delta=0.1, finetune_steps=0).allocate(problem)
+        if max(errors) < 1.0 and result.met:
             break
     assert max(errors) < 1.0  # loose on purpose; the errors are printed
-    for _ in range(3):  # its stopping test measures latency too: a load burst can end one search short
-        result = NetAdapt(0.8, delta=0.1, finetune_steps=0).allocate(problem)
-        if result.met:
-            break
     assert result.met
     front = result.details["front"]
     assert all("latency_s" in row for row in front)

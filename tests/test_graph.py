@@ -584,3 +584,26 @@ def test_a_handler_that_fails_blocks_and_names_the_op(monkeypatch):
     assert not graph["0:out"].prunable
     assert "'prelu' in 1 could not be followed by prunekit (IndexError: unexpected layout)" in graph["0:out"].reason
     assert graph["2:out"].prunable
+
+
+def test_trace_frees_activations_as_the_forward_drops_them():
+    """The trace's bookkeeping holds no activation: a layer's output is freed once the next layers
+    no longer need it (holding them all cost about the model's size again on a CNN at 224 px)."""
+    import weakref
+
+    from prunekit.graph.live import LiveTensorMap
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3))
+    first, freed = [], []
+    model[0].register_forward_hook(lambda m, i, out: first.append(weakref.ref(out)))
+    model[4].register_forward_pre_hook(lambda m, i: freed.append(first[-1]() is None))
+    graph = build_graph(model, torch.randn(1, 3, 12, 12))
+    assert freed and all(freed)
+    assert graph["0:out"].prunable
+
+    table = LiveTensorMap()
+    t = torch.zeros(3)
+    table[t] = "labels"
+    assert table.get(t) == "labels" and t in table
+    del t
+    assert len(table) == 0  # dropped when the tensor died: a new tensor reusing its id finds nothing

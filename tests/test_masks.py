@@ -115,3 +115,30 @@ def test_root_module_parameter_can_be_pruned_twice_and_masksets_do_not_alias():
     assert torch.equal(first["weight"], snapshot)  # the returned MaskSet is a value, not a view
     assert second.is_subset_of(first) and int((~second["weight"]).sum()) == 5
     assert first.get("missing") is None
+
+
+def test_mask_sets_share_tensors_yet_never_change():
+    """get_masks shares the model's mask tensors (no copy of every mask); re-pruning and loading a
+    state dict replace those tensors, so a MaskSet taken earlier keeps what it said."""
+    model = small_net()
+    pk.prune(model, 0.5)
+    before = pk.get_masks(model)
+    snapshot = {n: m.clone() for n, m in before.items()}
+    parametrized = model[0].parametrizations.weight[0].mask
+    assert before["0.weight"].data_ptr() == parametrized.data_ptr()  # shared, not copied
+
+    other = small_net()
+    pk.prune(other, 0.8)
+    model.load_state_dict(other.state_dict())                # torch writes buffers in place...
+    assert torch.equal(pk.get_masks(model)["0.weight"], pk.get_masks(other)["0.weight"])
+    pk.prune(model, 0.9)                                      # ...and prunekit installs new masks
+    for name, mask in before.items():                         # ...but the earlier set is unchanged
+        assert torch.equal(mask, snapshot[name])
+    assert pruned_weights_are_zero(model, pk.get_masks(model))
+
+
+def test_mask_set_copies_tensors_it_does_not_own():
+    mask = torch.ones(8, 6, dtype=torch.bool)
+    masks = pk.MaskSet({"0.weight": mask})
+    mask[0, 0] = False
+    assert bool(masks["0.weight"].all())

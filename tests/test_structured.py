@@ -222,3 +222,16 @@ def test_per_channel_scores_without_a_slice_along_their_dimension_are_refused():
     rows = {"3.weight": torch.rand_like(model[3].weight)}  # group 0:out owns only a dim-1 slice of it
     with pytest.raises(pk.PrunekitError, match="no tensor slice along dimension 0"):
         group_scores(model, graph, rows, unit_dim=0, groups=[graph["0:out"]])
+
+
+def test_per_group_amounts_name_real_groups():
+    """A misspelt group is named with a suggestion; an empty mapping says what to give."""
+    model, x = lenet5()
+    group = build_graph(model, x).prunable()[0].name
+    with pytest.raises(pk.PrunekitError, match="No group named 'cnv1:out'"):
+        prune_structured(model, {"cnv1:out": 0.5}, x)
+    with pytest.raises(pk.PrunekitError, match="per-layer amounts are empty"):
+        prune_structured(model, {}, x)
+    assert not pk.get_masks(model)  # nothing installed by the refused calls
+    masks = prune_structured(model, {group: 0.5}, x)
+    assert masks.sparsity() > 0

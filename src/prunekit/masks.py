@@ -29,11 +29,20 @@ _PARAMETRIZED = ".parametrizations."
 
 
 class WeightMask(nn.Module):
-    """The parametrization: w ↦ where(mask, w, 0). The mask is a bool buffer (1 byte/element)."""
+    """The parametrization: w ↦ where(mask, w, 0). The mask is a bool buffer (1 byte/element).
+
+    The buffer's tensor is never changed in place — new masks and loaded state dicts replace it —
+    so it is shared with the MaskSets it came from and that `get_masks` returns, not copied
+    (a copy of every structured mask costs a quarter of the model's memory)."""
 
     def __init__(self, mask: torch.Tensor):
         super().__init__()
-        self.register_buffer("mask", mask.to(torch.bool).clone())
+        self.register_buffer("mask", mask.to(torch.bool))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if prefix + "mask" in state_dict:  # load into a fresh tensor: MaskSets may share the current one
+            self.mask = torch.empty_like(self.mask)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         # where(), not multiplication: a NaN/inf in a pruned slot still yields an exact 0.
@@ -41,13 +50,29 @@ class WeightMask(nn.Module):
 
 
 class MaskSet(Mapping):
-    """An immutable mapping parameter-name → bool mask (True = kept)."""
+    """An immutable mapping parameter-name → bool mask (True = kept).
+
+    It owns its tensors: masks given as a plain mapping are copied (the caller may change
+    them later); another MaskSet's tensors are shared, since neither set changes them.
+    Treat the tensors it returns as read-only.
+    """
 
     def __init__(self, masks: Mapping[str, torch.Tensor] | None = None):
+        if isinstance(masks, MaskSet):
+            self._masks = dict(masks._masks)
+            return
         checked = {}
         for name, mask in (masks or {}).items():
             checked[str(name)] = _as_bool_mask(name, mask)
         self._masks = checked
+
+    @classmethod
+    def adopt(cls, masks: dict[str, torch.Tensor]) -> MaskSet:
+        """A MaskSet made of bool masks this library has just built and keeps no other reference to,
+        without copying them (structured masks of a large model are a quarter of its size each time)."""
+        out = cls()
+        out._masks = {str(name): mask for name, mask in masks.items()}
+        return out
 
     # Mapping protocol -------------------------------------------------------------------
     def __getitem__(self, name: str) -> torch.Tensor:
@@ -98,7 +123,7 @@ class MaskSet(Mapping):
         out = dict(self._masks)
         for name, mask in other.items():
             out[name] = out[name] & mask.to(out[name].device) if name in out else mask
-        return MaskSet(out)
+        return MaskSet.adopt(out)  # new tensors, or tensors of the two (immutable) operands
 
     def is_subset_of(self, other: MaskSet) -> bool:
         """True when every weight kept here is also kept in `other` (masks only shrink)."""
@@ -306,7 +331,7 @@ def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> MaskSet:
         dense = available[name]
         mask = mask.to(dense.device)
         if existing is not None:
-            existing.mask.copy_(mask)
+            existing.mask = mask  # replaced, not written into: MaskSets may share the old tensor
         else:
             _own_class(module)
             parametrize.register_parametrization(module, tensor, WeightMask(mask), unsafe=True)
@@ -327,8 +352,8 @@ def get_masks(model: nn.Module) -> MaskSet:
         for tensor in module.parametrizations:
             mp = _mask_parametrization(module, tensor)
             if mp is not None:
-                found[f"{module_name}.{tensor}" if module_name else tensor] = mp.mask  # MaskSet copies it
-    return MaskSet(found)
+                found[f"{module_name}.{tensor}" if module_name else tensor] = mp.mask
+    return MaskSet.adopt(found)  # shares the buffers: WeightMask never changes them in place
 
 
 def refuse_dense_norms(model: nn.Module, what: str) -> None:

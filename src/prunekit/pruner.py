@@ -108,6 +108,9 @@ class Pruner:
 
     # Validation (cheap, before any scoring) ---------------------------------------------------
     def _validate(self) -> None:
+        if isinstance(self.sparsity, Mapping) and not self.sparsity:
+            raise PrunekitError("The per-layer amounts are empty: give {layer or group name: fraction} for at least "
+                                "one (build_graph(model, x).prunable() lists the groups).")
         targets = sum(x is not None and x != {} for x in (self.sparsity, self.budget, self.threshold))
         if self.nm is not None:
             if targets or self.allocation not in SIMPLE_ALLOCATIONS:

@@ -132,7 +132,7 @@ def group_masks(graph: DependencyGraph, keep: Mapping[str, torch.Tensor]) -> Mas
             removed = s.index[~kept].reshape(-1)
             if len(removed):
                 mask.index_fill_(s.dim, removed, False)
-    return MaskSet(masks)
+    return MaskSet.adopt(masks)
 
 
 def _scored_tensors(model: nn.Module, groups, unit_dim: int | None) -> list[str]:

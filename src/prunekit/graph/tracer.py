@@ -28,6 +28,7 @@ from ..modes import evaluation_mode, training_mode
 from ..nested import ExampleInputs, tensors_in
 from .atoms import AtomSet, compress, squeeze_broadcast, varies_along, varying_dims
 from .derived import Derived, identity
+from .live import LiveTensorMap
 from .sizes import ChannelCount, tag_sizes
 
 SIZE_SUFFIX = ".<channels>"  # pseudo tensor: a module's channel count that no parameter dimension carries
@@ -39,8 +40,9 @@ class Trace:
     def __init__(self, model: nn.Module):
         self.model = model
         self.atoms = AtomSet()
-        self._labels: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._names: dict[int, str] = {}
+        self._labels: LiveTensorMap[torch.Tensor] = LiveTensorMap()  # activation → its labels
+        self._names: dict[int, str] = {}   # parameters and buffers (the model keeps them alive)
+        self._aliases: LiveTensorMap[str] = LiveTensorMap()  # a masked weight the forward sees → its parameter
         self.shapes: dict[str, tuple] = {}
         self.kinds: dict[str, str] = {}     # name → "param" | "buffer" | "size"
         self.float_names: set[str] = set()
@@ -52,10 +54,9 @@ class Trace:
         self.unsupported: list[str] = []
         self.producers: set[tuple[str, int]] = set()
         self.seen: set[str] = set()      # tensors some operation used
-        self.derived: dict[int, tuple[torch.Tensor, Derived]] = {}  # tensors computed from parameters alone
+        self.derived: LiveTensorMap[Derived] = LiveTensorMap()  # tensors computed from parameters alone
         self.unmasked: set[tuple[str, int]] = set()
         self.indexed: dict[str, set[int]] = {}  # parameter → axes read at fixed positions (tables)  # (tensor, dim) sliced by compaction but never masked
-        self._alive: list[torch.Tensor] = []
         self.unused: list[str] = []      # parameters no pass used
         self.output = None               # the model's eval-mode output on the example
         self.train_pass_error = ""       # why the train-mode pass could not run, if it could not
@@ -71,7 +72,7 @@ class Trace:
         """A function that puts the bookkeeping back as it is now (undo a failed pass)."""
         restore_atoms = self.atoms.snapshot()
         saved = {key: copy.copy(value) for key, value in vars(self).items()
-                 if key not in ("atoms", "model", "_labels", "derived", "output")}
+                 if key not in ("atoms", "model", "_labels", "_aliases", "derived", "output")}
         saved["frozen"] = {k: list(v) for k, v in self.frozen.items()}
         saved["indexed"] = {k: set(v) for k, v in self.indexed.items()}
 
@@ -89,26 +90,30 @@ class Trace:
         self.kinds[name] = kind
         if tensor.is_floating_point():
             self.float_names.add(name)
-        self._labels.pop(id(tensor), None)
+        self._labels.pop(tensor)
 
     def alias(self, tensor: torch.Tensor, name: str) -> None:
         """`tensor` is what the forward pass sees for parameter `name` (a masked weight)."""
-        self._names[id(tensor)] = name
-        self._alive.append(tensor)  # its id must not be reused by another tensor while we trace
+        self._aliases[tensor] = name
 
     def name_of(self, tensor) -> str | None:
-        name = self._names.get(id(tensor)) if isinstance(tensor, torch.Tensor) else None
+        name = self._plain_name(tensor) if isinstance(tensor, torch.Tensor) else None
         if name is not None:
             self.seen.add(name)
         return name
 
     def is_source(self, tensor) -> bool:
         """A parameter, buffer, or a tensor computed from them alone (no activation involved)."""
-        return isinstance(tensor, torch.Tensor) and (id(tensor) in self._names or self._derived(tensor) is not None)
+        return isinstance(tensor, torch.Tensor) and (self._plain_name(tensor) is not None
+                                                     or self._derived(tensor) is not None)
+
+    def _plain_name(self, tensor: torch.Tensor) -> str | None:
+        """The parameter or buffer `tensor` is (or the masked weight standing for it); no side effect."""
+        name = self._names.get(id(tensor))
+        return name if name is not None else self._aliases.get(tensor)
 
     def _derived(self, tensor) -> Derived | None:
-        entry = self.derived.get(id(tensor))
-        return entry[1] if entry is not None and entry[0] is tensor else None
+        return self.derived.get(tensor)
 
     def source_of(self, tensor) -> Derived | None:
         """How `tensor` follows parameter axes (identity for a parameter itself); None for activations."""
@@ -120,12 +125,12 @@ class Trace:
         return self._derived(tensor)
 
     def set_derived(self, tensor: torch.Tensor, derived: Derived) -> None:
-        self.derived[id(tensor)] = (tensor, derived)
-        self._labels.pop(id(tensor), None)
+        self.derived[tensor] = derived
+        self._labels.pop(tensor)
 
     def has_activation_labels(self, tensor) -> bool:
-        entry = self._labels.get(id(tensor))
-        return entry is not None and entry[0] is tensor and bool((squeeze_broadcast(entry[1])[0] != 0).any())
+        labels = self._labels.get(tensor)
+        return labels is not None and bool((squeeze_broadcast(labels)[0] != 0).any())
 
     def where(self) -> str:
         return self.module_stack[-1] if self.module_stack and self.module_stack[-1] else "the model's forward"
@@ -133,10 +138,10 @@ class Trace:
     # ----------------------------------------------------------------- labels
     def labels(self, tensor: torch.Tensor) -> torch.Tensor:
         """The atom of every element of `tensor` (0 = depends on no channel)."""
-        entry = self._labels.get(id(tensor))
-        if entry is not None and entry[0] is tensor and entry[1].shape == tensor.shape:
-            return entry[1]
-        name = self._names.get(id(tensor))
+        labels = self._labels.get(tensor)
+        if labels is not None and labels.shape == tensor.shape:
+            return labels
+        name = self._plain_name(tensor)
         if name is not None:
             # A parameter or buffer used directly by an elementwise or movement op (a layer
             # scale, a class token): each element gets its own atom; groups.py later finds the
@@ -145,7 +150,7 @@ class Trace:
         derived = self._derived(tensor)
         if derived is not None:
             labels = self._derived_labels(derived, tensor)
-            self._labels[id(tensor)] = (tensor, labels)
+            self._labels[tensor] = labels
             return labels
         return torch.zeros(tensor.shape, dtype=torch.long)
 
@@ -178,9 +183,9 @@ class Trace:
         self._labels.clear()
 
     def set_labels(self, tensor: torch.Tensor, labels: torch.Tensor) -> None:
-        if isinstance(tensor, torch.Tensor) and id(tensor) not in self._names:
+        if isinstance(tensor, torch.Tensor) and self._plain_name(tensor) is None:
             # an expanded view: a conv output's labels cost C integers, not N·C·H·W
-            self._labels[id(tensor)] = (tensor, compress(labels).expand(tensor.shape))
+            self._labels[tensor] = compress(labels).expand(tensor.shape)
 
     def units_vary(self, labels: torch.Tensor, dim: int) -> bool:
         """True when removing a unit could change the size of axis `dim`.

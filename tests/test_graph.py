@@ -607,3 +607,31 @@ def test_trace_frees_activations_as_the_forward_drops_them():
     assert table.get(t) == "labels" and t in table
     del t
     assert len(table) == 0  # dropped when the tensor died: a new tensor reusing its id finds nothing
+
+
+@pytest.mark.parametrize("collide", [False, True])
+def test_unit_families_equal_a_unique_over_padded_rows(collide, monkeypatch):
+    """Families of units (same run codes in order, same reason and head tag) found by hashing equal
+    torch.unique over the padded code matrix — also when the hash collides (every weight 1 makes
+    runs [1, 2] and [2, 1] one key), where the exact check must fall back."""
+    from prunekit.graph import groups as G
+
+    if collide:
+        monkeypatch.setattr(G.torch, "randint", lambda low, high, size, generator=None: torch.ones(size, dtype=torch.long))
+    g = torch.Generator().manual_seed(1)
+    runs_per_unit = torch.randint(1, 4, (40,), generator=g)
+    run_code = torch.randint(1, 3, (int(runs_per_unit.sum()),), generator=g)
+    reason, head = torch.randint(0, 2, (40,), generator=g), torch.zeros(40, dtype=torch.long)
+    first_run = torch.cumsum(runs_per_unit, 0) - runs_per_unit
+    unit_of_run = torch.repeat_interleave(torch.arange(40), runs_per_unit)
+    within = torch.arange(len(run_code)) - first_run[unit_of_run]
+    reps, family = G._families(run_code, unit_of_run, within, runs_per_unit, first_run, reason, head)
+
+    padded = torch.full((40, 5), -1, dtype=torch.long)
+    padded[unit_of_run, within] = run_code
+    padded[:, 3], padded[:, 4] = reason, head
+    _, truth = torch.unique(padded, dim=0, return_inverse=True)
+    same = family.unsqueeze(0) == family.unsqueeze(1)
+    assert torch.equal(same, truth.unsqueeze(0) == truth.unsqueeze(1))       # the same partition
+    assert torch.equal(family[reps], torch.arange(len(reps)))                 # each representative in its family
+    assert torch.equal(reps, reps.sort().values)                             # a deterministic order

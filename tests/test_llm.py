@@ -283,6 +283,37 @@ def test_recovery_of_a_structurally_pruned_model_trains_its_decoder_linears_only
     assert not get_masks(model)
 
 
+def test_distillation_loss_is_the_teachers_kl_and_recovery_closes_it():
+    """With a teacher, recovery's loss is mean over tokens of Σ_v p_t(v)(log p_t(v) − log p_s(v)), written
+    out here with an explicit loop; it is 0 against the model itself and falls as the pruned model
+    learns the dense one's distributions, masks held."""
+    import copy
+
+    dense, ids = tiny("llama"), tokens(8, 24)
+    assert recover(copy.deepcopy(dense), ids[:2], steps=1, lr=1e-12, batch_size=2, teacher=dense)[0] < 1e-6
+
+    model = copy.deepcopy(dense)
+    prune_oneshot(model, ids, "wanda", sparsity=0.7)
+    masks = get_masks(model)
+    with torch.no_grad():
+        t = dense(input_ids=ids[:2]).logits.log_softmax(-1)
+        s = model(input_ids=ids[:2]).logits.log_softmax(-1)
+    first = recover(copy.deepcopy(model), ids[:2], steps=1, lr=1e-12, batch_size=2, seed=0, teacher=dense)[0]
+    # batch_size=2 over 2 sequences draws them with replacement: compare with the draw it made
+    drawn = torch.randint(0, 2, (2,), generator=torch.Generator().manual_seed(0))
+    per_sequence = [sum(float((t[b, i].exp() * (t[b, i] - s[b, i])).sum()) for i in range(ids.shape[1]))
+                    for b in range(2)]
+    assert first == pytest.approx(sum(per_sequence[int(b)] for b in drawn) / (2 * ids.shape[1]), rel=1e-4)
+    assert min(per_sequence) > 0
+
+    with pytest.warns(UserWarning, match="memorise"):
+        losses = recover(model, ids, steps=30, lr=3e-3, batch_size=4, teacher=dense)
+    assert sum(losses[-5:]) < 0.5 * sum(losses[:5])
+    for name, mask in masks.items():
+        assert (effective_weight(model, name)[~mask] == 0).all()
+    assert all(p.grad is None for p in dense.parameters())
+
+
 def test_input_statistics_add_up_over_batches():
     x = torch.randn(50, 8)
     whole, parts = InputStatistics(8, gram=True), InputStatistics(8, gram=True)

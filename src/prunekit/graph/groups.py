@@ -145,19 +145,32 @@ def _lexicographic_key(*columns: torch.Tensor) -> torch.Tensor:
     return key
 
 
-def _unique_rows(codes: torch.Tensor):
-    """(distinct rows, row index of every row) like torch.unique(codes, dim=0, return_inverse=True),
-    through one int64 key per row (a 1-D unique, much faster than unique over rows); checked
-    exactly, with the slow path as fallback."""
-    weights = torch.randint(1, 2**61, (codes.shape[1],), generator=torch.Generator().manual_seed(0))
-    keys = (codes * weights).sum(1)  # wraps around on overflow: a hash
+def _families(run_code, unit_of_run, within, runs_per_unit, first_run, reason, head):
+    """Units whose runs carry the same codes in the same order, with the same reason and head tag,
+    form one family: (representative unit of each family — its last unit — in increasing order;
+    family of every unit). Each unit's runs are hashed into one int64 (wrapping sums with random
+    weights per run position) and families checked exactly run by run, so no matrix of units ×
+    the longest unit's runs is built (on ViT-H/14 that padding cost half the model's size);
+    a hash collision falls back to torch.unique over that matrix."""
+    weights = torch.randint(1, 2**61, (int(runs_per_unit.max()) + 3,), generator=torch.Generator().manual_seed(0))
+    keys = torch.zeros(len(runs_per_unit), dtype=torch.long).index_add_(0, unit_of_run, run_code * weights[within])
+    keys += runs_per_unit * weights[-3] + reason * weights[-2] + head * weights[-1]
     _, first, inverse = _first_of_each(keys)
-    if torch.equal(codes[first][inverse], codes):  # no two different rows share a key
-        order = torch.argsort(first)  # families in the order their units were met: deterministic
-        rank = torch.empty_like(order)
-        rank[order] = torch.arange(len(order))
-        return codes[first][order], rank[inverse]
-    return torch.unique(codes, dim=0, return_inverse=True)
+    rep = first[inverse]  # the representative of every unit's key
+    exact = (torch.equal(runs_per_unit[rep], runs_per_unit) and torch.equal(reason[rep], reason)
+             and torch.equal(head[rep], head)
+             and torch.equal(run_code[first_run[rep[unit_of_run]] + within], run_code))
+    if not exact:
+        codes = torch.full((len(runs_per_unit), int(runs_per_unit.max()) + 2), -1, dtype=torch.long)
+        codes[unit_of_run, within] = run_code
+        codes[:, -2], codes[:, -1] = reason, head
+        _, inverse = torch.unique(codes, dim=0, return_inverse=True)
+        first = torch.empty(int(inverse.max()) + 1, dtype=torch.long)
+        first[inverse] = torch.arange(len(inverse))
+    order = torch.argsort(first)  # families ordered by their representatives: deterministic
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order))
+    return first[order], rank[inverse]
 
 
 def _first_of_each(keys: torch.Tensor):
@@ -183,31 +196,29 @@ def build_groups(trace: Trace) -> DependencyGraph:
                                                                       return_counts=True)
     first_run = torch.cumsum(runs_per_unit, 0) - runs_per_unit
     within = torch.arange(len(run_root)) - first_run[unit_of_run]
-    width = int(runs_per_unit.max())
-    base = int(run_count.max()) + 1
-    codes = torch.full((len(unit_roots), width + 2), -1, dtype=torch.long)
-    codes[unit_of_run, within] = run_key * base + run_count
+    run_code = run_key * (int(run_count.max()) + 1) + run_count
+    reason, head = torch.zeros(len(unit_roots), dtype=torch.long), torch.zeros(len(unit_roots), dtype=torch.long)
     reason_ids: dict[tuple, int] = {(): 0}
     unit_of_root = {root: u for u, root in enumerate(unit_roots.tolist())}
     for root, reasons in trace.atoms.blocked().items():  # only the few annotated units: no loop over all
         if root in unit_of_root and reasons:
-            codes[unit_of_root[root], width] = reason_ids.setdefault(tuple(reasons), len(reason_ids))
+            reason[unit_of_root[root]] = reason_ids.setdefault(tuple(reasons), len(reason_ids))
     for root, tags in trace.atoms.tagged().items():
         if root in unit_of_root and "head" in tags:
-            codes[unit_of_root[root], width + 1] = 1
+            head[unit_of_root[root]] = 1
     reason_of = {i: r for r, i in reason_ids.items()}
-    rows, family_of_unit = _unique_rows(codes)
+    representatives, family_of_unit = _families(run_code, unit_of_run, within, runs_per_unit, first_run, reason, head)
     order = torch.argsort(family_of_unit, stable=True)
-    sizes = torch.bincount(family_of_unit, minlength=len(rows)).tolist()
+    sizes = torch.bincount(family_of_unit, minlength=len(representatives)).tolist()
     families = {}
-    for f, members in enumerate(torch.split(order, sizes)):
-        row = rows[f].tolist()
-        layout = tuple((c // base, c % base) for c in row[:width] if c >= 0)
-        reasons = list(reason_of[max(row[width], 0)])
+    for unit, members in zip(representatives.tolist(), torch.split(order, sizes)):
+        own = slice(int(first_run[unit]), int(first_run[unit] + runs_per_unit[unit]))
+        layout = tuple(zip(run_key[own].tolist(), run_count[own].tolist()))
+        reasons = list(reason_of[int(reason[unit])])
         for k, _ in layout:
             reasons += [r for r in bad_names[keys[k][0]] if r not in reasons]
         runs = first_run[members].unsqueeze(1) + torch.arange(len(layout))   # [units, tensors]
-        families[(layout, tuple(reasons), row[width + 1] == 1)] = runs
+        families[(layout, tuple(reasons), bool(head[unit]))] = runs
 
     groups, taken = [], {}
     for (layout, reasons, is_head), runs in families.items():

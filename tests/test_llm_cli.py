@@ -58,7 +58,19 @@ def test_cli_writes_a_run_folder_and_finds_it_again(model_dir, tmp_path, capsys)
     assert "already done" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("extra", [["--nm", "3:5"], ["--sparsity", "1.0"], ["--nm", "2:4", "--owl"]])
+def test_cli_distillation_recovery_learns_from_the_dense_model(model_dir, tmp_path):
+    assert cli(model_dir, tmp_path, "--method", "wanda", "--nm", "2:4", "--recover-steps", "4", "--recover-lr", "3e-3",
+               "--distil") == 0
+    (run,) = tmp_path.iterdir()
+    rows = json.loads((run / "metrics.json").read_text())
+    assert json.loads((run / "settings.json").read_text())["recover_distil"] is True
+    recovered = rows[2]
+    # its loss is the KL to the dense model's distributions (0 for an unchanged model), not the
+    # next-token cross-entropy, which is about ln 256 = 5.5 nats for this random-init model
+    assert rows[0]["perplexity"] > 100 and 0 <= recovered["train_loss_first"] < 1
+
+
+@pytest.mark.parametrize("extra", [["--nm", "3:5"], ["--sparsity", "1.0"], ["--nm", "2:4", "--owl"], ["--distil"]])
 def test_cli_bad_input_fails_before_writing_anything(model_dir, tmp_path, extra, capsys):
     assert cli(model_dir, tmp_path, "--method", "wanda", *extra) == 2
     assert "prunekit: error" in capsys.readouterr().err

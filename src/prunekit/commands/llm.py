@@ -3,6 +3,7 @@
     prunekit llm --method wanda --sparsity 0.5
     prunekit llm --method sparsegpt --nm 2:4 --model path/to/hf_model_dir
     prunekit llm --method sparsegpt --sparsity 0.5 --owl --recover-steps 100
+    prunekit llm --method sparsegpt --nm 2:4 --recover-steps 50 --distil   # recovery learns from the dense model
     prunekit llm --structure ffn --remove 0.25 --out small-model    # structured, physically smaller
 
 Loads the model (SmolLM2-135M by default, or any local AutoModelForCausalLM directory),
@@ -56,6 +57,10 @@ def register(sub) -> None:
                    help="recovery fine-tuning steps on the calibration text (masks held; with --structure, the "
                         "compacted decoder's Linear layers)")
     p.add_argument("--recover-lr", type=float, default=1e-4)
+    p.add_argument("--distil", action="store_true",
+                   help="with --recover-steps: learn the dense model's next-token distributions on the calibration "
+                        "text (KL) instead of the text's own tokens — repairs the model instead of adapting it to "
+                        "the calibration text's style (the dense model is loaded again as the teacher)")
     p.add_argument("--batch-size", type=int, default=8, help="calibration sequences per forward pass")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (a GPU when present)")
     p.add_argument("--save-model", action="store_true", help="also save the pruned model (save_pretrained)")
@@ -69,11 +74,21 @@ def _settings(args) -> dict:
     return {"model": model, "method": args.method, "sparsity": args.sparsity if args.nm is None else None,
             "nm": args.nm, "owl": args.owl, "calibration_samples": args.calibration_samples,
             "seq_len": args.seq_len, "seed": args.seed, "eval": args.eval, "window": args.window,
-            "recover_steps": args.recover_steps, "recover_lr": args.recover_lr}
+            "recover_steps": args.recover_steps, "recover_lr": args.recover_lr,
+            "recover_distil": bool(args.distil and args.recover_steps)}
+
+
+def _teacher(args):
+    """The dense model again, for distillation (loaded after pruning: pruning's memory stays its own)."""
+    from ..llm import load_causal_lm
+
+    return load_causal_lm(args.model)[0] if args.distil else None
 
 
 def _check_structured(args) -> None:
     """Structured and unstructured options do not mix; bad values fail before anything is loaded."""
+    if args.distil and not args.recover_steps:
+        raise PrunekitError("--distil chooses what recovery learns from; give --recover-steps N too.")
     if args.structure is None:
         given = (("--remove", args.remove), ("--out", args.out), ("--criterion", args.criterion))
         used = [flag for flag, value in given if value is not None]
@@ -128,7 +143,8 @@ def _main(args) -> int:
     rows.append({"stage": "pruned", **pruned.row(), "sparsity": result.sparsity, "seconds": result.seconds,
                  "peak_rss_gb": peak.gigabytes})
     if args.recover_steps:
-        losses = recover(model, tokens, steps=args.recover_steps, lr=args.recover_lr, progress=progress)
+        losses = recover(model, tokens, steps=args.recover_steps, lr=args.recover_lr, teacher=_teacher(args),
+                         progress=progress)
         recovered = evaluate_lm(model, stream, window=args.window, reference=dense)
         rows.append({"stage": "recovered", **recovered.row(), "sparsity": result.masks.sparsity(),
                      "train_loss_first": losses[0], "train_loss_last": losses[-1]})
@@ -175,7 +191,7 @@ def _structured(args) -> int:
             {"stage": "pruned", **pruned.row(), "params": result.params_after,
              "params_removed": result.params_removed, "seconds": result.seconds}]
     if args.recover_steps:  # the compacted model's decoder Linear layers, on the calibration text
-        losses = recover(model, tokens, steps=args.recover_steps, lr=args.recover_lr,
+        losses = recover(model, tokens, steps=args.recover_steps, lr=args.recover_lr, teacher=_teacher(args),
                          progress=False if args.no_progress else None)
         recovered = evaluate_lm(model, stream, window=args.window, reference=dense)
         rows.append({"stage": "recovered", **recovered.row(), "params": result.params_after,

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import PrunekitError
-from ..masks import MaskSet, apply_masks, check_masks, get_masks
+from ..masks import MaskSet, apply_masks, get_masks
 from ..training import resolve_device
 from .engine import BlockRun, block_linears, check_calibration, decoder_layers, run_blockwise
 from .methods import get_method
@@ -122,7 +122,7 @@ def prune_oneshot(model, tokens=None, method="wanda", *, sparsity=None, nm=None,
                 return prune_block(run.index, linears[run.index], stats, undo)
 
             run_blockwise(model, tokens, process, description=f"{layer_method.name} {target}", **engine)
-        masks = apply_masks(model, check_masks(model, pending))
+        masks = apply_masks(model, MaskSet.adopt(pending))  # fresh bool masks: no second copy
     rows = [{"layer": name, "sparsity": 1.0 - mask.float().mean().item()} for name, mask in masks.items()]
     block_sparsities = [float(t.sparsity) if isinstance(t, NM) else float(t) for t in targets]
     return OneShotResult(layer_method.name, str(target), masks, block_sparsities, time.perf_counter() - started,

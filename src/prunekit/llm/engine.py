@@ -29,6 +29,7 @@ from torch.func import functional_call
 from ..errors import PrunekitError
 from ..modes import evaluation_mode
 from ..training import resolve_device
+from .memory import release_free_memory
 from .statistics import InputStatistics
 
 #: where causal LMs of the transformers library keep their decoder blocks
@@ -86,13 +87,18 @@ class _Captured(Exception):
 
 
 def capture_block_inputs(model: nn.Module, layers: nn.ModuleList, tokens: torch.Tensor, batch_size: int):
-    """[(hidden_states, extra positional args, keyword args)] of the first block, one per batch."""
-    captured = []
+    """(hidden states of every sequence at the first block, [(extra positional args, keyword args)] per batch).
+
+    The hidden states are one tensor (sequences × length × width), not one per batch: the engine
+    replaces it by the block's outputs as a whole, so the calibration activations never fragment
+    the heap (one large allocation, returned to the system when the next block's is made).
+    """
+    hidden, extras = [], []
 
     def stop_at_first_block(module, args, kwargs):
         kwargs = dict(kwargs)
-        hidden = args[0] if args else kwargs.pop("hidden_states")
-        captured.append((hidden, tuple(args[1:]), kwargs))
+        hidden.append(args[0] if args else kwargs.pop("hidden_states"))
+        extras.append((tuple(args[1:]), kwargs))
         raise _Captured
 
     handle = layers[0].register_forward_pre_hook(stop_at_first_block, with_kwargs=True)
@@ -104,32 +110,48 @@ def capture_block_inputs(model: nn.Module, layers: nn.ModuleList, tokens: torch.
                 pass
     finally:
         handle.remove()
-    if len(captured) != len(tokens.split(batch_size)):
+    if len(hidden) != len(tokens.split(batch_size)):
         raise PrunekitError("The model's forward pass did not reach its first decoder block.")
-    return captured
+    return torch.cat(hidden), extras
 
 
 class BlockRun:
-    """One decoder block with the calibration batches that reach it."""
+    """One decoder block with the calibration activations that reach it.
 
-    def __init__(self, index: int, block: nn.Module, batches: list):
+    `hidden` holds every calibration sequence's input to the block; it is valid while the
+    block is processed (the engine releases it afterwards; copy what you keep).
+    """
+
+    def __init__(self, index: int, block: nn.Module, hidden: torch.Tensor, extras: list, batch_size: int):
         self.index = index
         self.block = block
-        self.batches = batches  # [(hidden_states, extra args, kwargs)]
+        self.hidden = hidden
+        self.extras = extras  # [(extra positional args, keyword args)] per batch
+        self.batch_size = batch_size
 
     @property
     def inputs(self) -> list[torch.Tensor]:
-        return [hidden for hidden, _, _ in self.batches]
+        """The block's input batches (views of `hidden`)."""
+        return list(self.hidden.split(self.batch_size))
 
-    def forward(self, weights: dict[str, torch.Tensor] | None = None) -> list[torch.Tensor]:
-        """The block's outputs on every batch, with `weights` (name inside the block → tensor) substituted."""
-        outputs = []
-        for hidden, args, kwargs in self.batches:
+    def _outputs(self, weights: dict[str, torch.Tensor] | None):
+        """The block's output on each batch in turn, with `weights` (name inside the block → tensor) substituted."""
+        for hidden, (args, kwargs) in zip(self.inputs, self.extras):
             if weights:
                 out = functional_call(self.block, weights, (hidden, *args), kwargs, strict=False)
             else:
                 out = self.block(hidden, *args, **kwargs)
-            outputs.append(out[0] if isinstance(out, (tuple, list)) else out)
+            yield out[0] if isinstance(out, (tuple, list)) else out
+
+    def forward(self, weights: dict[str, torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """The block's outputs on every batch, with `weights` substituted."""
+        return list(self._outputs(weights))
+
+    def propagate(self, weights: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """The next block's input: the outputs on every sequence, written into one new tensor."""
+        outputs = torch.empty_like(self.hidden)
+        for batch, out in zip(outputs.split(self.batch_size), self._outputs(weights)):
+            batch.copy_(out)
         return outputs
 
     def input_statistics(self, *, gram: bool) -> dict[str, InputStatistics]:
@@ -152,7 +174,8 @@ class BlockRun:
         handles = [layer.register_forward_hook(lambda _m, inputs, _out, n=name: record(n, inputs))
                    for name, layer in linears.items()]
         try:
-            self.forward()
+            for _ in self._outputs(None):
+                pass  # the hooks record; the outputs are not needed
         finally:
             for handle in handles:
                 handle.remove()
@@ -175,15 +198,16 @@ def run_blockwise(model: nn.Module, tokens: torch.Tensor, process_block: Callabl
     _, layers = decoder_layers(model)
     show = sys.stderr.isatty() if progress is None else progress
     with torch.no_grad(), evaluation_mode(model):
-        batches = capture_block_inputs(model, layers, tokens, batch_size)
-        batches = _moved(batches, device)
+        hidden, extras = capture_block_inputs(model, layers, tokens, batch_size)
+        hidden, extras = hidden.to(device), _moved(extras, device)
         for index, block in enumerate(tqdm(layers, desc=description, disable=not show, leave=False)):
             home = next(block.parameters()).device
             block.to(device)
             try:
-                run = BlockRun(index, block, batches)
+                run = BlockRun(index, block, hidden, extras, batch_size)
                 substitutes = process_block(run)
-                outputs = run.forward(substitutes)
+                hidden = run.propagate(substitutes)
             finally:
                 block.to(home)
-            batches = [(out, args, kwargs) for out, (_, args, kwargs) in zip(outputs, batches)]
+            del run, substitutes
+            release_free_memory()

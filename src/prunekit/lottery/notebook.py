@@ -156,4 +156,6 @@ def notebook_lottery(data, config: NotebookConfig, *, report_at=None, log=print)
             rows.append(row)
             log(f"[notebook] seed {config.seed} round {i} sparsity {sparsity:.3f}: ticket {row['ticket final']:.3f} "
                 f"(max {row['ticket max']:.3f}), random {row['random final']:.3f} (max {row['random max']:.3f})")
+        elif i % 10 == 0:  # a long schedule between reported rounds: show it moving
+            log(f"[notebook] seed {config.seed} round {i} sparsity {sparsity:.3f}: ticket {row['ticket final']:.3f}")
     return rows

@@ -134,8 +134,9 @@ class BlockRun:
         """The block's input batches (views of `hidden`)."""
         return list(self.hidden.split(self.batch_size))
 
-    def _outputs(self, weights: dict[str, torch.Tensor] | None):
-        """The block's output on each batch in turn, with `weights` (name inside the block → tensor) substituted."""
+    def outputs(self, weights: dict[str, torch.Tensor] | None = None):
+        """The block's output on each batch in turn (a generator: one batch's output alive at a time), with
+        `weights` (name inside the block → tensor) substituted."""
         for hidden, (args, kwargs) in zip(self.inputs, self.extras):
             if weights:
                 out = functional_call(self.block, weights, (hidden, *args), kwargs, strict=False)
@@ -143,14 +144,10 @@ class BlockRun:
                 out = self.block(hidden, *args, **kwargs)
             yield out[0] if isinstance(out, (tuple, list)) else out
 
-    def forward(self, weights: dict[str, torch.Tensor] | None = None) -> list[torch.Tensor]:
-        """The block's outputs on every batch, with `weights` substituted."""
-        return list(self._outputs(weights))
-
     def propagate(self, weights: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """The next block's input: the outputs on every sequence, written into one new tensor."""
         outputs = torch.empty_like(self.hidden)
-        for batch, out in zip(outputs.split(self.batch_size), self._outputs(weights)):
+        for batch, out in zip(outputs.split(self.batch_size), self.outputs(weights)):
             batch.copy_(out)
         return outputs
 
@@ -174,7 +171,7 @@ class BlockRun:
         handles = [layer.register_forward_hook(lambda _m, inputs, _out, n=name: record(n, inputs))
                    for name, layer in linears.items()]
         try:
-            for _ in self._outputs(None):
+            for _ in self.outputs(None):
                 pass  # the hooks record; the outputs are not needed
         finally:
             for handle in handles:

@@ -32,7 +32,7 @@ def block_influence(model: nn.Module, tokens: torch.Tensor, *, batch_size: int =
 
     def measure(run):
         cosine_sum, count = 0.0, 0
-        for x, y in zip(run.inputs, run.forward()):
+        for x, y in zip(run.inputs, run.outputs()):
             cosine = F.cosine_similarity(x.double(), y.double(), dim=-1)
             cosine_sum += float(cosine.sum())
             count += cosine.numel()

@@ -31,7 +31,7 @@ NOTEBOOK_FIGURES = {0: ("65.4–66.4", "63.8–65.2"), 80: ("72.1–73.4", "67.5
 
 # The notebook's schedule: round i prunes to sparsity i/99, each round from the weights of the one
 # before. The full scale follows it up to its last reported round (98 trainings of the ticket per
-# seed, about 15 s each on one core) and trains the random control only where it is reported.
+# seed, 10–40 s each on a shared core) and trains the random control only where it is reported.
 NOTEBOOK_LAST_ROUND = max(NOTEBOOK_FIGURES)
 
 

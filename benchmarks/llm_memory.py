@@ -74,5 +74,6 @@ def main():
     print()
     print(format_table(rows))
 
+
 if __name__ == "__main__":
     main()

@@ -8,7 +8,8 @@ import prunekit as pk
 from prunekit.data import fashion_mnist, fashion_mnist_available, read_idx
 from prunekit.experiments import ALIASES, EXPERIMENTS
 from prunekit.lottery import LotteryConfig, magnitude_masks
-from prunekit.lottery.notebook import NotebookConfig, ResidualMLP, layer_groups, layer_masks, train_notebook
+from prunekit.lottery.notebook import (NotebookConfig, ResidualMLP, layer_groups, layer_masks, notebook_lottery,
+                                      train_notebook)
 from prunekit.masks import MaskSet
 from prunekit.training import TrainConfig
 
@@ -79,6 +80,18 @@ def test_notebook_training_keeps_pruned_entries_at_zero_and_uses_ordered_batches
         assert bool((p[~masks[name]] == 0).all())
         assert bool((result["weights"][name][~masks[name]] == 0).all())
     assert len(result["accuracies"]) == 3 and result["max"] == max(result["accuracies"])
+
+
+def test_notebook_schedule_reports_chosen_rounds_and_trains_random_masks_only_there():
+    data = pk.data.load_dataset("mnist1d")
+    config = NotebookConfig(hidden=8, steps=4, mask_step=2, eval_every=2, sparsities=tuple(i / 12 for i in range(12)))
+    lines = []
+    rows = notebook_lottery(data, config, report_at=[0, 11], log=lines.append)
+    assert [r["round"] for r in rows] == [0, 11]
+    assert rows[0]["random final"] == rows[0]["ticket final"]  # at sparsity 0 the random mask is no mask
+    assert rows[1]["sparsity"] == 11 / 12
+    # every round in between is trained (the ticket chains through them) and shown every 10 rounds
+    assert [line.split(" round ")[1].split()[0] for line in lines] == ["0", "10", "11"]
 
 
 def test_notebook_config_validation():

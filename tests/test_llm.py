@@ -20,8 +20,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 VOCAB = 96
 
 
-def tiny(kind: str):
-    options = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+def tiny(kind: str, layers: int = 2):
+    options = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
     torch.manual_seed(0)
     if kind == "llama":
@@ -91,6 +91,22 @@ def test_engine_block_inputs_equal_a_full_forward_of_the_pruned_model(kind):
     expected = block_inputs_of_full_forward(model, ids)
     for index, hidden in enumerate(expected):
         assert torch.allclose(recorded[index], hidden, atol=1e-5), index
+
+
+def test_engine_frees_each_blocks_activations_once_the_next_block_has_its_inputs():
+    import weakref
+
+    model = tiny("llama", layers=4)
+    seen = []
+
+    def check(run):
+        seen.append(weakref.ref(run.hidden))
+        if run.index >= 2:  # the inputs of two blocks back are gone; only this block's are held
+            assert seen[run.index - 2]() is None, run.index
+        return None
+
+    run_blockwise(model, tokens(), check, batch_size=4)
+    assert len(seen) == 4  # the check ran at blocks 2 and 3
 
 
 def test_engine_falls_back_to_the_cpu_and_refuses_a_missing_gpu():

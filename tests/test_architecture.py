@@ -12,7 +12,7 @@ STAGES = [
     # folder named by its settings, to checkpoint and resume long work), drawing, the training loop
     ("core", ["errors", "nested", "modes", "table", "files", "rng", "runs", "plots", "selection", "hessian",
               "training", "data", "models", "cnn_models", "augment", "granularity"]),
-    ("masks", ["masks", "feature_norms"]),
+    ("masks", ["masks", "axis_mask", "feature_norms"]),
     ("graph", ["graph"]),
     ("measure", ["accounting", "landscape"]),
     ("criteria", ["criteria", "reconstruct"]),

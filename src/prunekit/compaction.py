@@ -186,7 +186,8 @@ def skeleton_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def _sliced(value: torch.Tensor, kept: dict[int, torch.Tensor] | None) -> torch.Tensor:
+def _sliced(value, kept: dict[int, torch.Tensor] | None):
+    """`value` (a tensor or an AxisMask) at the kept positions of each sliced axis."""
     for dim, index in (kept or {}).items():
         value = value.index_select(dim, index.to(value.device))
     return value
@@ -229,8 +230,9 @@ def materialise(target: nn.Module, source: nn.Module, record: CompactionRecord) 
             with torch.no_grad():
                 if masked_only:  # slice first, then mask: the full-size w ⊙ m is never built
                     kept = record.kept.get(prefix + attr)
-                    value = torch.where(_sliced(chain[0].mask, kept), _sliced(original.detach(), kept),
-                                        original.new_zeros(()))
+                    mask = _sliced(chain[0].stored, kept)  # an AxisMask is expanded at the small size
+                    value = torch.where(mask if isinstance(mask, torch.Tensor) else mask.dense(),
+                                        _sliced(original.detach(), kept), original.new_zeros(()))
                 else:
                     value = getattr(s_mod, attr)  # the parametrization's output, computed now
             baked[attr] = convert(value, id(original) if original is not None else id(chain), prefix + attr,

@@ -27,7 +27,7 @@ from torch.func import functional_call
 
 from .errors import PrunekitError
 from .hessian import hvp
-from .masks import MaskSet, canonical_name, effective_weight, get_masks, named_parameters
+from .masks import MaskSet, canonical_name, effective_weight, get_masks, is_mask_buffer, named_parameters
 from .modes import evaluation_mode
 
 
@@ -41,8 +41,7 @@ class RestrictedLoss:
         # The model's own keys: 'a.parametrizations.weight.original' for a masked tensor. Its
         # installed mask is overridden by all-ones, so only `masks` restricts the problem.
         self.keys = {canonical_name(k): k for k, _ in model.named_parameters()}
-        self.overrides = {k.replace(".original", ".0.mask"): torch.ones_like(p, dtype=torch.bool)
-                          for k, p in model.named_parameters() if canonical_name(k) != k}
+        self.overrides = {k: torch.ones_like(b) for k, b in model.named_buffers() if is_mask_buffer(k)}
         available = named_parameters(model)
         names = list(available) if params is None else list(params)
         unknown = [n for n in list(names) + list(masks) if n not in available]

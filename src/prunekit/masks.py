@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from .axis_mask import AxisMask
 from .errors import MaskError, did_you_mean
 from .feature_norms import normalise_over_kept, removed_somewhere
 from .files import load_tensors, make_parent, write_atomically
@@ -29,24 +30,67 @@ _PARAMETRIZED = ".parametrizations."
 
 
 class WeightMask(nn.Module):
-    """The parametrization: w ↦ where(mask, w, 0). The mask is a bool buffer (1 byte/element).
+    """The parametrization: w ↦ where(mask, w, 0).
 
-    The buffer's tensor is never changed in place — new masks and loaded state dicts replace it —
-    so it is shared with the MaskSets it came from and that `get_masks` returns, not copied
-    (a copy of every structured mask costs a quarter of the model's memory)."""
+    The mask is stored as given: a bool buffer `mask` (1 byte/element) or, for a structured
+    mask, an `AxisMask`'s keep-vectors (buffers `keep_dim<d>`), expanded only while the forward
+    runs. `.mask` is the bool tensor either way and the state_dict always holds it under
+    '<prefix>mask', so checkpoints do not depend on the storage.
 
-    def __init__(self, mask: torch.Tensor):
+    Stored tensors are never changed in place — new masks and loaded state dicts replace them —
+    so they are shared with the MaskSets they came from and that `get_masks` returns, not
+    copied (a copy of every structured mask costs a quarter of the model's memory)."""
+
+    def __init__(self, mask: torch.Tensor | AxisMask):
         super().__init__()
-        self.register_buffer("mask", mask.to(torch.bool))
+        self.replace(mask)
+
+    def replace(self, mask: torch.Tensor | AxisMask) -> None:
+        """Install a new mask (tensor or AxisMask) in place of the current one."""
+        for name in list(self._buffers):
+            del self._buffers[name]
+        self.shape, self.per_axis = mask.shape, False
+        if isinstance(mask, AxisMask):
+            for dim, vector in mask.keep.items():
+                self.register_buffer(f"keep_dim{dim}", vector)
+            self.per_axis = True
+        else:
+            self.register_buffer("mask", mask.to(torch.bool))
+
+    @property
+    def stored(self) -> torch.Tensor | AxisMask:
+        """The mask in the form it is stored (shared, not copied)."""
+        if not self.per_axis:
+            return self._buffers["mask"]
+        return AxisMask(self.shape, {int(name[len("keep_dim"):]): v for name, v in self._buffers.items()})
+
+    def __getattr__(self, name: str):
+        if name == "mask" and self.__dict__.get("per_axis"):
+            return self.stored.dense()
+        return super().__getattr__(name)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        if self.per_axis:
+            destination[prefix + "mask"] = self.stored.dense()
+        else:
+            super()._save_to_state_dict(destination, prefix, keep_vars)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         if prefix + "mask" in state_dict:  # load into a fresh tensor: MaskSets may share the current one
-            self.mask = torch.empty_like(self.mask)
+            device = next(iter(self._buffers.values())).device if self._buffers else None
+            self.replace(torch.empty(self.shape, dtype=torch.bool, device=device))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         # where(), not multiplication: a NaN/inf in a pruned slot still yields an exact 0.
         return torch.where(self.mask, weight, weight.new_zeros(()))
+
+
+def is_mask_buffer(name: str) -> bool:
+    """Whether a model's buffer name is a WeightMask's storage ('….parametrizations.w.0.mask' or
+    '….0.keep_dim<d>'), not a buffer of the user's own."""
+    last = name.rpartition(".")[2]
+    return _PARAMETRIZED in "." + name and (last == "mask" or last.startswith("keep_dim"))
 
 
 class MaskSet(Mapping):
@@ -77,7 +121,7 @@ class MaskSet(Mapping):
     # Mapping protocol -------------------------------------------------------------------
     def __getitem__(self, name: str) -> torch.Tensor:
         try:
-            return self._masks[name]
+            return _dense(self._masks[name])
         except KeyError:
             raise MaskError(f"No mask for '{name}'.{did_you_mean(name, self._masks)}") from None
 
@@ -85,7 +129,12 @@ class MaskSet(Mapping):
         return name in self._masks
 
     def get(self, name, default=None):
-        return self._masks.get(name, default)
+        return self[name] if name in self._masks else default
+
+    def stored(self, name: str) -> torch.Tensor | AxisMask:
+        """The mask as it is held: a bool tensor, or an AxisMask for a structured one (indexing
+        the set expands that to a full tensor; this does not)."""
+        return self._masks[name] if name in self._masks else self[name]  # the latter raises the helpful error
 
     def __iter__(self):
         return iter(self._masks)
@@ -105,10 +154,10 @@ class MaskSet(Mapping):
 
     # Counts -----------------------------------------------------------------------------
     def numel(self) -> int:
-        return sum(m.numel() for m in self._masks.values())
+        return sum(m.numel() for m in self._masks.values())  # a tensor's or an AxisMask's
 
     def kept(self) -> int:
-        return sum(int(m.sum()) for m in self._masks.values())
+        return sum(m.kept() if isinstance(m, AxisMask) else int(m.sum()) for m in self._masks.values())
 
     def density(self) -> float:
         n = self.numel()
@@ -118,11 +167,17 @@ class MaskSet(Mapping):
         return 1.0 - self.density()
 
     # Algebra ----------------------------------------------------------------------------
-    def intersect(self, other: MaskSet) -> MaskSet:
+    def intersect(self, other: Mapping[str, torch.Tensor]) -> MaskSet:
         """Elementwise AND; names present in only one operand are kept as they are."""
         out = dict(self._masks)
-        for name, mask in other.items():
-            out[name] = out[name] & mask.to(out[name].device) if name in out else mask
+        for name in other:
+            mine, theirs = out.get(name), other.stored(name) if isinstance(other, MaskSet) else other[name]
+            if mine is None:
+                out[name] = theirs
+            elif isinstance(mine, AxisMask) and isinstance(theirs, AxisMask):
+                out[name] = mine & theirs  # both per channel: so is their AND
+            else:
+                out[name] = self[name] & other[name].to(self[name].device)
         return MaskSet.adopt(out)  # new tensors, or tensors of the two (immutable) operands
 
     def is_subset_of(self, other: MaskSet) -> bool:
@@ -139,7 +194,7 @@ class MaskSet(Mapping):
         if path.exists() and not overwrite:
             raise MaskError(f"{path} exists; pass overwrite=True to replace it or choose another path.")
         make_parent(path)
-        return write_atomically(path, {n: m.cpu() for n, m in self._masks.items()})
+        return write_atomically(path, {n: m.cpu() for n, m in self.items()})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> MaskSet:
@@ -163,7 +218,13 @@ class MaskSet(Mapping):
         return cls(masks)
 
 
-def _as_bool_mask(name, mask) -> torch.Tensor:
+def _dense(mask: torch.Tensor | AxisMask) -> torch.Tensor:
+    return mask.dense() if isinstance(mask, AxisMask) else mask
+
+
+def _as_bool_mask(name, mask) -> torch.Tensor | AxisMask:
+    if isinstance(mask, AxisMask):
+        return mask  # immutable: shared as it is
     if not isinstance(mask, torch.Tensor):
         raise MaskError(f"Mask for '{name}' is a {type(mask).__name__}; pass a torch.Tensor of 0/1 or bools.")
     if mask.dtype == torch.bool:
@@ -303,7 +364,8 @@ def check_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> MaskSet:
     """Validate `masks` against `model` (names, shapes, dtypes) without changing anything."""
     masks = masks if isinstance(masks, MaskSet) else MaskSet(masks)
     available = named_parameters(model)
-    for name, mask in masks.items():
+    for name in masks:
+        mask = masks.stored(name)  # shape only: an AxisMask stays unexpanded
         if name not in available:
             raise MaskError(f"Mask names parameter '{name}', which the model does not have."
                             f"{did_you_mean(name, available)}")
@@ -325,13 +387,13 @@ def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> MaskSet:
     """
     masks = check_masks(model, masks)
     available = named_parameters(model)  # installing a mask keeps the Parameter object itself
-    for name, mask in masks.items():
+    for name in masks:
         module, tensor = _owner(model, name)
         existing = _mask_parametrization(module, tensor)
         dense = available[name]
-        mask = mask.to(dense.device)
+        mask = masks.stored(name).to(dense.device)
         if existing is not None:
-            existing.mask = mask  # replaced, not written into: MaskSets may share the old tensor
+            existing.replace(mask)  # replaced, not written into: MaskSets may share the old tensor
         else:
             _own_class(module)
             parametrize.register_parametrization(module, tensor, WeightMask(mask), unsafe=True)
@@ -339,7 +401,10 @@ def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> MaskSet:
             if tensor == "weight":
                 normalise_over_kept(module)  # a LayerNorm / RMSNorm: statistics over the kept features
         with torch.no_grad():
-            dense.masked_fill_(~mask, 0.0)
+            if isinstance(mask, AxisMask):
+                mask.zero_removed(dense)
+            else:
+                dense.masked_fill_(~mask, 0.0)
     return masks
 
 
@@ -352,7 +417,7 @@ def get_masks(model: nn.Module) -> MaskSet:
         for tensor in module.parametrizations:
             mp = _mask_parametrization(module, tensor)
             if mp is not None:
-                found[f"{module_name}.{tensor}" if module_name else tensor] = mp.mask
+                found[f"{module_name}.{tensor}" if module_name else tensor] = mp.stored
     return MaskSet.adopt(found)  # shares the buffers: WeightMask never changes them in place
 
 

@@ -25,6 +25,7 @@ from .criteria import get_criterion
 from .errors import PrunekitError, did_you_mean
 from .granularity import AGGREGATIONS
 from .graph import DependencyGraph
+from .axis_mask import AxisMask
 from .masks import MaskSet, get_masks, named_parameters, resolve_parameters
 
 
@@ -104,7 +105,9 @@ def dead_units(group, masks, alive: dict | None = None) -> torch.Tensor:
         if s.name not in masks:
             return torch.zeros(group.size, dtype=torch.bool)
         if (s.name, s.dim) not in alive:
-            alive[s.name, s.dim] = _any_along(masks[s.name], s.dim).cpu()
+            mask = masks.stored(s.name) if isinstance(masks, MaskSet) else masks[s.name]
+            alive[s.name, s.dim] = (mask.any_along(s.dim) if isinstance(mask, AxisMask)
+                                    else _any_along(mask, s.dim)).cpu()
         dead &= ~alive[s.name, s.dim][s.index].any(1)
     return dead if params else torch.zeros(group.size, dtype=torch.bool)
 
@@ -119,7 +122,7 @@ def _any_along(mask: torch.Tensor, dim: int) -> torch.Tensor:
 
 def group_masks(graph: DependencyGraph, keep: Mapping[str, torch.Tensor]) -> MaskSet:
     """A MaskSet over every parameter the given groups touch: False where a unit is removed."""
-    masks: dict[str, torch.Tensor] = {}
+    axes: dict[str, dict[int, torch.Tensor]] = {}  # parameter → {axis: keep vector}
     for name, kept in keep.items():
         group = graph[name]
         kept = torch.as_tensor(kept, dtype=torch.bool).cpu()
@@ -128,11 +131,13 @@ def group_masks(graph: DependencyGraph, keep: Mapping[str, torch.Tensor]) -> Mas
         for s in group.slices:
             if s.kind != "param":
                 continue
-            mask = masks.setdefault(s.name, torch.ones(graph.shapes[s.name], dtype=torch.bool))
+            per_axis = axes.setdefault(s.name, {})
+            vector = per_axis.setdefault(s.dim, torch.ones(graph.shapes[s.name][s.dim], dtype=torch.bool))
             removed = s.index[~kept].reshape(-1)
             if len(removed):
-                mask.index_fill_(s.dim, removed, False)
-    return MaskSet.adopt(masks)
+                vector.index_fill_(0, removed, False)
+    # Whole slices only, so each mask is the AND of its axes' vectors: stored per channel.
+    return MaskSet.adopt({name: AxisMask(graph.shapes[name], per_axis) for name, per_axis in axes.items()})
 
 
 def _scored_tensors(model: nn.Module, groups, unit_dim: int | None) -> list[str]:

@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.overrides import TorchFunctionMode
 
-from ..masks import WeightMask, canonical_name
+from ..masks import WeightMask, canonical_name, is_mask_buffer
 from ..modes import evaluation_mode, training_mode
 from ..nested import ExampleInputs, tensors_in
 from .atoms import AtomSet, compress, squeeze_broadcast, varies_along, varying_dims
@@ -65,7 +65,7 @@ class Trace:
         for name, p in model.named_parameters():
             self._register(p, canonical_name(name), "param")
         for name, b in model.named_buffers():
-            if not name.endswith(".mask") or ".parametrizations." not in name:
+            if not is_mask_buffer(name):
                 self._register(b, name, "buffer")
 
     def checkpoint(self):

@@ -104,3 +104,10 @@ def test_intersection_of_axis_masks_stays_per_channel():
     both = MaskSet.adopt({"w": a}).intersect(MaskSet.adopt({"w": b}))
     assert isinstance(both.stored("w"), AxisMask)
     assert torch.equal(both["w"], _brute_force(a) & _brute_force(b))
+
+
+def test_broadcastable_form_is_small_and_expands_to_the_mask():
+    mask = _random_axis_mask((4, 5, 3, 3), [0, 1], seed=3)
+    small = mask.broadcastable()
+    assert small.shape == (4, 5, 1, 1)
+    assert torch.equal(small.expand(mask.shape), _brute_force(mask))

@@ -48,12 +48,17 @@ class AxisMask:
         view[dim] = -1
         return self.keep[dim].view(view)
 
+    def broadcastable(self) -> torch.Tensor:
+        """The AND of the axes' vectors with size 1 on every unmasked axis: it broadcasts to the
+        mask (a conv's [out, in, 1, 1], not [out, in, k, k]), enough for torch.where."""
+        out = None
+        for dim in self.keep:
+            out = self.broadcast(dim) if out is None else out & self.broadcast(dim)
+        return torch.ones([1] * len(self.shape), dtype=torch.bool, device=self.device) if out is None else out
+
     def dense(self) -> torch.Tensor:
         """The bool tensor itself (full size: for one tensor at a time)."""
-        out = torch.ones(self.shape, dtype=torch.bool, device=self.device)
-        for dim in self.keep:
-            out &= self.broadcast(dim)
-        return out
+        return self.broadcastable().expand(self.shape).contiguous()
 
     def any_along(self, dim: int) -> torch.Tensor:
         """Per position along `dim`: whether anything is kept there."""

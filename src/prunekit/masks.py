@@ -83,7 +83,8 @@ class WeightMask(nn.Module):
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         # where(), not multiplication: a NaN/inf in a pruned slot still yields an exact 0.
-        return torch.where(self.mask, weight, weight.new_zeros(()))
+        keep = self.stored.broadcastable() if self.per_axis else self._buffers["mask"]
+        return torch.where(keep, weight, weight.new_zeros(()))
 
 
 def is_mask_buffer(name: str) -> bool:

@@ -235,3 +235,15 @@ def test_per_group_amounts_name_real_groups():
     assert not pk.get_masks(model)  # nothing installed by the refused calls
     masks = prune_structured(model, {group: 0.5}, x)
     assert masks.sparsity() > 0
+
+
+def test_powered_sums_along_any_dim_match_a_plain_loop():
+    from prunekit.structured import _powered_sums
+
+    torch.manual_seed(0)
+    e = torch.randn(3, 4, 2, 5)
+    for dim in range(4):
+        for power in (1.0, 2.0, 3.0):
+            loop = torch.stack([(e.select(dim, i).abs() ** power).sum() for i in range(e.shape[dim])])
+            assert torch.allclose(_powered_sums(e, dim, power), loop, rtol=1e-5)
+    assert torch.allclose(_powered_sums(e[0, 0, 0], 0, 2.0), e[0, 0, 0] ** 2)

@@ -86,11 +86,8 @@ class AxisMask:
         return AxisMask(shape, keep)
 
     def zero_removed(self, tensor: torch.Tensor) -> None:
-        """tensor[removed] = 0, in place, one axis at a time (no full-size temporary)."""
-        for dim, vector in self.keep.items():
-            removed = torch.nonzero(~vector).flatten().to(tensor.device)
-            if len(removed):
-                tensor.index_fill_(dim, removed, 0.0)
+        """tensor[removed] = 0, in place, in one pass with the small broadcastable mask."""
+        tensor.masked_fill_(~self.broadcastable().to(tensor.device), 0.0)
 
     def to(self, device) -> AxisMask:
         return AxisMask(self.shape, {d: v.to(device) for d, v in self.keep.items()})

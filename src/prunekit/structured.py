@@ -86,13 +86,28 @@ def _aggregate_slices(element_scores, slices, n_units: int, how: str, p: float) 
             continue
         if power is None:
             per_position = (e.sum(others) if others else e).double()
-        else:  # ‖·‖_p over the other dims (one fast float pass), raised back to Σ|e|^p
-            per_position = (torch.linalg.vector_norm(e, power, others) if others else e.abs()).double() ** power
+        else:
+            per_position = _powered_sums(e, s.dim, power).double()
         total += per_position.cpu()[s.index].sum(1)
         count += s.index.shape[1] * n_each
     if how == "mean":
         return total / max(count, 1)
     return total ** (1.0 / power) if power is not None else total
+
+
+def _powered_sums(e: torch.Tensor, dim: int, power: float) -> torch.Tensor:
+    """Σ |e|^p over every dim but `dim`, per position along `dim`.
+
+    A reduction over trailing dims is one fast pass (‖·‖_p, raised back to the power); over
+    leading dims torch reduces slowly (20× on a conv's input channels), so there the entries
+    are summed as columns by one matrix product, then the trailing dims are added up."""
+    if e.dim() == 1:
+        return e.abs() ** power
+    if dim == 0:
+        return torch.linalg.vector_norm(e, power, list(range(1, e.dim()))) ** power
+    powered = e.square() if power == 2 else e.abs() ** power
+    columns = powered.reshape(math.prod(e.shape[:dim]), -1)
+    return (columns.new_ones(1, len(columns)) @ columns).reshape(e.shape[dim], -1).sum(1)
 
 
 def dead_units(group, masks, alive: dict | None = None) -> torch.Tensor:

@@ -144,6 +144,49 @@ def test_a_size_fixed_at_construction_blocks_unless_a_handler_updates_it():
         assert torch.allclose(small(x), model(x), atol=1e-6)
 
 
+class TinyViT(nn.Module):
+    """torchvision's ViT layout in miniature: the width written into a reshape as self.hidden_dim."""
+
+    def __init__(self, hidden_dim=16, patch=4, classes=3):
+        super().__init__()
+        self.hidden_dim, self.patch_size = hidden_dim, patch
+        self.conv_proj = nn.Conv2d(3, hidden_dim, patch, stride=patch)
+        self.class_token = nn.Parameter(torch.randn(1, 1, hidden_dim))
+        self.ln, self.mlp = nn.LayerNorm(hidden_dim), nn.Sequential(nn.Linear(hidden_dim, 32), nn.GELU(),
+                                                                   nn.Linear(32, hidden_dim))
+        self.heads = nn.Linear(hidden_dim, classes)
+
+    def forward(self, x):
+        n, _, h, w = x.shape
+        x = self.conv_proj(x).reshape(n, self.hidden_dim, (h // self.patch_size) * (w // self.patch_size))
+        x = torch.cat([self.class_token.expand(n, -1, -1), x.permute(0, 2, 1)], dim=1)
+        x = x + self.mlp(self.ln(x))
+        return self.heads(x[:, 0])
+
+
+class VisionTransformer(TinyViT):
+    """Under torchvision's class name."""
+
+
+def test_a_torchvision_vit_width_follows_hidden_dim_without_a_handler():
+    torch.manual_seed(0)
+    model, x = VisionTransformer().eval(), torch.randn(2, 3, 8, 8)
+    graph = build_graph(model, x)
+    width = next(g for g in graph.groups if ("conv_proj.weight", 0) in slices_of(g))
+    assert width.prunable and ("class_token", 2) in slices_of(width)
+    with torch.no_grad():
+        expected_dense = model(x)
+    prune_structured(model, {width.name: 0.5}, x, graph=graph)
+    small, _ = compact(model, x, graph=graph)  # checks masked == compacted itself
+    assert small.hidden_dim == 8 == small.class_token.shape[2] == small.ln.normalized_shape[0]
+    with torch.no_grad():
+        assert torch.allclose(small(x), model(x), atol=1e-6)
+        assert not torch.allclose(small(x), expected_dense, atol=1e-3)  # channels really went
+    # under another name the count is not known, so the width stays blocked
+    assert not next(g for g in build_graph(TinyViT().eval(), x).groups
+                    if ("conv_proj.weight", 0) in slices_of(g)).prunable
+
+
 def test_multihead_attention_module_heads():
     model, x = mha_model()
     graph = build_graph(model, x)

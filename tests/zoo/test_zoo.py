@@ -175,26 +175,14 @@ def test_gpt2_heads_follow_a_handler_that_updates_split_size():
 
 
 @pytest.mark.timeout(300)
-def test_vit_width_follows_a_handler_that_updates_hidden_dim():
-    """torchvision's ViT writes `self.hidden_dim` into a reshape: its width is blocked until a handler
-    names that count; then it prunes through every LayerNorm and compacts exactly."""
-    from prunekit import LayerHandler
-
-    class ViTWidth(LayerHandler):
-        counts = ("hidden_dim",)
-
-        def attributes(self, module, size):
-            return {"hidden_dim": size("class_token", 2)}
-
+def test_vit_width_follows_hidden_dim():
+    """torchvision's ViT writes `self.hidden_dim` into a reshape: the built-in handler names that
+    count, so the width prunes through every LayerNorm and compacts exactly, hidden_dim updated."""
     torch.manual_seed(0)
     model, x = torchvision.models.vit_b_16(weights=None).eval(), torch.randn(1, 3, 224, 224)
-    def width(graph):  # the group of the patch embedding's output channels
-        return next(g for g in graph.groups if any(s.name == "conv_proj.weight" and s.dim == 0 for s in g.slices))
-
-    assert not width(build_graph(model, x)).prunable
-    handlers = {torchvision.models.VisionTransformer: ViTWidth()}
-    graph = build_graph(model, x, handlers=handlers)
-    assert width(graph).prunable
+    graph = build_graph(model, x)
+    width = next(g for g in graph.groups if any(s.name == "conv_proj.weight" and s.dim == 0 for s in g.slices))
+    assert width.prunable
     prune_structured(model, 0.5, x, graph=graph)
     small, _ = compact(model, x, graph=graph)  # checks masked == compacted itself
     assert small.hidden_dim == 384 == small.encoder.ln.normalized_shape[0]

@@ -107,6 +107,26 @@ class TransposedLinearHandler(LayerHandler):
         return _weighted_macs(m.weight, output.numel() // m.weight.shape[1])
 
 
+class VisionTransformerHandler(LayerHandler):
+    """torchvision's VisionTransformer writes its width into code — `x.reshape(n, self.hidden_dim,
+    n_h * n_w)` — so `hidden_dim` is named as a count: the width then follows the channels (and
+    the class token's), and compaction sets the new value."""
+
+    counts = ("hidden_dim",)
+
+    def attributes(self, m, size):
+        return {"hidden_dim": size("class_token", 2)}
+
+
+def is_torchvision_vit(module) -> bool:
+    """A VisionTransformer with torchvision's layout: an int `hidden_dim` and a (1, 1, width) class
+    token (decided without importing torchvision)."""
+    if not any(k.__name__ == "VisionTransformer" for k in type(module).__mro__):
+        return False
+    width, token = getattr(module, "hidden_dim", None), getattr(module, "class_token", None)
+    return isinstance(width, int) and isinstance(token, torch.Tensor) and tuple(token.shape) == (1, 1, width)
+
+
 _FEATURE_NORM = FeatureNormHandler()
 BUILTIN: dict[type, LayerHandler] = {
     nn.modules.conv._ConvNd: ConvHandler(),
@@ -122,11 +142,14 @@ BUILTIN: dict[type, LayerHandler] = {
 if hasattr(nn, "RMSNorm"):
     BUILTIN[nn.RMSNorm] = _FEATURE_NORM
 _CONV1D = TransposedLinearHandler()
+_VIT = VisionTransformerHandler()
 
 
 def builtin_handler(module) -> LayerHandler | None:
     if is_transposed_linear(module):
         return _CONV1D
+    if is_torchvision_vit(module):
+        return _VIT
     if not isinstance(module, nn.LayerNorm) and norm_kind(module) is not None:
         return _FEATURE_NORM  # an RMSNorm class of another library (transformers' LlamaRMSNorm …)
     for klass in type(module).__mro__:

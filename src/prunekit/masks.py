@@ -39,7 +39,7 @@ class WeightMask(nn.Module):
 
     Stored tensors are never changed in place — new masks and loaded state dicts replace them —
     so they are shared with the MaskSets they came from and that `get_masks` returns, not
-    copied (a copy of every structured mask costs a quarter of the model's memory)."""
+    copied (a bool copy of every mask costs a quarter of an fp32 model's memory)."""
 
     def __init__(self, mask: torch.Tensor | AxisMask):
         super().__init__()
@@ -112,9 +112,9 @@ class MaskSet(Mapping):
         self._masks = checked
 
     @classmethod
-    def adopt(cls, masks: dict[str, torch.Tensor]) -> MaskSet:
-        """A MaskSet made of bool masks this library has just built and keeps no other reference to,
-        without copying them (structured masks of a large model are a quarter of its size each time)."""
+    def adopt(cls, masks: dict[str, torch.Tensor | AxisMask]) -> MaskSet:
+        """A MaskSet made of bool masks (or AxisMasks) this library has just built and keeps no other
+        reference to, without copying them (the bool masks of a large model are a quarter of its size)."""
         out = cls()
         out._masks = {str(name): mask for name, mask in masks.items()}
         return out

@@ -178,6 +178,44 @@ def test_channels_first_layer_norm_width_is_exact():
     assert small.stem.out_channels == small.stem_norm.normalized_shape[0] < 8
 
 
+class TimmLayerNorm(nn.LayerNorm):
+    """timm's LayerNorm (timm.layers.norm): its own forward, F.layer_norm over the last axis."""
+
+    def forward(self, x):
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+
+TimmLayerNorm.__name__ = TimmLayerNorm.__qualname__ = "LayerNorm"
+
+
+class Residual(nn.Module):
+    def __init__(self, norm: type, dim=8):
+        super().__init__()
+        self.embed, self.norm, self.mlp = nn.Linear(5, dim), norm(dim), nn.Linear(dim, dim)
+        self.head = nn.Linear(dim, 3)
+
+    def forward(self, x):
+        x = self.embed(x)
+        return self.head(x + self.mlp(self.norm(x)))
+
+
+@pytest.mark.parametrize("library", ["timm.layers.norm", "somewhere.else"])
+def test_timm_layer_norm_is_known_and_exact(library, monkeypatch):
+    monkeypatch.setattr(TimmLayerNorm, "__module__", library)
+    torch.manual_seed(5)
+    model, x = _randomised(Residual(TimmLayerNorm)), torch.randn(4, 5)
+    graph = pk.build_graph(model, x)
+    if library != "timm.layers.norm":  # a LayerNorm subclass of unknown origin: its forward is not trusted
+        assert not graph["embed:out"].prunable and "layer_norm" in graph["embed:out"].reason
+        return
+    assert graph["embed:out"].prunable
+    pk.prune_structured(model, 0.5, x, graph=graph)
+    small, _ = pk.compact(model, x, graph=graph)
+    with torch.no_grad():
+        assert relative_error(model(x), small(x)) <= 1e-6
+    assert small.norm.normalized_shape[0] == small.embed.out_features < 8
+
+
 def test_a_masked_checkpoint_brings_the_exact_norms_back():
     # the transformer's position table `pos` is a parameter of the root module: its mask key has no module prefix
     torch.manual_seed(5)

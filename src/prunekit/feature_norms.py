@@ -49,6 +49,11 @@ def _has_vector_weight(module: nn.Module) -> bool:
     return isinstance(weight, torch.Tensor) and weight.dim() == 1
 
 
+def _is_timm_layer_norm(cls: type) -> bool:
+    """timm's LayerNorm: F.layer_norm over the last axis (or the same through its fused kernel)."""
+    return cls.__name__ == "LayerNorm" and cls.__module__.split(".")[0] == "timm"
+
+
 def norm_kind(module: nn.Module) -> tuple[str, int] | None:
     """("layer" | "rms", the axis of the input it normalises) for a norm prunekit can make exact
     over kept features; None for anything else (no scale to carry the mask, several axes, a
@@ -59,7 +64,7 @@ def norm_kind(module: nn.Module) -> tuple[str, int] | None:
     if isinstance(module, nn.LayerNorm):
         if len(module.normalized_shape) != 1:
             return None
-        if cls.forward is nn.LayerNorm.forward:
+        if cls.forward is nn.LayerNorm.forward or _is_timm_layer_norm(cls):
             return "layer", -1
         return ("layer", 1) if cls.__name__ in _CHANNELS_FIRST else None
     if hasattr(nn, "RMSNorm") and isinstance(module, nn.RMSNorm):

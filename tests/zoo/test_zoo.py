@@ -94,6 +94,19 @@ def test_timm_model(name):
     check_masked_equals_compacted(model, example)
 
 
+@pytest.mark.timeout(300)
+def test_timm_vit_width_prunes_through_timm_layer_norms():
+    """timm's ViT normalises with timm's own LayerNorm class: its width prunes, exactly."""
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=2).eval()
+    example = torch.randn(1, 3, 224, 224)
+    graph = build_graph(model, example)
+    width = next(g for g in graph.groups if any(s.name == "patch_embed.proj.weight" and s.dim == 0 for s in g.slices))
+    assert width.prunable, width.reason
+    small = check_masked_equals_compacted(model, example)
+    assert small.patch_embed.proj.out_channels < model.patch_embed.proj.out_channels == 192
+
+
 transformers = pytest.importorskip("transformers")
 
 HF_CASES = {

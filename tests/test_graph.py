@@ -187,6 +187,41 @@ def test_a_torchvision_vit_width_follows_hidden_dim_without_a_handler():
                     if ("conv_proj.weight", 0) in slices_of(g)).prunable
 
 
+class Attention(nn.Module):
+    """timm's ViT attention in miniature: head count and inner width written into reshapes."""
+
+    def __init__(self, dim=16, num_heads=4):
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.attn_dim = num_heads * self.head_dim
+        self.qkv, self.proj = nn.Linear(dim, 3 * self.attn_dim), nn.Linear(self.attn_dim, dim)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        x = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(x.transpose(1, 2).reshape(B, N, self.attn_dim))
+
+
+@pytest.mark.parametrize("library", ["timm.models.vision_transformer", "somewhere.else"])
+def test_timm_attention_heads_prune_through_its_written_counts(library, monkeypatch):
+    monkeypatch.setattr(Attention, "__module__", library)
+    torch.manual_seed(0)
+    model, x = nn.Sequential(nn.Linear(6, 16), Attention()).eval(), torch.randn(2, 5, 6)
+    graph = build_graph(model, x)
+    heads = [g for g in graph.prunable() if ("1.qkv.weight", 0) in slices_of(g)]
+    if library != "timm.models.vision_transformer":  # unknown origin: the written counts block the heads
+        assert not heads
+        return
+    assert len(heads) == 1 and heads[0].size == 4
+    prune_structured(model, {heads[0].name: 0.5}, x, graph=graph)
+    small, _ = compact(model, x, graph=graph)
+    attention = small[1]
+    assert (attention.num_heads, attention.attn_dim, attention.qkv.out_features) == (2, 8, 24)
+    with torch.no_grad():
+        assert torch.allclose(small(x), model(x), atol=1e-6)
+
+
 def test_multihead_attention_module_heads():
     model, x = mha_model()
     graph = build_graph(model, x)

@@ -95,8 +95,9 @@ def test_timm_model(name):
 
 
 @pytest.mark.timeout(300)
-def test_timm_vit_width_prunes_through_timm_layer_norms():
-    """timm's ViT normalises with timm's own LayerNorm class: its width prunes, exactly."""
+def test_timm_vit_width_and_heads_prune():
+    """timm's ViT normalises with timm's own LayerNorm class and writes its head count into its attention's
+    reshapes: its width and its heads prune, exactly."""
     torch.manual_seed(0)
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=2).eval()
     example = torch.randn(1, 3, 224, 224)
@@ -105,6 +106,8 @@ def test_timm_vit_width_prunes_through_timm_layer_norms():
     assert width.prunable, width.reason
     small = check_masked_equals_compacted(model, example)
     assert small.patch_embed.proj.out_channels < model.patch_embed.proj.out_channels == 192
+    attention = small.blocks[0].attn  # whole heads go: the counts written into its reshapes follow
+    assert attention.num_heads < 3 and attention.attn_dim == attention.num_heads * 64 == attention.proj.in_features
 
 
 transformers = pytest.importorskip("transformers")

@@ -127,6 +127,29 @@ def is_torchvision_vit(module) -> bool:
     return isinstance(width, int) and isinstance(token, torch.Tensor) and tuple(token.shape) == (1, 1, width)
 
 
+class TimmAttentionHandler(LayerHandler):
+    """timm's ViT Attention writes its head count and inner width into reshapes —
+    `reshape(B, N, 3, self.num_heads, self.head_dim)`, `reshape(B, N, self.attn_dim)` — so both are
+    named as counts: whole heads (head_dim channels each) then prune, and compaction sets both."""
+
+    counts = ("num_heads", "attn_dim")
+
+    def attributes(self, m, size):
+        heads = size("qkv.weight", 0) // (3 * m.head_dim)
+        return {"num_heads": heads, "attn_dim": heads * m.head_dim}
+
+
+def is_timm_attention(module) -> bool:
+    """timm's (ViT-style) Attention: fused qkv Linear, int num_heads / head_dim / attn_dim."""
+    cls = type(module)
+    if cls.__name__ != "Attention" or cls.__module__.split(".")[0] != "timm":
+        return False
+    qkv = getattr(module, "qkv", None)
+    counts = [getattr(module, a, None) for a in ("num_heads", "head_dim", "attn_dim")]
+    return (isinstance(qkv, nn.Linear) and all(isinstance(c, int) for c in counts)
+            and counts[0] * counts[1] == counts[2] and qkv.out_features == 3 * counts[2])
+
+
 _FEATURE_NORM = FeatureNormHandler()
 BUILTIN: dict[type, LayerHandler] = {
     nn.modules.conv._ConvNd: ConvHandler(),
@@ -143,6 +166,7 @@ if hasattr(nn, "RMSNorm"):
     BUILTIN[nn.RMSNorm] = _FEATURE_NORM
 _CONV1D = TransposedLinearHandler()
 _VIT = VisionTransformerHandler()
+_TIMM_ATTENTION = TimmAttentionHandler()
 
 
 def builtin_handler(module) -> LayerHandler | None:
@@ -150,6 +174,8 @@ def builtin_handler(module) -> LayerHandler | None:
         return _CONV1D
     if is_torchvision_vit(module):
         return _VIT
+    if is_timm_attention(module):
+        return _TIMM_ATTENTION
     if not isinstance(module, nn.LayerNorm) and norm_kind(module) is not None:
         return _FEATURE_NORM  # an RMSNorm class of another library (transformers' LlamaRMSNorm …)
     for klass in type(module).__mro__:

@@ -159,27 +159,13 @@ def test_huggingface_model_from_config(name):
 
 
 @pytest.mark.timeout(300)
-def test_gpt2_heads_follow_a_handler_that_updates_split_size():
-    """GPT-2 cuts q, k, v with `split(self.split_size)`, a size fixed at construction: without a
-    handler its heads stay blocked (compaction could not update the number); a LayerHandler that
-    declares the count and gives its new value makes them prunable, and exact."""
-    from transformers.models.gpt2.modeling_gpt2 import GPT2Attention
-
-    from prunekit import LayerHandler
-
-    class GPT2AttentionSizes(LayerHandler):
-        counts = ("split_size",)
-
-        def attributes(self, module, size):
-            width = size("c_attn.weight", 1) // 3  # Conv1D weights are (in, out)
-            return {"split_size": width, "embed_dim": width, "num_heads": width // module.head_dim}
-
+def test_gpt2_heads_prune_through_split_size():
+    """GPT-2 cuts q, k, v with `split(self.split_size)`, a size fixed at construction: the built-in
+    handler declares that count, so its heads prune whole, exactly, with the sizes updated."""
     torch.manual_seed(0)
     model, example = HF_CASES["gpt2"]()
     model.eval()
-    assert not [g for g in build_graph(model, example).prunable() if g.kind == "head"]
-    handlers = {GPT2Attention: GPT2AttentionSizes()}
-    graph = build_graph(model, example, handlers=handlers)
+    graph = build_graph(model, example)
     heads = [g for g in graph.prunable() if g.kind == "head"]
     assert len(heads) == 2 and all(g.size == 4 for g in heads)  # one group per layer, 4 heads each
     prune_structured(model, {g.name: 0.5 for g in heads}, example, graph=graph)

@@ -150,6 +150,26 @@ def is_timm_attention(module) -> bool:
             and counts[0] * counts[1] == counts[2] and qkv.out_features == 3 * counts[2])
 
 
+class GPT2AttentionHandler(LayerHandler):
+    """HuggingFace GPT-2 attention cuts q, k, v with `split(self.split_size)`: named as a count, so
+    equal parts stay equal and whole heads prune; compaction sets the sizes that follow the heads."""
+
+    counts = ("split_size",)
+
+    def attributes(self, m, size):
+        width = size("c_attn.weight", 1) // 3  # Conv1D weights are (in, out)
+        return {"split_size": width, "embed_dim": width, "num_heads": width // m.head_dim}
+
+
+def is_gpt2_attention(module) -> bool:
+    """transformers' GPT2Attention (or a subclass): int split_size / head_dim and a fused c_attn."""
+    if not any(k.__name__ == "GPT2Attention" and k.__module__.split(".")[0] == "transformers"
+               for k in type(module).__mro__):
+        return False
+    return (isinstance(getattr(module, "split_size", None), int) and isinstance(getattr(module, "head_dim", None), int)
+            and is_transposed_linear(getattr(module, "c_attn", None)))
+
+
 _FEATURE_NORM = FeatureNormHandler()
 BUILTIN: dict[type, LayerHandler] = {
     nn.modules.conv._ConvNd: ConvHandler(),
@@ -167,6 +187,7 @@ if hasattr(nn, "RMSNorm"):
 _CONV1D = TransposedLinearHandler()
 _VIT = VisionTransformerHandler()
 _TIMM_ATTENTION = TimmAttentionHandler()
+_GPT2_ATTENTION = GPT2AttentionHandler()
 
 
 def builtin_handler(module) -> LayerHandler | None:
@@ -176,6 +197,8 @@ def builtin_handler(module) -> LayerHandler | None:
         return _VIT
     if is_timm_attention(module):
         return _TIMM_ATTENTION
+    if is_gpt2_attention(module):
+        return _GPT2_ATTENTION
     if not isinstance(module, nn.LayerNorm) and norm_kind(module) is not None:
         return _FEATURE_NORM  # an RMSNorm class of another library (transformers' LlamaRMSNorm …)
     for klass in type(module).__mro__:

@@ -12,7 +12,8 @@ prunekit / Torch-Pruning, and peak RSS relative to the model's own size after it
 prunekit: build_graph → prune_structured (L2, local) → compact (a copy, output checked).
 Torch-Pruning: MagnitudePruner construction (its graph) → step() (scores, removes in place).
 `--tools prunekit_inplace` compacts in place (`compact(..., inplace=True)`). Any torchvision
-model name works in --models (e.g. regnet_y_128gf, vit_h_14 for memory).
+model name works in --models (e.g. regnet_y_128gf, vit_h_14 for memory), and any timm model as
+timm:NAME (e.g. timm:vit_small_patch16_224).
 `--src prunekit_base=/path/to/other/src` runs a tool (any name starting with "prunekit") from another
 checkout of the sources, so two versions are compared in the same interleaved run.
 Wall seconds are what a user waits; CPU seconds (this process only) are also recorded, and on a
@@ -48,6 +49,12 @@ def build(name: str):
         model = torchvision.models.get_model(name, weights=None).eval()
         head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
         return model, torch.randn(1, 3, 224, 224), [head]
+    if name.startswith("timm:"):  # any timm model, e.g. timm:vit_small_patch16_224
+        import timm
+
+        model = timm.create_model(name[len("timm:"):], pretrained=False).eval()
+        head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+        return model, torch.randn(1, *model.pretrained_cfg["input_size"]), [head]
     import transformers as T
 
     tokens = torch.randint(0, 1000, (1, 128))

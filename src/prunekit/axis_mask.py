@@ -14,6 +14,8 @@ import math
 
 import torch
 
+from .errors import MaskError
+
 
 class AxisMask:
     """mask = AND over d of keep[d] broadcast along axis d (True keeps). Immutable: every
@@ -24,7 +26,7 @@ class AxisMask:
         self.keep = {}
         for dim, vector in sorted(keep.items()):
             if vector.dtype != torch.bool or vector.shape != (self.shape[dim],):
-                raise ValueError(f"keep[{dim}] must be a bool vector of length {self.shape[dim]}")
+                raise MaskError(f"keep[{dim}] must be a bool vector of length {self.shape[dim]}.")
             self.keep[dim] = vector
         devices = {v.device for v in self.keep.values()}
         self.device = devices.pop() if len(devices) == 1 else torch.device("cpu")
@@ -70,7 +72,7 @@ class AxisMask:
     def __and__(self, other: AxisMask) -> AxisMask:
         """The AND of two masks of one shape, still per channel."""
         if self.shape != other.shape:
-            raise ValueError(f"AxisMask shapes differ: {tuple(self.shape)} vs {tuple(other.shape)}")
+            raise MaskError(f"AxisMask shapes differ: {tuple(self.shape)} vs {tuple(other.shape)}.")
         keep = dict(self.keep)
         for dim, vector in other.keep.items():
             keep[dim] = keep[dim] & vector.to(keep[dim].device) if dim in keep else vector

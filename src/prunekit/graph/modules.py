@@ -2,6 +2,9 @@
 
 Their tracing is done operation by operation (layers.py: F.conv2d, F.linear …), so these
 handlers only say what compaction and accounting need; GPT-2's Conv1D is also traced whole.
+A few widely used modules of other libraries write a channel count into their code; they are
+recognised by class name and layout (never imported) and get handlers that name those counts:
+torchvision's VisionTransformer, timm's ViT Attention, transformers' GPT2Attention.
 `size(tensor, dim, default)` gives the new size of one of the module's tensors along `dim`
 ("<channels>" is the module's input channel count).
 """

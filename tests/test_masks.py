@@ -142,3 +142,9 @@ def test_mask_set_copies_tensors_it_does_not_own():
     masks = pk.MaskSet({"0.weight": mask})
     mask[0, 0] = False
     assert bool(masks["0.weight"].all())
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_masks_load_back_whatever_the_file_is_named(tmp_path, suffix):
+    masks = pk.MaskSet({"w": torch.rand(3, 4) < 0.5})
+    assert pk.MaskSet.load(masks.save(tmp_path / f"m{suffix}")) == masks

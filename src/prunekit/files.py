@@ -20,11 +20,12 @@ def load_tensors(path, what: str = "checkpoint"):
     if not path.is_file():
         raise PrunekitError(f"{what.capitalize()} {path} does not exist" + (" (it is a folder)." if path.is_dir() else "."))
     try:
-        with open(path, "rb") as f:  # a handle: torch picks its reader from the name's suffix otherwise, and a
-            if f.read(2) != b"PK":   # torch.save file named '….safetensors' would be read as safetensors
-                return torch.load(path, map_location="cpu", weights_only=True)
+        with open(path, "rb") as f:
+            # Given a path, torch picks its reader from the name's suffix, so a torch.save file (a zip:
+            # 'PK') named '….safetensors' is read from the handle instead.
+            zipped = f.read(2) == b"PK"
             f.seek(0)
-            return torch.load(f, map_location="cpu", weights_only=True)
+            return torch.load(f if zipped else path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "torch.nn.modules" in str(e) or "Module" in str(e):
             raise PrunekitError(f"{path} holds a whole pickled model (torch.save(model)); prunekit never unpickles "

@@ -21,11 +21,11 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from .axis_mask import AxisMask
 from .criteria import get_criterion
 from .errors import PrunekitError, did_you_mean
 from .granularity import AGGREGATIONS
 from .graph import DependencyGraph
-from .axis_mask import AxisMask
 from .masks import MaskSet, get_masks, named_parameters, resolve_parameters
 
 

@@ -107,6 +107,23 @@ def test_scoring_is_pure_and_shapes_match(name, train_mode):
         assert scores[n].shape == p.shape and not torch.isnan(scores[n]).any() and not scores[n].requires_grad
 
 
+@pytest.mark.parametrize("name", sorted(CRITERIA))
+def test_signed_scores_are_the_scores_up_to_sign(name):
+    """Norm aggregations read signed_scores (a magnitude skips its abs pass); |signed| must be the scores."""
+    model, names, batches = _setup(name)
+    apply_masks(model, {names[0]: torch.rand_like(resolve_parameters(model)[names[0]]) > 0.3})
+    params = resolve_parameters(model, names)
+    before = _snapshot(model)
+    criterion = get_criterion(name)
+    signed = criterion.signed_scores(model, params, batches=batches, loss_fn=F.cross_entropy)
+    _same(before, _snapshot(model))
+    scores = criterion.scores(model, params, batches=batches, loss_fn=F.cross_entropy)
+    for n in params:
+        assert torch.allclose(signed[n].abs(), scores[n].abs()) and torch.equal(signed[n].abs() == 0, scores[n] == 0)
+    if name == "magnitude":  # the sign is kept (that is the point), the masked entries are zero
+        assert (signed["conv.weight"] < 0).any()
+
+
 @pytest.mark.parametrize("name", sorted(n for n, c in CRITERIA.items() if c.needs_data))
 def test_data_needing_criteria_raise_a_clear_error_without_data(name):
     model, names, batches = _setup(name)

@@ -129,6 +129,22 @@ def test_every_aggregation_matches_the_granularity_formula(how):
                               rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("how", ["l1", "l2", "lp", "mean", "sum", "max"])
+def test_magnitude_group_scores_aggregate_the_absolute_weights(how):
+    """Norms read the signed weights (no |w| pass); every aggregation must still see |w|."""
+    from prunekit.structured import score_groups
+
+    model, x = lenet5()
+    graph = build_graph(model, x)
+    # structured scoring reads the weights, not the biases, of a group that has weights
+    absolute = {n: p.detach().abs() for n, p in pk.named_parameters(model).items() if p.dim() >= 2}
+    expected = group_scores(model, graph, absolute, how=how, p=3.0)
+    scores = score_groups(model, graph, graph.prunable(), "magnitude", how=how, p=3.0)
+    assert scores.keys() == expected.keys()
+    for name in scores:
+        assert torch.allclose(scores[name], expected[name], rtol=1e-6), name
+
+
 def test_per_channel_criterion_reads_each_units_own_slice():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),

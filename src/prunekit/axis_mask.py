@@ -88,8 +88,14 @@ class AxisMask:
         return AxisMask(shape, keep)
 
     def zero_removed(self, tensor: torch.Tensor) -> None:
-        """tensor[removed] = 0, in place, in one pass with the small broadcastable mask."""
-        tensor.masked_fill_(~self.broadcastable().to(tensor.device), 0.0)
+        """tensor[removed] = 0, in place: an entry is removed where any axis removes its slice,
+        so each axis's removed slices are filled in turn — no full-size mask is built (the AND
+        of a Linear's two vectors is as large as the weight, and filling through it is 2–3×
+        slower than filling whole rows and columns)."""
+        for dim, vector in self.keep.items():
+            removed = torch.nonzero(~vector).flatten()
+            if len(removed):
+                tensor.index_fill_(dim, removed.to(tensor.device), 0.0)
 
     def to(self, device) -> AxisMask:
         return AxisMask(self.shape, {d: v.to(device) for d, v in self.keep.items()})

@@ -37,6 +37,7 @@ from .errors import AmountError, PrunekitError, did_you_mean
 GRANULARITIES = ("element", "kernel_row", "kernel_col", "kernel", "in_channel", "out_channel", "neuron",
                  "block4x4", "block8x8", "block16x16", "block1x4", "block4x1")
 AGGREGATIONS = ("l1", "l2", "lp", "sum", "mean", "max")
+NORM_AGGREGATIONS = ("l1", "l2", "lp")  # Σ|s|^p over a unit: the scores' signs do not matter
 
 # The dimensions whose index identifies a unit, and the smallest rank the tensor must have.
 _KEY_DIMS = {

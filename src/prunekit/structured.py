@@ -24,7 +24,7 @@ from torch import nn
 from .axis_mask import AxisMask
 from .criteria import get_criterion
 from .errors import PrunekitError, did_you_mean
-from .granularity import AGGREGATIONS
+from .granularity import AGGREGATIONS, NORM_AGGREGATIONS
 from .graph import DependencyGraph
 from .masks import MaskSet, get_masks, named_parameters, resolve_parameters
 
@@ -170,11 +170,11 @@ class _OneTensorAtATime(Mapping):
     """A local criterion's element scores, computed when a group reads them and dropped after:
     peak memory one tensor's scores, not a copy of every weight (645 M parameters: 2.6 GB)."""
 
-    def __init__(self, criterion, model: nn.Module, params: Mapping[str, nn.Parameter]):
-        self._criterion, self._model, self._params = criterion, model, params
+    def __init__(self, score, model: nn.Module, params: Mapping[str, nn.Parameter]):
+        self._score, self._model, self._params = score, model, params  # score: a criterion's (signed_)scores
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        return self._criterion.scores(self._model, {name: self._params[name]})[name]
+        return self._score(self._model, {name: self._params[name]})[name]
 
     def __contains__(self, name) -> bool:
         return name in self._params
@@ -193,10 +193,12 @@ def score_groups(model: nn.Module, graph: DependencyGraph, groups, criterion="ma
     crit = get_criterion(criterion)
     unit_dim = getattr(crit, "unit_dim", None)
     params = resolve_parameters(model, _scored_tensors(model, groups, unit_dim))
+    signless = how in NORM_AGGREGATIONS  # Σ|s|^p: the scores' signs do not matter
     if crit.local:
-        element = _OneTensorAtATime(crit, model, params)
+        element = _OneTensorAtATime(crit.signed_scores if signless else crit.scores, model, params)
     else:
-        element = crit.scores(model, params, batches=batches, loss_fn=loss_fn)
+        score = crit.signed_scores if signless else crit.scores
+        element = score(model, params, batches=batches, loss_fn=loss_fn)
     return group_scores(model, graph, element, how, p, groups, unit_dim)
 
 

@@ -35,6 +35,12 @@ class Criterion(ABC):
                batches: Iterable | None = None, loss_fn=None) -> dict[str, torch.Tensor]:
         """{canonical parameter name: element-wise score tensor of the parameter's shape}."""
 
+    def signed_scores(self, model: nn.Module, params: Mapping[str, nn.Parameter], *,
+                      batches: Iterable | None = None, loss_fn=None) -> dict[str, torch.Tensor]:
+        """Tensors whose absolute values are the scores, for aggregations that take |s| anyway
+        (Σ|s|^p). A criterion whose scores are |x| returns x and saves a full-size pass."""
+        return self.scores(model, params, batches=batches, loss_fn=loss_fn)
+
     def require_data(self, batches, loss_fn=None, needs_loss: bool = True):
         if batches is None:
             raise PrunekitError(f"Criterion '{self.name}' needs calibration data: pass batches=[(x, y), ...] "

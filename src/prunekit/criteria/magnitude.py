@@ -19,5 +19,8 @@ class Magnitude(Criterion):
     local = True
 
     def scores(self, model, params, *, batches=None, loss_fn=None):
+        return {n: w.abs() for n, w in self.signed_scores(model, params).items()}
+
+    def signed_scores(self, model, params, *, batches=None, loss_fn=None):
         with torch.no_grad():
-            return {n: effective_weight(model, n).detach().abs() for n in params}
+            return {n: effective_weight(model, n).detach() for n in params}

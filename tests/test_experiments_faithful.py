@@ -120,6 +120,41 @@ def test_output_rate_needs_local_scope_and_keeps_old_hashes():
     assert LotteryConfig(scope="local", output_rate=0.1).settings()["output_rate"] == 0.1
 
 
+# ---- the paper's Gaussian Glorot initialisation -----------------------------------------------
+
+def test_glorot_normal_has_the_closed_form_spread_and_zero_biases():
+    from torch import nn
+    from prunekit.models import glorot_normal_init
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(784, 300), nn.Conv2d(16, 32, 5), nn.BatchNorm2d(32))
+    norm_before = model[2].weight.clone()
+    glorot_normal_init(model)
+    for layer, fan_in, fan_out in ((model[0], 784, 300), (model[1], 16 * 25, 32 * 25)):
+        std = (2 / (fan_in + fan_out)) ** 0.5  # N(0, 2 / (fan_in + fan_out)): Glorot & Bengio's variance
+        assert layer.weight.std().item() == pytest.approx(std, rel=0.02)
+        assert abs(layer.weight.mean().item()) < 0.02 * std and not layer.bias.any()
+        # Gaussian, not uniform of the same variance (whose tails stop at √3 σ): P(|w| > 2σ) = 4.55 %
+        assert (layer.weight.abs() > 2 * std).float().mean().item() == pytest.approx(0.0455, abs=0.005)
+    assert torch.equal(model[2].weight, norm_before)  # only Linear and Conv layers
+
+
+def test_lottery_init_option_is_seeded_named_and_keeps_old_hashes():
+    from prunekit.lottery.imp import build
+
+    with pytest.raises(pk.PrunekitError, match="glorot_normal"):
+        LotteryConfig(init="glorot")
+    assert "init" not in LotteryConfig().settings()
+    config = LotteryConfig(model="lenet300100", dataset="mnist5k", init="glorot_normal")
+    assert config.settings()["init"] == "glorot_normal"
+    first, again, other = build(config, 10, 3), build(config, 10, 3), build(config, 10, 4)
+    assert all(torch.equal(a, b) for a, b in zip(first.parameters(), again.parameters()))
+    assert not torch.equal(first[1].weight, other[1].weight) and not first[1].bias.any()
+    assert first[1].weight.std().item() == pytest.approx((2 / (784 + 300)) ** 0.5, rel=0.02)
+    default = build(config.replace(init="default"), 10, 3)
+    assert default[1].bias.any()  # torch's default draws biases too
+
+
 def test_paper_rates_reach_the_density_by_layer(tmp_path):
     config = LotteryConfig(model="mnist1d_mlp", dataset="mnist1d", model_options={"hidden": 16}, scope="local",
                            rate=0.2, output_rate=0.1, rounds=2, controls=(),

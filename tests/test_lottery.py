@@ -244,6 +244,18 @@ def test_cli_lottery_runs_and_resumes(tmp_path, capsys):
     assert again.startswith("resuming ") and again.split("\n", 1)[1] == first
 
 
+def test_cli_lottery_takes_the_papers_init_and_output_rate(tmp_path):
+    from prunekit.cli import main
+    argv = ["lottery", "--model", "mnist1d_mlp", "--dataset", "digits", "--model-option", "in_features=64",
+            "--model-option", "hidden=8", "--rounds", "1", "--steps", "10", "--batch-size", "50", "--validation",
+            "200", "--eval-every", "10", "--controls", "--scope", "local", "--output-rate", "0.1", "--init",
+            "glorot_normal", "--output-dir", str(tmp_path)]
+    assert main(argv) == 0
+    import json
+    settings = json.loads((next(tmp_path.iterdir()) / "settings.json").read_text())
+    assert settings["init"] == "glorot_normal" and settings["output_rate"] == 0.1 and settings["scope"] == "local"
+
+
 @pytest.mark.slow
 def test_all_experiments_run_at_quick_scale(tmp_path):
     from prunekit.experiments import EXPERIMENTS, run_experiment

@@ -89,6 +89,29 @@ def mnist1d_cnn(num_classes: int = 10, channels: int = 25) -> nn.Module:
     return MNIST1DCNN(num_classes, channels)
 
 
+def glorot_normal_init(model: nn.Module) -> nn.Module:
+    """Gaussian Glorot weights, w ~ N(0, 2 / (fan_in + fan_out)), for every Linear and Conv, and
+    zero biases: the initialisation of Frankle & Carbin's MNIST networks (their Figure 2).
+    In place, from the global RNG; returns the model."""
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            nn.init.xavier_normal_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    return model
+
+
+# name → initialiser applied after construction; "default" keeps torch's own per-layer defaults
+INITS: dict[str, Callable[[nn.Module], nn.Module] | None] = {"default": None, "glorot_normal": glorot_normal_init}
+
+
+def initialise(model: nn.Module, scheme: str) -> nn.Module:
+    if scheme not in INITS:
+        raise PrunekitError(f"Unknown initialisation '{scheme}'.{did_you_mean(scheme, INITS)} "
+                            f"Known: {', '.join(INITS)}.")
+    return INITS[scheme](model) if INITS[scheme] is not None else model
+
+
 MODELS = {"lenet300100": lenet300100, "lenet5": lenet5, "mnist1d_mlp": mnist1d_mlp, "mnist1d_cnn": mnist1d_cnn,
           "vgg_small": vgg_small}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..lottery import CONTROLS, LotteryConfig, run_lottery
 from ..lottery.summary import write_summary
+from ..models import INITS
 from ..training import OPTIMIZERS, TrainConfig
 from .options import add_device_option, add_model_options, add_output_options, model_options, show_progress
 
@@ -15,6 +16,10 @@ def register(sub) -> None:
     p.add_argument("--rounds", type=int, default=10, help="pruning rounds (density ≈ (1 − rate)^rounds)")
     p.add_argument("--rate", type=float, default=0.2, help="fraction of surviving weights pruned per round")
     p.add_argument("--scope", choices=("global", "local"), default="global", help="one ranking, or per tensor")
+    p.add_argument("--output-rate", type=float, default=None,
+                   help="with --scope local: the output layer's rate (Frankle & Carbin: half of --rate)")
+    p.add_argument("--init", choices=tuple(INITS), default="default",
+                   help="initialisation: torch's layer defaults, or Gaussian Glorot with zero biases (the paper's)")
     p.add_argument("--rewind-step", type=int, default=0, help="rewind surviving weights to this iteration")
     p.add_argument("--controls", nargs="*", default=list(CONTROLS), choices=CONTROLS,
                    help="control runs per round (default: reinit random)")
@@ -49,7 +54,8 @@ def _main(args) -> int:
         model=args.model, dataset=args.data,
         model_options=_model_options(args),
         train=TrainConfig(optimizer=args.optimizer, lr=args.lr, steps=args.steps, batch_size=args.batch_size),
-        rounds=args.rounds, rate=args.rate, scope=args.scope, rewind_step=args.rewind_step,
+        init=args.init, rounds=args.rounds, rate=args.rate, scope=args.scope, output_rate=args.output_rate,
+        rewind_step=args.rewind_step,
         controls=tuple(args.controls), validation=args.validation, eval_every=args.eval_every,
         augment=args.augment, augment_strength=strength, keep_steps=tuple(args.keep_steps), seed=args.seed)
     run = run_lottery(config, args.output_dir, device=args.device, progress=show_progress(args))

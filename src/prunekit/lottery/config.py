@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from ..augment import AUGMENTATIONS
 from ..data import DATASETS
 from ..errors import PrunekitError, did_you_mean
-from ..models import MODELS
+from ..models import INITS, MODELS
 from ..training import TrainConfig
 
 CONTROLS = ("reinit", "random")
@@ -24,6 +24,8 @@ class LotteryConfig:
     scope        "global" (one ranking over all weight tensors) or "local" (p of each tensor)
     output_rate  with scope="local": the rate of the last weight tensor (the output layer);
                  Frankle & Carbin prune it at half the rate of the others (None: same rate)
+    init         "default" (torch's layer defaults) or "glorot_normal" (Frankle & Carbin's
+                 Gaussian Glorot weights, zero biases); see prunekit.models.INITS
     rewind_step  k: surviving weights are reset to their values at iteration k (0 = init)
     controls     "reinit" (same mask, fresh random init), "random" (random mask, same
                  per-tensor counts, rewound weights)
@@ -34,6 +36,7 @@ class LotteryConfig:
     model: str = "mnist1d_mlp"
     dataset: str = "mnist1d"
     model_options: dict = field(default_factory=dict)
+    init: str = "default"
     train: TrainConfig = TrainConfig(optimizer="adam", lr=1e-3, steps=1500, batch_size=100)
     rounds: int = 10
     rate: float = 0.2
@@ -51,6 +54,8 @@ class LotteryConfig:
     def __post_init__(self):
         if self.model not in MODELS:
             raise PrunekitError(f"Unknown model '{self.model}'.{did_you_mean(self.model, MODELS)}")
+        if self.init not in INITS:
+            raise PrunekitError(f"Unknown init '{self.init}'.{did_you_mean(self.init, INITS)} Known: {', '.join(INITS)}.")
         if self.dataset not in DATASETS:
             raise PrunekitError(f"Unknown dataset '{self.dataset}'.{did_you_mean(self.dataset, DATASETS)}")
         if not 0 < self.rate < 1:
@@ -86,8 +91,11 @@ class LotteryConfig:
 
     def settings(self) -> dict:
         out = dataclasses.asdict(self)
+        # settings written before these options existed keep their hash
         if out["output_rate"] is None:
-            del out["output_rate"]  # settings written before the option existed keep their hash
+            del out["output_rate"]
+        if out["init"] == "default":
+            del out["init"]
         out["kind"] = "lottery"
         return out
 

@@ -30,7 +30,7 @@ from ..data import load_dataset
 from ..errors import PrunekitError
 from ..masks import (MaskSet, apply_masks, default_prunable, get_masks, load_masked_state_dict,
                      named_parameters)
-from ..models import build_model
+from ..models import build_model, initialise
 from ..runs import RunDir
 from ..selection import global_masks, local_masks, rank_existing_first
 from ..training import evaluate, resolve_device
@@ -55,7 +55,7 @@ def build(config: LotteryConfig, num_classes: int, init_seed: int) -> nn.Module:
     """A freshly initialised model; the caller's global RNG state is left as it was."""
     with torch.random.fork_rng():
         torch.manual_seed(init_seed)
-        return build_model(config.model, num_classes=num_classes, **config.model_options)
+        return initialise(build_model(config.model, num_classes=num_classes, **config.model_options), config.init)
 
 
 def magnitude_masks(weights: dict[str, torch.Tensor], current: MaskSet, rate: float, scope: str,

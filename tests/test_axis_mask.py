@@ -54,6 +54,36 @@ def test_weight_mask_keeps_vectors_and_saves_the_bool_tensor():
     assert not other.per_axis and torch.equal(other.mask, mask.dense())
 
 
+def test_weight_mask_forward_and_gradient_equal_where_for_every_layout():
+    """The parametrization takes two routes (one where over the vectors' AND, or where over all
+    but the first axis plus its removed slices filled); both must give where(mask, w, 0) exactly,
+    NaN in pruned slots included, and the matching gradient."""
+    for shape, dims in [((6, 4), [0, 1]), ((5, 4, 3, 3), [0, 1]), ((5, 4, 1, 1), [0, 1]), ((3, 4, 5), [0, 2]),
+                        ((6, 4), [1]), ((7,), [0])]:
+        mask = _random_axis_mask(shape, dims, seed=len(shape))
+        dense = mask.dense()
+        weight = torch.randn(shape).masked_fill(~dense & (torch.rand(shape) < 0.3), float("nan"))
+        leaf = weight.clone().requires_grad_()
+        out = WeightMask(mask)(leaf)
+        assert torch.equal(out, torch.where(dense, weight, 0.0)), (shape, dims)
+        upstream = torch.randn(shape)
+        out.backward(upstream)
+        assert torch.equal(leaf.grad, torch.where(dense, upstream, 0.0)), (shape, dims)
+
+
+def test_weight_mask_follows_a_replaced_mask_a_copy_and_a_move():
+    first, second = _random_axis_mask((6, 4), [0, 1], seed=1), _random_axis_mask((6, 4), [0, 1], seed=2)
+    weight = torch.randn(6, 4)
+    parametrization = WeightMask(first)
+    assert torch.equal(parametrization(weight), torch.where(first.dense(), weight, 0.0))
+    parametrization.replace(second)  # the removed slices cached for the first mask must not be reused
+    assert torch.equal(parametrization(weight), torch.where(second.dense(), weight, 0.0))
+    twin = copy.deepcopy(parametrization)
+    assert torch.equal(twin(weight), torch.where(second.dense(), weight, 0.0))
+    moved = twin.to(torch.float64)  # buffers re-created by _apply: still the same mask
+    assert torch.equal(moved(weight.double()), torch.where(second.dense(), weight.double(), 0.0))
+
+
 def _net():
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 12, 3, padding=1),

@@ -83,8 +83,29 @@ class WeightMask(nn.Module):
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         # where(), not multiplication: a NaN/inf in a pruned slot still yields an exact 0.
-        keep = self.stored.broadcastable() if self.per_axis else self._buffers["mask"]
-        return torch.where(keep, weight, weight.new_zeros(()))
+        if not self.per_axis:
+            return torch.where(self._buffers["mask"], weight, weight.new_zeros(()))
+        stored = self.stored
+        keep = stored.broadcastable()
+        if len(stored.keep) < 2 or 4 * keep.numel() < weight.numel():
+            return torch.where(keep, weight, weight.new_zeros(()))
+        # The vectors AND to a bool as large as the weight (a Linear's [out, in]): instead, where()
+        # over the other axes, then the first axis's removed slices filled whole — the same values
+        # and gradients, about twice as fast on CPU.
+        first = min(stored.keep)
+        others = AxisMask(self.shape, {d: v for d, v in stored.keep.items() if d != first})
+        out = torch.where(others.broadcastable(), weight, weight.new_zeros(()))
+        return out.index_fill_(first, self._removed(first), 0.0)
+
+    def _removed(self, dim: int) -> torch.Tensor:
+        """Indices of the slices removed along `dim`, cached per keep-vector (the vectors are
+        replaced, never written, so the tensor object identifies them; one device sync each)."""
+        vector = self._buffers[f"keep_dim{dim}"]
+        cached = self.__dict__.setdefault("_removed_cache", {}).get(dim)
+        if cached is None or cached[0] is not vector:
+            cached = (vector, torch.nonzero(~vector).flatten())
+            self._removed_cache[dim] = cached
+        return cached[1]
 
 
 def is_mask_buffer(name: str) -> bool:

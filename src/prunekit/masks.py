@@ -13,6 +13,7 @@ forward pass; `remove_masks` bakes the zeros into plain parameters again.
 from __future__ import annotations
 
 import copy
+import math
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -86,9 +87,9 @@ class WeightMask(nn.Module):
         if not self.per_axis:
             return torch.where(self._buffers["mask"], weight, weight.new_zeros(()))
         stored = self.stored
-        keep = stored.broadcastable()
-        if len(stored.keep) < 2 or 4 * keep.numel() < weight.numel():
-            return torch.where(keep, weight, weight.new_zeros(()))
+        and_size = math.prod(self.shape[d] for d in stored.keep)  # of the vectors' broadcast AND
+        if len(stored.keep) < 2 or 4 * and_size < weight.numel():
+            return torch.where(stored.broadcastable(), weight, weight.new_zeros(()))
         # The vectors AND to a bool as large as the weight (a Linear's [out, in]): instead, where()
         # over the other axes, then the first axis's removed slices filled whole — the same values
         # and gradients, about twice as fast on CPU.

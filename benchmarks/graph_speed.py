@@ -11,7 +11,9 @@ hits both tools alike. Per model: median seconds of each stage, the median total
 prunekit / Torch-Pruning, and peak RSS relative to the model's own size after it was built.
 prunekit: build_graph → prune_structured (L2, local) → compact (a copy, output checked).
 Torch-Pruning: MagnitudePruner construction (its graph) → step() (scores, removes in place).
-`--tools prunekit_inplace` compacts in place (`compact(..., inplace=True)`). Any torchvision
+`--tools prunekit_inplace` compacts in place (`compact(..., inplace=True)`); `--tools forwards`
+times only the three forward passes prunekit's run contains (dense, masked, compacted; median
+of 3 each), the part of its time no bookkeeping can remove while compact proves its output. Any torchvision
 model name works in --models (e.g. regnet_y_128gf, vit_h_14 for memory), and any timm model as
 timm:NAME (e.g. timm:vit_small_patch16_224).
 `--src prunekit_base=/path/to/other/src` runs a tool (any name starting with "prunekit") from another
@@ -118,6 +120,31 @@ def run_torch_pruning(model, example, ratio, ignored):
     return watch, params(model)
 
 
+def run_forwards(model, example, ratio, ignored):
+    """Not a pruning run: the forward passes prunekit's graph + prune + compact cannot avoid (the
+    trace is a forward of the dense model; compact's proof runs the masked and the compacted
+    one), each the median of 3 at the example's batch, so the table shows what they alone cost."""
+    from prunekit import build_graph, compact, prune_structured
+
+    def median_forward(net):
+        seconds = []
+        for _ in range(3):
+            watch = Stopwatch()
+            watch("forward", lambda: net(example))
+            seconds.append((watch.wall["forward"], watch.cpu["forward"]))
+        return tuple(statistics.median(s[i] for s in seconds) for i in range(2))
+
+    passes = {"dense forward": median_forward(model)}
+    graph = build_graph(model, example)
+    prune_structured(model, ratio, example, scope="local", graph=graph)
+    passes["masked forward"] = median_forward(model.eval())
+    small, _ = compact(model, example, graph=graph, check=False)
+    passes["compacted forward"] = median_forward(small.eval())
+    watch = Stopwatch()
+    watch.wall, watch.cpu = {k: v[0] for k, v in passes.items()}, {k: v[1] for k, v in passes.items()}
+    return watch, params(small)
+
+
 def worker(name: str, tool: str, ratio: float) -> None:
     """One run in this process; prints one JSON line."""
     warnings.simplefilter("ignore")
@@ -127,9 +154,11 @@ def worker(name: str, tool: str, ratio: float) -> None:
     dense = params(model)
     result = {"model": name, "tool": tool, "params": dense, "model_mb": dense * 4 / 2**20, "rss_built_mb": before}
     try:
-        with torch.no_grad() if tool.startswith("prunekit") else torch.enable_grad():
+        with torch.enable_grad() if tool == "torch_pruning" else torch.no_grad():
             if tool.startswith("prunekit"):
                 watch, kept = run_prunekit(model, example, ratio, ignored, inplace=tool.endswith("_inplace"))
+            elif tool == "forwards":
+                watch, kept = run_forwards(model, example, ratio, ignored)
             else:
                 watch, kept = run_torch_pruning(model, example, ratio, ignored)
         result.update(times=watch.wall, cpu=watch.cpu, kept=kept / dense)
@@ -149,7 +178,7 @@ def main():
     parser.add_argument("--ratio", type=float, default=0.5)
     parser.add_argument("--models", default=",".join(TORCHVISION + HF))
     parser.add_argument("--tools", default="prunekit,torch_pruning",
-                        help="prunekit, prunekit_inplace (compact(inplace=True)), torch_pruning")
+                        help="prunekit, prunekit_inplace (compact(inplace=True)), torch_pruning, forwards")
     parser.add_argument("--src", action="append", default=[], metavar="TOOL=PATH",
                         help="run TOOL (a name starting with prunekit) from the sources under PATH")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="which seconds the table shows")
@@ -196,20 +225,20 @@ def main():
                 print(f"  {name:18s} {tool:14s} "
                       f"{result.get('error') or sum(result['times'].values()):.>10}", file=sys.stderr)
     key = "times" if args.clock == "wall" else "cpu"
-    rows, ratios, base_ratios = [], [], []
+    rows, ratios, base_ratios, forward_shares = [], [], [], []
     for name in models:
         row = {"model": name}
         totals = {}
         for tool in tools:
             runs = [x for x in results.get((name, tool), []) if "times" in x]
-            short = "tp" if tool == "torch_pruning" else tool.replace("prunekit", "pk").replace("_", " ")
+            short = {"torch_pruning": "tp", "forwards": "fwd"}.get(tool, tool.replace("prunekit", "pk").replace("_", " "))
             if not runs:
                 failed = results.get((name, tool), [{"error": "not run"}])[0].get("error", "?")
                 row[f"{short} total s"] = "failed: " + failed[:40]
                 continue
             first = runs[0]
             row["params M"] = f"{first['params'] / 1e6:.1f}"
-            for stage in ("graph", "prune", "compact"):
+            for stage in first[key]:
                 if short != "tp" or stage != "compact":  # Torch-Pruning removes inside its prune step
                     row[f"{short} {stage} s"] = f"{statistics.median(x[key][stage] for x in runs):.2f}"
             totals[tool] = statistics.median(sum(x[key].values()) for x in runs)
@@ -225,6 +254,9 @@ def main():
         if "prunekit_base" in totals and "torch_pruning" in totals:
             base_ratios.append(totals["prunekit_base"] / totals["torch_pruning"])
             row["pk base/tp"] = f"{base_ratios[-1]:.2f}"
+        if "forwards" in totals and "torch_pruning" in totals:
+            forward_shares.append(totals["forwards"] / totals["torch_pruning"])
+            row["fwd/tp"] = f"{forward_shares[-1]:.2f}"
         rows.append(row)
     print(f"\n### graph + prune + compact, {int(args.ratio * 100)} % of every group's channels, {args.clock} "
           f"seconds, median of {args.repeats}, {args.threads} thread(s), load average {os.getloadavg()[0]:.1f}\n")
@@ -234,6 +266,9 @@ def main():
               f"{statistics.median(ratios):.2f}")
     if base_ratios:
         print(f"median prunekit_base / Torch-Pruning: {statistics.median(base_ratios):.2f}")
+    if forward_shares:
+        print(f"median (dense + masked + compacted forward) / Torch-Pruning's total: "
+              f"{statistics.median(forward_shares):.2f}")
     print("peak/model: (peak RSS − RSS once the model was built + the model's fp32 size) / the model's size, i.e.\n"
           "the memory the run needed, model and activations included, in units of the model.")
 

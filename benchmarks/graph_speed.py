@@ -231,7 +231,8 @@ def main():
         totals = {}
         for tool in tools:
             runs = [x for x in results.get((name, tool), []) if "times" in x]
-            short = {"torch_pruning": "tp", "forwards": "fwd"}.get(tool, tool.replace("prunekit", "pk").replace("_", " "))
+            short = {"torch_pruning": "tp", "forwards": "fwd"}.get(
+                tool, tool.replace("prunekit", "pk").replace("_", " "))
             if not runs:
                 failed = results.get((name, tool), [{"error": "not run"}])[0].get("error", "?")
                 row[f"{short} total s"] = "failed: " + failed[:40]

@@ -92,10 +92,14 @@ class AxisMask:
         so each axis's removed slices are filled in turn — no full-size mask is built (the AND
         of a Linear's two vectors is as large as the weight, and filling through it is 2–3×
         slower than filling whole rows and columns)."""
-        for dim, vector in self.keep.items():
-            removed = torch.nonzero(~vector).flatten()
+        for dim in self.keep:
+            removed = self.removed(dim)
             if len(removed):
                 tensor.index_fill_(dim, removed.to(tensor.device), 0.0)
+
+    def removed(self, dim: int) -> torch.Tensor:
+        """Indices of the slices removed along masked axis `dim` (a device sync on GPU)."""
+        return torch.nonzero(~self.keep[dim]).flatten()
 
     def to(self, device) -> AxisMask:
         return AxisMask(self.shape, {d: v.to(device) for d, v in self.keep.items()})

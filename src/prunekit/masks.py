@@ -96,15 +96,15 @@ class WeightMask(nn.Module):
         first = min(stored.keep)
         others = AxisMask(self.shape, {d: v for d, v in stored.keep.items() if d != first})
         out = torch.where(others.broadcastable(), weight, weight.new_zeros(()))
-        return out.index_fill_(first, self._removed(first), 0.0)
+        return out.index_fill_(first, self._removed(stored, first), 0.0)
 
-    def _removed(self, dim: int) -> torch.Tensor:
-        """Indices of the slices removed along `dim`, cached per keep-vector (the vectors are
-        replaced, never written, so the tensor object identifies them; one device sync each)."""
-        vector = self._buffers[f"keep_dim{dim}"]
+    def _removed(self, stored: AxisMask, dim: int) -> torch.Tensor:
+        """stored.removed(dim), cached per keep-vector (the vectors are replaced, never written,
+        so the tensor object identifies them): one device sync per mask, not per forward."""
+        vector = stored.keep[dim]
         cached = self.__dict__.setdefault("_removed_cache", {}).get(dim)
         if cached is None or cached[0] is not vector:
-            cached = (vector, torch.nonzero(~vector).flatten())
+            cached = (vector, stored.removed(dim))
             self._removed_cache[dim] = cached
         return cached[1]
 

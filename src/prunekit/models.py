@@ -105,10 +105,14 @@ def glorot_normal_init(model: nn.Module) -> nn.Module:
 INITS: dict[str, Callable[[nn.Module], nn.Module] | None] = {"default": None, "glorot_normal": glorot_normal_init}
 
 
-def initialise(model: nn.Module, scheme: str) -> nn.Module:
+def check_init(scheme: str) -> None:
     if scheme not in INITS:
         raise PrunekitError(f"Unknown initialisation '{scheme}'.{did_you_mean(scheme, INITS)} "
                             f"Known: {', '.join(INITS)}.")
+
+
+def initialise(model: nn.Module, scheme: str) -> nn.Module:
+    check_init(scheme)
     return INITS[scheme](model) if INITS[scheme] is not None else model
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from ..augment import AUGMENTATIONS
 from ..data import DATASETS
 from ..errors import PrunekitError, did_you_mean
-from ..models import INITS, MODELS
+from ..models import MODELS, check_init
 from ..training import TrainConfig
 
 CONTROLS = ("reinit", "random")
@@ -54,8 +54,7 @@ class LotteryConfig:
     def __post_init__(self):
         if self.model not in MODELS:
             raise PrunekitError(f"Unknown model '{self.model}'.{did_you_mean(self.model, MODELS)}")
-        if self.init not in INITS:
-            raise PrunekitError(f"Unknown init '{self.init}'.{did_you_mean(self.init, INITS)} Known: {', '.join(INITS)}.")
+        check_init(self.init)
         if self.dataset not in DATASETS:
             raise PrunekitError(f"Unknown dataset '{self.dataset}'.{did_you_mean(self.dataset, DATASETS)}")
         if not 0 < self.rate < 1:
